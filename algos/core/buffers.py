@@ -1,0 +1,137 @@
+"""Per-task replay buffers on preallocated numpy arrays, and the samplers that read them.
+
+One :class:`MultiTaskReplayBuffer` holds every training task's transitions in arrays shaped
+``(num_tasks, capacity, dim)``; each task is a ring buffer of its own. The RL buffer and the encoder
+buffer are two instances. Sampling is batched over tasks (no Python loop over tasks).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FIELDS = ("obs", "actions", "rewards", "sparse_rewards", "next_obs", "terminals", "episode_starts")
+
+
+class MultiTaskReplayBuffer:
+    def __init__(self, num_tasks: int, capacity: int, obs_dim: int, action_dim: int):
+        if capacity <= 0:
+            raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
+        self.num_tasks, self.capacity = num_tasks, capacity
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        # np.zeros is lazily committed by the OS: a large capacity costs memory only once written.
+        self.obs = np.zeros((num_tasks, capacity, obs_dim), dtype=np.float32)
+        self.actions = np.zeros((num_tasks, capacity, action_dim), dtype=np.float32)
+        self.rewards = np.zeros((num_tasks, capacity), dtype=np.float32)
+        self.sparse_rewards = np.zeros((num_tasks, capacity), dtype=np.float32)
+        self.next_obs = np.zeros((num_tasks, capacity, obs_dim), dtype=np.float32)
+        self.terminals = np.zeros((num_tasks, capacity), dtype=np.float32)
+        self.episode_starts = np.zeros((num_tasks, capacity), dtype=bool)
+        self.sizes = np.zeros(num_tasks, dtype=np.int64)
+        self.tops = np.zeros(num_tasks, dtype=np.int64)  # next write position per task
+
+    # ------------------------------------------------------------------ writing
+    def add_path(self, task: int, path: dict[str, np.ndarray]) -> None:
+        """Append one trajectory (arrays with a leading time axis) to ``task``'s ring buffer."""
+        length = len(path["rewards"])
+        positions = (self.tops[task] + np.arange(length)) % self.capacity
+        self.obs[task, positions] = path["obs"]
+        self.actions[task, positions] = path["actions"]
+        self.rewards[task, positions] = path["rewards"]
+        self.sparse_rewards[task, positions] = path["sparse_rewards"]
+        self.next_obs[task, positions] = path["next_obs"]
+        self.terminals[task, positions] = path["terminals"]
+        starts = np.zeros(length, dtype=bool)
+        starts[0] = True
+        self.episode_starts[task, positions] = starts
+        self.tops[task] = (self.tops[task] + length) % self.capacity
+        self.sizes[task] = min(self.capacity, self.sizes[task] + length)
+
+    def clear(self, task: int) -> None:
+        self.sizes[task] = 0
+        self.tops[task] = 0
+
+    # ------------------------------------------------------------------ reading
+    def _check_nonempty(self, tasks: np.ndarray) -> None:
+        empty = tasks[self.sizes[tasks] == 0]
+        if len(empty):
+            raise RuntimeError(f"cannot sample from empty replay buffer of task(s) {sorted(set(empty.tolist()))}")
+
+    def _oldest(self, tasks: np.ndarray) -> np.ndarray:
+        """Position of each task's oldest transition (0 until the ring wraps)."""
+        return np.where(self.sizes[tasks] < self.capacity, 0, self.tops[tasks])
+
+    def random_positions(self, tasks: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """Uniform positions, shape ``(len(tasks), batch_size)``, each row within its task's filled region."""
+        self._check_nonempty(tasks)
+        return (rng.random((len(tasks), batch_size)) * self.sizes[tasks, None]).astype(np.int64)
+
+    def sequence_positions(self, tasks: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+        """``length`` consecutive positions per task starting at a random episode start, oldest-to-newest order
+        (whole trajectories in the order they were collected), wrapping within the filled region."""
+        self._check_nonempty(tasks)
+        rows = []
+        for task in tasks:  # one start per task: trajectories are found by a mask, cheap next to a gradient step
+            size, oldest = int(self.sizes[task]), int(self._oldest(np.array([task]))[0])
+            chronological = (oldest + np.arange(size)) % self.capacity
+            start_offsets = np.flatnonzero(self.episode_starts[task, chronological])
+            offset = int(rng.choice(start_offsets)) if len(start_offsets) else 0
+            rows.append(chronological[(offset + np.arange(length)) % size])
+        return np.stack(rows)
+
+    def gather(self, tasks: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+        t = tasks[:, None]
+        return {
+            "obs": self.obs[t, positions], "actions": self.actions[t, positions],
+            "rewards": self.rewards[t, positions], "sparse_rewards": self.sparse_rewards[t, positions],
+            "next_obs": self.next_obs[t, positions], "terminals": self.terminals[t, positions],
+        }
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict:
+        filled = int(self.sizes.max(initial=0))
+        state = {name: getattr(self, name)[:, :filled].copy() for name in FIELDS}
+        state.update(sizes=self.sizes.copy(), tops=self.tops.copy(), capacity=self.capacity)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity:
+            raise ValueError(f"checkpoint buffer capacity {state['capacity']} != configured {self.capacity}")
+        for name in FIELDS:
+            array = state[name]
+            getattr(self, name)[:, : array.shape[1]] = array
+        self.sizes[:] = state["sizes"]
+        self.tops[:] = state["tops"]
+
+
+def context_from_batch(batch: dict[str, np.ndarray], use_sparse_rewards: bool, use_next_obs: bool) -> torch.Tensor:
+    """Context rows ``(obs, action, reward[, next_obs])`` of shape ``(num_tasks, n, context_dim)``."""
+    rewards = batch["sparse_rewards"] if use_sparse_rewards else batch["rewards"]
+    parts = [batch["obs"], batch["actions"], rewards[..., None]]
+    if use_next_obs:
+        parts.append(batch["next_obs"])
+    return torch.from_numpy(np.concatenate(parts, axis=-1).astype(np.float32))
+
+
+def context_dim(obs_dim: int, action_dim: int, use_next_obs: bool) -> int:
+    return obs_dim + action_dim + 1 + (obs_dim if use_next_obs else 0)
+
+
+def sample_context(buffer: MultiTaskReplayBuffer, tasks: np.ndarray, size: int, rng: np.random.Generator,
+                   use_sparse_rewards: bool, use_next_obs: bool, sequential: bool = False) -> torch.Tensor:
+    """Context for the encoder, ``(len(tasks), size, context_dim)``: random transitions of each task, or
+    (``sequential``) consecutive whole trajectories for order-dependent encoders."""
+    positions = (buffer.sequence_positions(tasks, size, rng) if sequential
+                 else buffer.random_positions(tasks, size, rng))
+    return context_from_batch(buffer.gather(tasks, positions), use_sparse_rewards, use_next_obs)
+
+
+def sample_rl_batch(buffer: MultiTaskReplayBuffer, tasks: np.ndarray, batch_size: int,
+                    rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """RL batch with a leading task dimension: ``obs`` is ``(len(tasks), batch_size, obs_dim)`` etc.;
+    scalars (rewards, terminals) come as ``(len(tasks), batch_size, 1)``."""
+    batch = buffer.gather(tasks, buffer.random_positions(tasks, batch_size, rng))
+    out = {}
+    for name, array in batch.items():
+        tensor = torch.from_numpy(array)
+        out[name] = tensor[..., None] if tensor.dim() == 2 else tensor
+    return out

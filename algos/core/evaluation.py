@@ -1,0 +1,63 @@
+"""Meta-test evaluation exactly as SPEC section 3 defines it.
+
+Per held-out task: clear the context; run ``ceil(num_steps_per_eval / episode_length)`` episodes back to back
+in the task, every transition fed to ``update_context`` (with the sparse reward on sparse tasks); the first
+``num_exp_traj_eval`` episodes explore (``deterministic=False``); ``adapt()`` runs after the last exploration
+episode and after every later one; later episodes act deterministically. The task's score is the return of
+the final episode (averaged over ``num_evals`` repeats) and ``meta_test_return`` is the mean over tasks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import gymnasium as gym
+
+from algos.core.agent import MetaAgent
+from algos.core.sampler import num_eval_episodes, rollout
+
+
+@dataclass
+class EvalResult:
+    meta_test_return: float
+    online_returns: list[float]                 # per episode index, mean over tasks and repeats
+    per_task_final_returns: list[float]         # per held-out task, mean over repeats
+    episode_returns: np.ndarray = field(repr=False)   # (num_tasks, num_repeats, num_episodes)
+    exploration_episodes: list[int] = field(default_factory=list)  # which episode indices explored
+    env_steps: int = 0
+
+    def scalars(self) -> dict[str, float]:
+        out = {"meta_test_return": self.meta_test_return}
+        out.update({f"online_return/episode_{i}": r for i, r in enumerate(self.online_returns)})
+        return out
+
+
+def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_eval: int,
+             num_exp_traj_eval: int, num_repeats: int, max_path_length: int, sparse_rewards: bool) -> EvalResult:
+    num_episodes = num_eval_episodes(num_steps_per_eval, max_path_length)
+    if not 0 <= num_exp_traj_eval < num_episodes:
+        raise ValueError(f"num_exp_traj_eval={num_exp_traj_eval} leaves no scored episode out of {num_episodes}")
+    returns = np.zeros((len(task_ids), num_repeats, num_episodes))
+    env_steps = 0
+    for t, task in enumerate(task_ids):
+        env.unwrapped.reset_task(task)
+        for repeat in range(num_repeats):
+            agent.clear_context()
+            for episode in range(num_episodes):
+                exploring = episode < num_exp_traj_eval
+                path = rollout(env, agent, max_path_length, deterministic=not exploring, accum_context=True,
+                               context_uses_sparse_reward=sparse_rewards)
+                scored = path["sparse_rewards"] if sparse_rewards else path["rewards"]
+                returns[t, repeat, episode] = float(np.sum(scored, dtype=np.float64))
+                env_steps += len(scored)
+                if episode + 1 >= num_exp_traj_eval:
+                    agent.adapt()
+    final = returns[:, :, -1].mean(axis=1)
+    return EvalResult(
+        meta_test_return=float(final.mean()),
+        online_returns=returns.mean(axis=(0, 1)).tolist(),
+        per_task_final_returns=final.tolist(),
+        episode_returns=returns,
+        exploration_episodes=list(range(num_exp_traj_eval)),
+        env_steps=env_steps,
+    )

@@ -1,0 +1,250 @@
+"""The shared meta-training algorithm: data collection (SPEC section 3) and the SAC update with a task latent.
+
+Every context-based method in this project is a :class:`MetaSACAlgorithm` whose agent encodes context into
+``z``. A method adds its own encoder losses by overriding :meth:`MetaSACAlgorithm.encoder_losses`; the SAC
+losses below are written once:
+
+- ``Q_i(o, a, z)`` regresses ``r * reward_scale + (1 - done) * discount * V_target(o', z)``; ``z`` is *not*
+  detached here, so the encoder learns from the critic and is stepped with it.
+- ``V(o, z.detach())`` regresses ``min_i Q_i(o, a~pi, z.detach()) - log pi``.
+- ``pi(.|o, z.detach())`` minimises ``log pi - min_i Q_i`` plus mean/std regularisers.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from algos.core.agent import MetaAgent
+from algos.core.buffers import MultiTaskReplayBuffer, sample_context, sample_rl_batch
+from algos.core.config import ConfigError, ProtocolConfig
+from algos.core.sampler import collect_data
+from models.mlp import build_qf, build_vf, count_parameters
+
+
+@dataclass
+class MetaSACConfig:
+    """Hyperparameters common to every SAC-based method (SPEC section 6)."""
+    latent_dim: int = 5
+    hidden_dim: int = 300          # actor/critic width
+    num_hidden_layers: int = 3
+    lr: float = 3e-4
+    tau: float = 0.005             # soft target update of V
+    policy_mean_reg: float = 1e-3
+    policy_std_reg: float = 1e-3
+    policy_pre_tanh_reg: float = 0.0
+    critic_uses_dense_reward: bool = True  # on sparse tasks the reference trains the critic on dense rewards
+
+    def validate(self) -> None:
+        for name in ("latent_dim", "hidden_dim", "num_hidden_layers"):
+            if getattr(self, name) < 0 or (name != "latent_dim" and getattr(self, name) == 0):
+                raise ConfigError(f"agent.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 < self.tau <= 1:
+            raise ConfigError(f"agent.lr must be > 0 and agent.tau in (0, 1]; got lr={self.lr}, tau={self.tau}")
+
+
+class TwinCritic(nn.Module):
+    """Twin Q functions, a state value function and its soft-updated target."""
+
+    def __init__(self, obs_dim: int, action_dim: int, latent_dim: int, hidden_dim: int, num_hidden_layers: int):
+        super().__init__()
+        self.qf1 = build_qf(obs_dim, action_dim, latent_dim, hidden_dim, num_hidden_layers)
+        self.qf2 = build_qf(obs_dim, action_dim, latent_dim, hidden_dim, num_hidden_layers)
+        self.vf = build_vf(obs_dim, latent_dim, hidden_dim, num_hidden_layers)
+        self.target_vf = copy.deepcopy(self.vf).requires_grad_(False)
+
+    def min_q(self, obs, actions, z):
+        return torch.min(self.qf1(obs, actions, z), self.qf2(obs, actions, z))
+
+    @torch.no_grad()
+    def soft_update_target(self, tau: float) -> None:
+        for target, source in zip(self.target_vf.parameters(), self.vf.parameters()):
+            target.lerp_(source, tau)
+
+
+class MetaSACAlgorithm:
+    """Collection + SAC meta-training around a :class:`MetaAgent`. Subclasses set ``config_class`` and
+    implement ``make_agent``; context encoders also override ``encoder_losses`` and ``encoder_parameters``."""
+
+    config_class = MetaSACConfig
+    sequential_context = False  # True for order-dependent encoders: context = consecutive trajectories
+
+    def __init__(self, env, protocol: ProtocolConfig, config: MetaSACConfig, rng: np.random.Generator,
+                 bf16: bool = False):
+        self.env, self.protocol, self.config, self.rng, self.bf16 = env, protocol, config, rng, bf16
+        meta_env = env.unwrapped
+        self.obs_dim = env.observation_space.shape[0]
+        self.action_dim = env.action_space.shape[0]
+        self.max_path_length = meta_env.max_episode_steps
+        self.train_tasks = np.asarray(meta_env.train_task_ids)
+        buffer_args = (len(self.train_tasks), protocol.replay_buffer_size, self.obs_dim, self.action_dim)
+        self.rl_buffer = MultiTaskReplayBuffer(*buffer_args)
+        self.enc_buffer = MultiTaskReplayBuffer(*buffer_args)
+        self.agent = self.make_agent()
+        self.critic = TwinCritic(self.obs_dim, self.action_dim, config.latent_dim, config.hidden_dim,
+                                 config.num_hidden_layers)
+        self.optimizers = self.make_optimizers()
+        self.env_steps = 0
+        self.grad_steps = 0
+
+    # ------------------------------------------------------------------ to implement
+    def make_agent(self) -> MetaAgent:
+        raise NotImplementedError
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters stepped with the critic (the context encoder and any auxiliary heads)."""
+        return []
+
+    def encoder_losses(self, context: torch.Tensor, z: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict:
+        """Method-specific losses on the encoder, already weighted; summed into the critic step."""
+        return {}
+
+    # ------------------------------------------------------------------ construction helpers
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        lr = self.config.lr
+        optimizers = {
+            "policy": torch.optim.Adam(self.agent.policy.parameters(), lr=lr),
+            "qf": torch.optim.Adam([*self.critic.qf1.parameters(), *self.critic.qf2.parameters()], lr=lr),
+            "vf": torch.optim.Adam(self.critic.vf.parameters(), lr=lr),
+        }
+        encoder_params = self.encoder_parameters()
+        if encoder_params:
+            optimizers["encoder"] = torch.optim.Adam(encoder_params, lr=lr)
+        return optimizers
+
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        return {"agent": self.agent, "critic": self.critic}
+
+    def parameter_count(self) -> int:
+        # the target V is a copy, not a learned network of its own
+        return count_parameters(self.agent) + count_parameters(self.critic) - count_parameters(self.critic.target_vf)
+
+    # ------------------------------------------------------------------ context
+    def sample_task_context(self, task) -> torch.Tensor:
+        tasks = np.atleast_1d(np.asarray(task))
+        return sample_context(self.enc_buffer, tasks, self.protocol.embedding_batch_size, self.rng,
+                              use_sparse_rewards=self.protocol.sparse_rewards,
+                              use_next_obs=self.protocol.use_next_obs_in_context,
+                              sequential=self.sequential_context)
+
+    # ------------------------------------------------------------------ data collection
+    def collect(self, task: int, num_samples: int, update_posterior: bool, add_to_enc_buffer: bool) -> int:
+        if num_samples <= 0:
+            return 0
+        steps = collect_data(self.env, self.agent, task, num_samples, self.max_path_length, self.rl_buffer,
+                             self.enc_buffer, update_posterior, add_to_enc_buffer, self.sample_task_context)
+        self.env_steps += steps
+        return steps
+
+    def collect_initial_data(self) -> None:
+        for task in self.train_tasks:
+            self.collect(int(task), self.protocol.num_initial_steps, update_posterior=False, add_to_enc_buffer=True)
+
+    def collect_iteration_data(self) -> None:
+        p = self.protocol
+        for task in self.rng.choice(self.train_tasks, size=p.num_tasks_sample):
+            task = int(task)
+            self.enc_buffer.clear(task)  # the encoder sees recent data
+            self.collect(task, p.num_steps_prior, update_posterior=False, add_to_enc_buffer=True)
+            self.collect(task, p.num_steps_posterior, update_posterior=True, add_to_enc_buffer=True)
+            self.collect(task, p.num_extra_rl_steps_posterior, update_posterior=True, add_to_enc_buffer=False)
+
+    # ------------------------------------------------------------------ training
+    def train_iteration(self, iteration_idx: int) -> dict[str, float]:
+        self.collect_iteration_data()
+        totals: dict[str, float] = {}
+        for _ in range(self.protocol.num_train_steps_per_itr):
+            for key, value in self.train_step().items():
+                totals[key] = totals.get(key, 0.0) + value
+        n = max(1, self.protocol.num_train_steps_per_itr)
+        return {f"train/{k}": v / n for k, v in totals.items()}
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
+    def train_step(self) -> dict[str, float]:
+        p, c = self.protocol, self.config
+        tasks = self.rng.choice(self.train_tasks, size=p.meta_batch)  # with replacement, as the reference
+        context = self.sample_task_context(tasks)                     # (tasks, n, context_dim)
+        batch = sample_rl_batch(self.rl_buffer, tasks, p.batch_size, self.rng)
+        flat = {k: rearrange(v, "t b d -> (t b) d") for k, v in batch.items()}
+        obs, actions, next_obs, terminals = flat["obs"], flat["actions"], flat["next_obs"], flat["terminals"]
+        rewards = flat["rewards"] if (c.critic_uses_dense_reward or not p.sparse_rewards) else flat["sparse_rewards"]
+        critic, policy = self.critic, self.agent.policy
+
+        with self.autocast():
+            task_z = self.agent.infer_posterior(context)                              # (tasks, latent)
+            z = repeat(task_z, "t d -> (t b) d", b=p.batch_size)                     # (tasks*batch, latent)
+            encoder_losses = self.encoder_losses(context, task_z, batch)
+
+            # Q loss: the only RL gradient into the encoder
+            q1_pred = critic.qf1(obs, actions, z).float()
+            q2_pred = critic.qf2(obs, actions, z).float()
+            with torch.no_grad():
+                target_v = critic.target_vf(next_obs, z).float()
+                q_target = rewards * p.reward_scale + (1.0 - terminals) * p.discount * target_v
+            qf_loss = F.mse_loss(q1_pred, q_target) + F.mse_loss(q2_pred, q_target)
+            encoder_loss = sum(encoder_losses.values()) if encoder_losses else torch.zeros(())
+
+        self.optimizers["qf"].zero_grad(set_to_none=True)
+        if "encoder" in self.optimizers:
+            self.optimizers["encoder"].zero_grad(set_to_none=True)
+        (qf_loss + encoder_loss).backward()
+        self.optimizers["qf"].step()
+        if "encoder" in self.optimizers:
+            self.optimizers["encoder"].step()
+
+        with self.autocast():
+            z_detached = z.detach()
+            pi = policy(obs, z_detached)
+            min_q_new = critic.min_q(obs, pi.action, z_detached).float()
+            # V loss
+            v_pred = critic.vf(obs, z_detached).float()
+            v_target = (min_q_new - pi.log_prob).detach()
+            vf_loss = F.mse_loss(v_pred, v_target)
+            # policy loss
+            policy_loss = (pi.log_prob - min_q_new).mean()
+            policy_reg = (c.policy_mean_reg * (pi.mean ** 2).mean() + c.policy_std_reg * (pi.log_std ** 2).mean()
+                          + c.policy_pre_tanh_reg * (pi.pre_tanh ** 2).sum(-1).mean())
+            policy_loss = policy_loss + policy_reg
+
+        self.optimizers["vf"].zero_grad(set_to_none=True)
+        vf_loss.backward()
+        self.optimizers["vf"].step()
+        critic.soft_update_target(c.tau)
+        self.optimizers["policy"].zero_grad(set_to_none=True)
+        policy_loss.backward()
+        self.optimizers["policy"].step()
+        self.grad_steps += 1
+
+        out = {"qf_loss": qf_loss.item(), "vf_loss": vf_loss.item(), "policy_loss": policy_loss.item(),
+               "q_mean": q1_pred.mean().item(), "log_pi": pi.log_prob.mean().item()}
+        out.update({k: v.item() for k, v in encoder_losses.items()})
+        return out
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict:
+        return {
+            "agent": self.agent.state_dict(), "critic": self.critic.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "rl_buffer": self.rl_buffer.state_dict(), "enc_buffer": self.enc_buffer.state_dict(),
+            "rng": self.rng.bit_generator.state, "env_rng": self.env.unwrapped.np_random.bit_generator.state,
+            "env_steps": self.env_steps, "grad_steps": self.grad_steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.critic.load_state_dict(state["critic"])
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        self.rl_buffer.load_state_dict(state["rl_buffer"])
+        self.enc_buffer.load_state_dict(state["enc_buffer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.env.unwrapped.np_random.bit_generator.state = state["env_rng"]
+        self.env_steps, self.grad_steps = state["env_steps"], state["grad_steps"]

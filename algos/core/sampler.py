@@ -1,0 +1,67 @@
+"""The path sampler and data collection with the prior / posterior / extra-RL semantics of SPEC section 3."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import gymnasium as gym
+import torch
+
+from algos.core.agent import MetaAgent
+from algos.core.buffers import MultiTaskReplayBuffer
+
+
+def rollout(env: gym.Env, agent: MetaAgent, max_path_length: int, deterministic: bool = False,
+            accum_context: bool = False, context_uses_sparse_reward: bool = False) -> dict[str, np.ndarray]:
+    """Run one episode in the env's current task. With ``accum_context`` every transition is fed to
+    ``agent.update_context``; its reward is the sparse one when ``context_uses_sparse_reward``, so an agent
+    at meta-test time never sees the dense reward of a sparse task."""
+    obs_list, action_list, reward_list, sparse_list, next_obs_list, terminal_list = [], [], [], [], [], []
+    obs, _ = env.reset()
+    for step in range(max_path_length):
+        action, _ = agent.get_action(obs, deterministic=deterministic)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        sparse_reward = info.get("sparse_reward", reward)
+        if accum_context:
+            context_reward = sparse_reward if context_uses_sparse_reward else reward
+            last = terminated or truncated or step == max_path_length - 1
+            agent.update_context((obs, action, context_reward, next_obs, terminated, {**info, "truncated": last}))
+        obs_list.append(obs); action_list.append(action); reward_list.append(reward)
+        sparse_list.append(sparse_reward); next_obs_list.append(next_obs); terminal_list.append(terminated)
+        obs = next_obs
+        if terminated or truncated:
+            break
+    agent.end_episode()
+    return {
+        "obs": np.asarray(obs_list, dtype=np.float32), "actions": np.asarray(action_list, dtype=np.float32),
+        "rewards": np.asarray(reward_list, dtype=np.float32),
+        "sparse_rewards": np.asarray(sparse_list, dtype=np.float32),
+        "next_obs": np.asarray(next_obs_list, dtype=np.float32),
+        "terminals": np.asarray(terminal_list, dtype=np.float32),
+    }
+
+
+def collect_data(env: gym.Env, agent: MetaAgent, task: int, num_samples: int, max_path_length: int,
+                 rl_buffer: MultiTaskReplayBuffer, enc_buffer: MultiTaskReplayBuffer,
+                 update_posterior: bool, add_to_enc_buffer: bool, sample_task_context) -> int:
+    """Collect ``num_samples`` transitions in ``task`` (whole episodes; the last one may run past the budget's
+    end by less than an episode, as in the reference). The belief starts at the prior; with
+    ``update_posterior`` it is re-inferred after every episode from ``sample_task_context(task)`` (the encoder
+    buffer). Returns the number of transitions collected."""
+    env.unwrapped.reset_task(task)
+    agent.clear_context()
+    collected = 0
+    while collected < num_samples:
+        path = rollout(env, agent, max_path_length)
+        collected += len(path["rewards"])
+        rl_buffer.add_path(task, path)
+        if add_to_enc_buffer:
+            enc_buffer.add_path(task, path)
+        if update_posterior:
+            with torch.no_grad():
+                agent.infer_posterior(sample_task_context(task))
+    return collected
+
+
+def num_eval_episodes(num_steps_per_eval: int, max_path_length: int) -> int:
+    return max(1, math.ceil(num_steps_per_eval / max_path_length))

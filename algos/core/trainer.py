@@ -1,0 +1,191 @@
+"""The outer loop: build a run from a config, meta-train, evaluate, log, checkpoint, resume, write results.
+
+A run lives in ``runs/<env>/<algo>/<seed>-<stamp>/``: ``config.json`` (resolved), ``metrics.jsonl`` (one line
+per iteration), ``tb/`` (TensorBoard events), ``checkpoint.pt`` (written atomically after every iteration) and,
+at the end, ``results.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import envs_glue
+from algos import algorithm_class
+from algos.core.config import ConfigError, ProtocolConfig, RunConfig, apply_overrides, protocol_for, to_dict
+from algos.core.evaluation import EvalResult, evaluate
+from algos.core.io import (atomic_torch_save, atomic_write_json, git_commit, load_checkpoint, machine_description,
+                           read_json)
+
+FINAL_EVAL_OFFSET = 999_983  # eval seeds: seed * 1_000_003 + iteration (final: + this offset)
+
+
+def build_config(env: str, algo: str, tier: str, seed: int, overrides: list[str] | None = None) -> RunConfig:
+    envs_glue.env_spec(env)
+    protocol = protocol_for(env, tier)
+    algo_cls = algorithm_class(algo)
+    config = RunConfig(env=env, algo=algo, tier=tier, seed=seed, protocol=protocol, agent=algo_cls.config_class())
+    return apply_overrides(config, overrides or [])
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    try:
+        algo_cls = algorithm_class(data["algo"])
+        known = {f.name for f in dataclasses.fields(RunConfig)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}")
+        protocol = ProtocolConfig(**data["protocol"])
+        agent = _dataclass_from_dict(algo_cls.config_class, data["agent"])
+        return RunConfig(**{**data, "protocol": protocol, "agent": agent})
+    except (KeyError, TypeError) as error:
+        raise ConfigError(f"saved config is invalid: {error}") from None
+
+
+def _dataclass_from_dict(cls, data: dict):
+    kwargs = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key {key!r} for {cls.__name__}")
+        field_type = cls.__dataclass_fields__[key].type
+        default = getattr(cls(), key)
+        kwargs[key] = _dataclass_from_dict(type(default), value) if dataclasses.is_dataclass(default) else value
+    return cls(**kwargs)
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path | None = None, progress: bool = True):
+        config.validate()
+        self.config = config
+        self.progress = progress
+        torch.set_num_threads(config.num_threads)
+        if run_dir is None:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+            run_dir = Path(config.run_root) / config.env / config.algo / f"{config.seed}-{stamp}"
+        self.run_dir = Path(run_dir)
+        config.run_dir = str(self.run_dir)
+        self.meta_env_spec = envs_glue.env_spec(config.env)
+
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.env = envs_glue.make_env(config.env, seed=config.seed)
+        self.algorithm = algorithm_class(config.algo)(self.env, config.protocol, config.agent, self.rng,
+                                                      bf16=config.bf16)
+        self.start_iteration = 0
+        self.learning_curve: list[dict] = []
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, eval_seed: int, num_repeats: int) -> EvalResult:
+        p = self.config.protocol
+        meta_env = self.env.unwrapped
+        # Evaluation runs in the training env (an oracle reads its task there) with its own seeds, and never
+        # shifts the training random streams: torch's is forked, the env's is saved and restored.
+        env_rng_state = meta_env.np_random.bit_generator.state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(eval_seed)
+            self.env.reset(seed=eval_seed)
+            result = evaluate(self.env, self.algorithm.agent, meta_env.test_task_ids, p.num_steps_per_eval,
+                              p.num_exp_traj_eval, num_repeats, meta_env.max_episode_steps, p.sparse_rewards)
+        meta_env.np_random.bit_generator.state = env_rng_state
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def save_checkpoint(self, iteration: int) -> None:
+        atomic_torch_save(self.checkpoint_path, {
+            "iteration": iteration, "algorithm": self.algorithm.state_dict(), "torch_rng": torch.get_rng_state(),
+            "learning_curve": self.learning_curve, "elapsed": self.elapsed,
+        })
+
+    def load_checkpoint(self) -> None:
+        state = load_checkpoint(self.checkpoint_path)
+        self.algorithm.load_state_dict(state["algorithm"])
+        torch.set_rng_state(state["torch_rng"])
+        self.learning_curve = state["learning_curve"]
+        self.elapsed = state["elapsed"]
+        self.start_iteration = state["iteration"] + 1
+        # drop metric lines written after the checkpoint (a kill between the two writes)
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["iteration"] < self.start_iteration]
+            metrics.write_text("".join(line + "\n" for line in kept))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, resume: bool = False) -> dict:
+        from torch.utils.tensorboard import SummaryWriter
+
+        cfg, p = self.config, self.config.protocol
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run_dir / "config.json", to_dict(cfg))
+        if resume:
+            self.load_checkpoint()
+        writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self.start_iteration)
+        started = time.perf_counter() - self.elapsed
+        if self.start_iteration == 0:
+            self.algorithm.collect_initial_data()
+        bar = tqdm(range(self.start_iteration, p.num_iterations), initial=self.start_iteration,
+                   total=p.num_iterations, desc=f"{cfg.algo} {cfg.env} seed {cfg.seed}", disable=not self.progress,
+                   dynamic_ncols=True)
+        for iteration in bar:
+            scalars = dict(self.algorithm.train_iteration(iteration))
+            if (iteration + 1) % p.eval_interval == 0 or iteration == p.num_iterations - 1:
+                result = self.evaluate(cfg.seed * 1_000_003 + iteration, p.num_evals)
+                scalars.update(result.scalars())
+                bar.set_postfix(meta_test_return=f"{result.meta_test_return:.3f}")
+            self.elapsed = time.perf_counter() - started
+            row = {"iteration": iteration, "env_steps": self.algorithm.env_steps,
+                   "grad_steps": self.algorithm.grad_steps, "wall_time_s": self.elapsed, **scalars}
+            self.learning_curve.append(row)
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, global_step=iteration)
+            writer.add_scalar("env_steps", self.algorithm.env_steps, global_step=iteration)
+            writer.flush()
+            self.save_checkpoint(iteration)
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        bar.close()
+        writer.close()
+        return self.finish()
+
+    def finish(self) -> dict:
+        cfg, p = self.config, self.config.protocol
+        last = next((row for row in reversed(self.learning_curve) if "meta_test_return" in row), {})
+        final_eval = None
+        if p.final_eval_repeats > 0:
+            result = self.evaluate(cfg.seed * 1_000_003 + FINAL_EVAL_OFFSET, p.final_eval_repeats)
+            final_eval = {"meta_test_return": result.meta_test_return, "num_repeats": p.final_eval_repeats,
+                          "online_returns": result.online_returns,
+                          "per_task_final_returns": result.per_task_final_returns}
+        results = {
+            "env": cfg.env, "algo": cfg.algo, "tier": cfg.tier, "seed": cfg.seed,
+            "meta_test_return": last.get("meta_test_return"),
+            "online_returns": [last[k] for k in sorted((k for k in last if k.startswith("online_return/")),
+                                                       key=lambda k: int(k.rsplit("_", 1)[1]))],
+            "final_eval": final_eval,
+            "learning_curve": [{k: row[k] for k in ("iteration", "env_steps", "grad_steps", "wall_time_s",
+                                                     "meta_test_return") if k in row} for row in self.learning_curve],
+            "env_steps": self.algorithm.env_steps, "grad_steps": self.algorithm.grad_steps,
+            "wall_time_s": self.elapsed, "parameter_count": self.algorithm.parameter_count(),
+            "git_commit": git_commit(), "machine": machine_description(), "config": to_dict(cfg),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_json(self.run_dir / "results.json", results)
+        return results
+
+
+def resume_trainer(run_dir: Path, progress: bool = True) -> Trainer:
+    run_dir = Path(run_dir)
+    config = config_from_dict(read_json(run_dir / "config.json", what="run config"))
+    return Trainer(config, run_dir=run_dir, progress=progress)

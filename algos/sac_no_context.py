@@ -1,0 +1,36 @@
+"""``sac-no-context``: plain SAC conditioned on a zero latent. The floor every context method must beat."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from algos.core.agent import MetaAgent
+from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig
+from models.policy import build_policy
+
+
+@dataclass
+class SACNoContextConfig(MetaSACConfig):
+    pass
+
+
+class SACNoContextAgent(MetaAgent):
+    def __init__(self, obs_dim: int, action_dim: int, config: SACNoContextConfig):
+        super().__init__(obs_dim, action_dim, config.latent_dim)
+        self.policy = build_policy(obs_dim, config.latent_dim, action_dim, config.hidden_dim, config.num_hidden_layers)
+        self.clear_context()
+
+    def prior_z(self, num_tasks: int) -> torch.Tensor:
+        return torch.zeros(num_tasks, self.latent_dim)
+
+    def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
+        self.z = self.prior_z(context.shape[0])  # the context is ignored by design
+        return self.z
+
+
+class SACNoContext(MetaSACAlgorithm):
+    config_class = SACNoContextConfig
+
+    def make_agent(self) -> SACNoContextAgent:
+        return SACNoContextAgent(self.obs_dim, self.action_dim, self.config)

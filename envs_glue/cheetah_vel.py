@@ -1,0 +1,72 @@
+"""Half-cheetah target-velocity tasks of the reference benchmark (PEARL's ``HalfCheetahVelEnv``).
+
+Built on gymnasium's MuJoCo half-cheetah (the standard ``half_cheetah.xml``, frame skip 5, ``dt = 0.05``,
+the standard reset noise) through the official ``mujoco`` bindings.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+
+from envs_glue.base import MetaEnv
+
+TASK_SEED = 1337
+NUM_TASKS = 40
+CTRL_COST_WEIGHT = 0.05
+
+
+def cheetah_velocities(num_tasks: int = NUM_TASKS) -> np.ndarray:
+    """Goal velocities: ``RandomState(1337).uniform(0, 3, size=40)``."""
+    return np.random.RandomState(TASK_SEED).uniform(0.0, 3.0, size=(num_tasks,))
+
+
+class CheetahVelEnv(HalfCheetahEnv, MetaEnv):
+    """Reward ``-|v_x - v_goal| - 0.05 * sum(a^2)``; obs = ``qpos[1:]`` (8), ``qvel`` (9), torso ``xpos`` (3)."""
+
+    max_episode_steps = 200
+    num_train_tasks = 30
+    num_test_tasks = 10
+
+    def __init__(self, render_mode: str | None = None):
+        self.velocities = cheetah_velocities()
+        self._goal_velocity = float(self.velocities[0])
+        self.task_idx = 0
+        super().__init__(render_mode=render_mode)
+        # The reference observation keeps the torso position, so 8 + 9 + 3 = 20 dims.
+        self.observation_space = spaces.Box(low=-np.inf, high=np.inf, shape=(20,), dtype=np.float64)
+
+    @property
+    def tasks(self) -> np.ndarray:
+        return self.velocities[:, None]
+
+    def reset_task(self, task_idx: int) -> None:
+        self.task_idx = int(task_idx)
+        self._goal_velocity = float(self.velocities[self.task_idx])
+
+    @property
+    def task(self) -> np.ndarray:
+        return np.array([self._goal_velocity])
+
+    def _get_obs(self) -> np.ndarray:
+        # ``get_body_com("torso")`` of mujoco-py was the body frame origin, i.e. ``data.xpos``.
+        torso_position = self.data.body("torso").xpos
+        return np.concatenate([self.data.qpos.flat[1:], self.data.qvel.flat, torso_position]).astype(np.float64)
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        x_before = float(self.data.qpos[0])
+        self.do_simulation(action, self.frame_skip)
+        x_after = float(self.data.qpos[0])
+        forward_velocity = (x_after - x_before) / self.dt
+        forward_reward = -abs(forward_velocity - self._goal_velocity)
+        ctrl_cost = CTRL_COST_WEIGHT * float(np.sum(np.square(action)))
+        reward = forward_reward - ctrl_cost
+        info = {"task": self.task, "forward_velocity": forward_velocity, "forward_reward": forward_reward,
+                "ctrl_cost": ctrl_cost}
+        if self.render_mode == "human":
+            self.render()
+        return self._get_obs(), reward, False, False, info
+
+    def _get_reset_info(self):
+        return {"task": self.task}

@@ -1,0 +1,50 @@
+"""MLP building blocks shared by every algorithm."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Small final-layer weights keep initial Q/V/policy outputs near zero (as in rlkit/PEARL).
+FINAL_LAYER_INIT = 3e-3
+
+
+def build_mlp(input_dim: int, output_dim: int, hidden_dim: int = 300, num_hidden_layers: int = 3,
+              activation: type[nn.Module] = nn.ReLU, small_final_init: bool = True) -> nn.Sequential:
+    """``num_hidden_layers`` hidden layers of width ``hidden_dim`` then a linear output layer."""
+    layers: list[nn.Module] = []
+    width = input_dim
+    for _ in range(num_hidden_layers):
+        layers += [nn.Linear(width, hidden_dim), activation()]
+        width = hidden_dim
+    final = nn.Linear(width, output_dim)
+    if small_final_init:
+        nn.init.uniform_(final.weight, -FINAL_LAYER_INIT, FINAL_LAYER_INIT)
+        nn.init.uniform_(final.bias, -FINAL_LAYER_INIT, FINAL_LAYER_INIT)
+    layers.append(final)
+    return nn.Sequential(*layers)
+
+
+class ConcatMLP(nn.Module):
+    """An MLP over the concatenation of its inputs: ``Q(obs, action, z)``, ``V(obs, z)``."""
+
+    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int, num_hidden_layers: int):
+        super().__init__()
+        self.net = build_mlp(input_dim, output_dim, hidden_dim, num_hidden_layers)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat(inputs, dim=-1))
+
+
+def build_qf(obs_dim: int, action_dim: int, latent_dim: int, hidden_dim: int = 300,
+             num_hidden_layers: int = 3) -> ConcatMLP:
+    """``Q(obs, action, z) -> (batch, 1)``."""
+    return ConcatMLP(obs_dim + action_dim + latent_dim, 1, hidden_dim, num_hidden_layers)
+
+
+def build_vf(obs_dim: int, latent_dim: int, hidden_dim: int = 300, num_hidden_layers: int = 3) -> ConcatMLP:
+    """``V(obs, z) -> (batch, 1)``."""
+    return ConcatMLP(obs_dim + latent_dim, 1, hidden_dim, num_hidden_layers)
+
+
+def count_parameters(*modules: nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
