@@ -100,9 +100,16 @@ class MetaSACAlgorithm:
         """Parameters stepped with the critic (the context encoder and any auxiliary heads)."""
         return []
 
-    def encoder_losses(self, context: torch.Tensor, z: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict:
-        """Method-specific losses on the encoder, already weighted; summed into the critic step."""
+    def encoder_losses(self, tasks: np.ndarray, context: torch.Tensor, z: torch.Tensor,
+                       batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Method-specific losses on the encoder, already weighted, summed into the critic step. ``tasks`` are the
+        meta-batch's task ids ``(t,)``, ``context`` ``(t, n, context_dim)``, ``z`` ``(t, latent)`` and ``batch``
+        the RL batch with a leading task dimension."""
         return {}
+
+    def training_context(self, context: torch.Tensor) -> torch.Tensor:
+        """The context a gradient step encodes (a method may subsample it); default: all of it."""
+        return context
 
     # ------------------------------------------------------------------ construction helpers
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -171,7 +178,7 @@ class MetaSACAlgorithm:
     def train_step(self) -> dict[str, float]:
         p, c = self.protocol, self.config
         tasks = self.rng.choice(self.train_tasks, size=p.meta_batch)  # with replacement, as the reference
-        context = self.sample_task_context(tasks)                     # (tasks, n, context_dim)
+        context = self.training_context(self.sample_task_context(tasks))  # (tasks, n, context_dim)
         batch = sample_rl_batch(self.rl_buffer, tasks, p.batch_size, self.rng)
         flat = {k: rearrange(v, "t b d -> (t b) d") for k, v in batch.items()}
         obs, actions, next_obs, terminals = flat["obs"], flat["actions"], flat["next_obs"], flat["terminals"]
@@ -181,7 +188,7 @@ class MetaSACAlgorithm:
         with self.autocast():
             task_z = self.agent.infer_posterior(context)                              # (tasks, latent)
             z = repeat(task_z, "t d -> (t b) d", b=p.batch_size)                     # (tasks*batch, latent)
-            encoder_losses = self.encoder_losses(context, task_z, batch)
+            encoder_losses = self.encoder_losses(tasks, context, task_z, batch)
 
             # Q loss: the only RL gradient into the encoder
             q1_pred = critic.qf1(obs, actions, z).float()

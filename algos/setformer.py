@@ -1,0 +1,229 @@
+"""setformer (ours): set-transformer task inference with reward and next-state heads, and Thompson-sampling
+exploration over task hypotheses, conditioning a SAC actor-critic.
+
+Encoder. Each context transition ``(obs, action, reward[, next_obs])`` is a token; an MLP embeds it once, when it
+arrives (``update_context`` writes it into a preallocated buffer: constant cost per step). Induced-set attention
+blocks let the tokens exchange information at O(n m) cost, and pooling by multihead attention with learned seed
+queries reads out a **deterministic** latent ``z``. Nothing depends on token order, so ``z`` is
+permutation-invariant by construction. The pooling weights of the last ``adapt()`` / ``infer_posterior()`` are
+kept in ``attention_weights`` for plots.
+
+Shaping. A reward head and a next-state head predict ``r`` and ``s' - s`` from ``(obs, action, z)`` on the RL
+batch; each loss has its own weight (``aux.reward``, ``aux.next_state``; 0 switches it off). ``z`` also takes the
+critic's gradient, stepped with the critic. The reward head predicts the reward the context carries (the sparse
+one on the sparse task), which is what lets it score hypotheses below.
+
+Exploration. A deterministic latent gives no directed exploration. The agent keeps the latents of the training
+tasks as a hypothesis set (refreshed from every meta-batch), scores each hypothesis by the likelihood of the
+observed rewards under the reward head, ``log p(h | c) = -sum_t (r_t - R(s_t, a_t, z_h))^2 / (2 sigma^2)``, and
+during exploration acts as the policy of a hypothesis sampled from that belief (Thompson sampling): one per
+episode, and a fresh one as soon as the evidence makes the current one ``exp(switch_log_ratio)`` times less
+likely than the best. Falsified goals are dropped within an episode, so one exploration episode can visit several
+candidates. ``adapt()`` ends exploration: from then on ``z`` is the encoder's reading of the whole context.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from algos.core.agent import MetaAgent
+from algos.core.config import ConfigError
+from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig
+from models.mlp import build_mlp
+from models.policy import build_policy
+from models.set_transformer import InducedSetAttentionBlock, PoolingByMultiheadAttention
+
+
+@dataclass
+class AuxConfig:
+    reward: float = 1.0       # weight of the reward head's loss; 0 switches it off
+    next_state: float = 1.0   # weight of the next-state head's loss; 0 switches it off
+
+
+@dataclass
+class ExplorationConfig:
+    thompson: bool = True            # False: explore with the encoder's z of the context so far
+    reward_noise_std: float = 0.1    # sigma of the reward likelihood that scores hypotheses
+    switch_log_ratio: float = 4.6    # resample when log p(best) - log p(current) exceeds this (100x)
+
+
+@dataclass
+class SetFormerConfig(MetaSACConfig):
+    latent_dim: int = 8
+    model_dim: int = 64              # token width
+    num_heads: int = 4
+    num_blocks: int = 2              # induced-set attention blocks
+    num_inducing: int = 16
+    num_seeds: int = 2               # pooling seed queries
+    head_hidden_dim: int = 128       # reward / next-state heads
+    head_num_hidden_layers: int = 2
+    min_context_fraction: float = 0.25  # training contexts keep a random n in [fraction * N, N] tokens
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.model_dim % self.num_heads:
+            raise ConfigError(f"agent.model_dim ({self.model_dim}) must be divisible by agent.num_heads "
+                              f"({self.num_heads})")
+        if min(self.num_blocks, self.num_inducing, self.num_seeds, self.head_hidden_dim) <= 0:
+            raise ConfigError("agent.num_blocks, num_inducing, num_seeds and head_hidden_dim must be positive")
+        if not 0.0 < self.min_context_fraction <= 1.0:
+            raise ConfigError(f"agent.min_context_fraction must lie in (0, 1], got {self.min_context_fraction}")
+        if self.aux.reward < 0 or self.aux.next_state < 0:
+            raise ConfigError("agent.aux.reward and agent.aux.next_state must be >= 0")
+        if self.exploration.reward_noise_std <= 0:
+            raise ConfigError("agent.exploration.reward_noise_std must be positive")
+
+
+class SetEncoder(nn.Module):
+    def __init__(self, context_dim: int, latent_dim: int, config: SetFormerConfig):
+        super().__init__()
+        d = config.model_dim
+        self.token_embedding = build_mlp(context_dim, d, d, 1, small_final_init=False)
+        self.blocks = nn.ModuleList(InducedSetAttentionBlock(d, config.num_heads, config.num_inducing)
+                                    for _ in range(config.num_blocks))
+        self.pooling = PoolingByMultiheadAttention(d, config.num_heads, config.num_seeds)
+        self.to_latent = nn.Linear(config.num_seeds * d, latent_dim)
+
+    def embed(self, context: torch.Tensor) -> torch.Tensor:
+        """``(tasks, n, context_dim) -> (tasks, n, model_dim)``, each token on its own."""
+        return self.token_embedding(context)
+
+    def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tasks, n, model_dim)`` -> ``z (tasks, latent)`` and pooling weights ``(tasks, heads, seeds, n)``."""
+        for block in self.blocks:
+            tokens = block(tokens)
+        pooled, weights = self.pooling(tokens)
+        return self.to_latent(rearrange(pooled, "t k d -> t (k d)")).float(), weights
+
+
+class SetFormerAgent(MetaAgent):
+    def __init__(self, obs_dim: int, action_dim: int, config: SetFormerConfig, num_train_tasks: int,
+                 use_next_obs: bool = False):
+        super().__init__(obs_dim, action_dim, config.latent_dim, use_next_obs)
+        self.config = config
+        self.context_encoder = SetEncoder(self.context_dim, config.latent_dim, config)
+        head_input = obs_dim + action_dim + config.latent_dim
+        self.reward_head = build_mlp(head_input, 1, config.head_hidden_dim, config.head_num_hidden_layers)
+        self.next_state_head = build_mlp(head_input, obs_dim, config.head_hidden_dim, config.head_num_hidden_layers)
+        self.policy = build_policy(obs_dim, config.latent_dim, action_dim, config.hidden_dim, config.num_hidden_layers)
+        # hypothesis set: one latent per training task, refreshed from every meta-batch during training
+        self.register_buffer("task_latents", torch.randn(num_train_tasks, config.latent_dim))
+        self._tokens = torch.zeros(1, 256, config.model_dim)   # embedded online context, preallocated
+        self._num_tokens = 0
+        self.attention_weights: torch.Tensor | None = None     # (tasks, heads, seeds, n) of the last pooling
+        self.exploring = True
+        self.hypothesis_log_likelihood = torch.zeros(num_train_tasks)
+        self.hypothesis = 0
+        self.clear_context()
+
+    # ------------------------------------------------------------------ belief over hypotheses
+    def sample_hypothesis(self) -> torch.Tensor:
+        belief = (self.hypothesis_log_likelihood - self.hypothesis_log_likelihood.max()).exp()
+        self.hypothesis = int(torch.multinomial(belief, 1))
+        self.z = self.task_latents[self.hypothesis][None].clone()
+        return self.z
+
+    @torch.no_grad()
+    def score_hypotheses(self, obs: torch.Tensor, action: torch.Tensor, reward: float) -> None:
+        """Add one transition's log-likelihood under every hypothesis's reward prediction."""
+        num_hypotheses = self.task_latents.shape[0]
+        inputs = torch.cat([obs.expand(num_hypotheses, -1), action.expand(num_hypotheses, -1), self.task_latents], -1)
+        predicted = self.reward_head(inputs)[:, 0]
+        sigma = self.config.exploration.reward_noise_std
+        self.hypothesis_log_likelihood -= (reward - predicted) ** 2 / (2 * sigma ** 2)
+
+    # ------------------------------------------------------------------ MetaAgent interface
+    def prior_z(self, num_tasks: int) -> torch.Tensor:
+        self.exploring = True
+        self.hypothesis_log_likelihood = torch.zeros(self.task_latents.shape[0])
+        if self.config.exploration.thompson and num_tasks == 1:
+            return self.sample_hypothesis()
+        return torch.zeros(num_tasks, self.latent_dim)
+
+    def clear_context(self, num_tasks: int = 1) -> None:
+        self._num_tokens = 0
+        super().clear_context(num_tasks)
+
+    @torch.no_grad()
+    def update_context(self, transition) -> None:
+        row = self.make_context_row(transition)
+        self._context.append(row)
+        if self._num_tokens == self._tokens.shape[1]:  # grow by doubling: amortised constant cost
+            grown = torch.zeros(1, 2 * self._tokens.shape[1], self._tokens.shape[2])
+            grown[:, : self._num_tokens] = self._tokens
+            self._tokens = grown
+        self._tokens[0, self._num_tokens] = self.context_encoder.embed(row[None])[0]
+        self._num_tokens += 1
+        if self.exploring and self.config.exploration.thompson:
+            obs, action = row[None, : self.obs_dim], row[None, self.obs_dim: self.obs_dim + self.action_dim]
+            self.score_hypotheses(obs, action, float(row[self.obs_dim + self.action_dim]))
+            best = self.hypothesis_log_likelihood.max()
+            if best - self.hypothesis_log_likelihood[self.hypothesis] > self.config.exploration.switch_log_ratio:
+                self.sample_hypothesis()  # the current hypothesis is falsified: commit to a live one
+
+    @torch.no_grad()
+    def adapt(self) -> None:
+        self.exploring = False
+        if self._num_tokens == 0:
+            self.z = torch.zeros(1, self.latent_dim)
+            return
+        self.z, weights = self.context_encoder.pool(self._tokens[:, : self._num_tokens])
+        self.attention_weights = weights.detach()
+
+    def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
+        self.exploring = False
+        if context.shape[1] == 0:
+            self.z = torch.zeros(context.shape[0], self.latent_dim)
+            return self.z
+        self.z, weights = self.context_encoder.pool(self.context_encoder.embed(context))
+        self.attention_weights = weights.detach()
+        return self.z
+
+    def end_episode(self) -> None:
+        if self.exploring and self.config.exploration.thompson and self.z.shape[0] == 1:
+            with torch.no_grad():
+                self.sample_hypothesis()
+
+
+class SetFormer(MetaSACAlgorithm):
+    config_class = SetFormerConfig
+
+    def make_agent(self) -> SetFormerAgent:
+        return SetFormerAgent(self.obs_dim, self.action_dim, self.config, len(self.train_tasks),
+                              self.protocol.use_next_obs_in_context)
+
+    def encoder_parameters(self):
+        a = self.agent
+        return [*a.context_encoder.parameters(), *a.reward_head.parameters(), *a.next_state_head.parameters()]
+
+    def training_context(self, context: torch.Tensor) -> torch.Tensor:
+        # contexts at meta-test time are smaller than the encoder buffer's samples: train on a random size
+        n = context.shape[1]
+        low = max(1, math.ceil(self.config.min_context_fraction * n))
+        keep = int(self.rng.integers(low, n + 1))
+        return context[:, :keep]
+
+    def encoder_losses(self, tasks, context, z, batch):
+        aux, sparse = self.config.aux, self.protocol.sparse_rewards
+        with torch.no_grad():
+            self.agent.task_latents[torch.as_tensor(tasks)] = z.detach().float()
+        losses = {}
+        if aux.reward == 0 and aux.next_state == 0:
+            return losses
+        z_per_sample = repeat(z, "t d -> t b d", b=batch["obs"].shape[1])
+        head_input = torch.cat([batch["obs"], batch["actions"], z_per_sample], dim=-1)
+        if aux.reward > 0:
+            target = batch["sparse_rewards"] if sparse else batch["rewards"]
+            losses["reward_head_loss"] = aux.reward * F.mse_loss(self.agent.reward_head(head_input).float(), target)
+        if aux.next_state > 0:
+            target = batch["next_obs"] - batch["obs"]
+            predicted = self.agent.next_state_head(head_input).float()
+            losses["next_state_head_loss"] = aux.next_state * F.mse_loss(predicted, target)
+        return losses

@@ -1,0 +1,251 @@
+"""Measure what a benchmark cell's wall time is made of, per method: gradient steps per second, environment
+steps per second during data collection, and the online ``adapt()`` latency against the context size.
+
+    python -m experiments.throughput                                   # every registered method, point-robot
+    python -m experiments.throughput --algos pearl setformer --envs point-robot cheetah-vel --tier quick
+
+Each measurement builds the method exactly as a run would (``build_config`` + ``Trainer`` with the tier's
+batch sizes and the same thread count a benchmark cell gets), so the numbers predict the benchmark's cost:
+
+- gradient steps/s: ``algorithm.train_step()`` after ``collect_initial_data()`` and a warm-up, timed over N
+  steps (one step = one meta-batch of ``meta_batch`` tasks × ``batch_size`` transitions);
+- env steps/s: ``collect_initial_data()`` (prior only) and ``collect_iteration_data()`` (with posterior
+  inference), the environment steps they took divided by their time;
+- ``update_context`` cost per transition and ``adapt()`` latency (median over repeats) after feeding 10, 100
+  and 1000 random transitions of the right shapes, as meta-test evaluation does.
+
+Writes ``<out>/throughput.json`` and ``<out>/THROUGHPUT.md`` (atomically). Methods that do not import yet are
+skipped with a note; a method that crashes while measured is reported and the script exits nonzero.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from algos import ALGORITHMS, algorithm_class
+from algos.core.config import TIERS
+from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description
+from algos.core.trainer import Trainer, build_config
+from envs_glue import ENV_SPECS
+
+DEFAULT_CONTEXT_SIZES = (10, 100, 1000)
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
+    parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=["point-robot"])
+    parser.add_argument("--tier", default="quick", choices=TIERS, help="batch sizes of this tier (default: quick)")
+    parser.add_argument("--threads", type=int, default=max(1, available_cpus() // 2),
+                        help="torch threads (default: cpu_count // 2, what a cell gets with the benchmark's default "
+                             "--workers 2)")
+    parser.add_argument("--grad-steps", type=int, default=30, help="timed gradient steps (default: 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed gradient steps first (default: 3)")
+    parser.add_argument("--context-sizes", nargs="+", type=int, default=list(DEFAULT_CONTEXT_SIZES))
+    parser.add_argument("--adapt-repeats", type=int, default=21, help="adapt() calls per size; median reported")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every method, e.g. --set bf16=false")
+    parser.add_argument("--out", default="benchmarks", help="writes <out>/throughput.json and THROUGHPUT.md")
+    args = parser.parse_args(argv)
+    args.overrides = [item for group in args.overrides for item in group]
+    if args.threads < 1 or args.grad_steps < 1 or args.adapt_repeats < 1 or args.warmup < 0:
+        parser.error("--threads, --grad-steps and --adapt-repeats must be positive, --warmup non-negative")
+    return args
+
+
+# ---------------------------------------------------------------------- measurements
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def collection_rate(algorithm, collect) -> dict | None:
+    """Environment steps per second of one collection call, or ``None`` for a method that collects nothing."""
+    before = algorithm.env_steps
+    seconds = _timed(collect)
+    steps = algorithm.env_steps - before
+    if steps <= 0:
+        return None
+    return {"env_steps": int(steps), "seconds": seconds, "env_steps_per_s": steps / seconds}
+
+
+def gradient_rate(algorithm, steps: int, warmup: int) -> dict:
+    for _ in range(warmup):  # first steps pay for allocation and autocast set-up
+        algorithm.train_step()
+    seconds = _timed(lambda: [algorithm.train_step() for _ in range(steps)])
+    protocol = algorithm.protocol
+    samples = protocol.meta_batch * protocol.batch_size
+    return {"steps": steps, "seconds": seconds, "grad_steps_per_s": steps / seconds,
+            "rl_samples_per_s": steps * samples / seconds}
+
+
+def random_transition(rng: np.random.Generator, obs_dim: int, action_dim: int, step: int, episode_length: int):
+    """A transition ``(obs, action, reward, next_obs, done, info)`` shaped as the path sampler hands it over."""
+    obs = rng.standard_normal(obs_dim).astype(np.float32)
+    next_obs = rng.standard_normal(obs_dim).astype(np.float32)
+    action = rng.uniform(-1.0, 1.0, size=action_dim).astype(np.float32)
+    reward = float(rng.standard_normal())
+    info = {"sparse_reward": reward, "truncated": (step + 1) % episode_length == 0}
+    return obs, action, reward, next_obs, False, info
+
+
+def adapt_latency(agent, obs_dim: int, action_dim: int, episode_length: int, sizes: list[int], repeats: int,
+                  rng: np.random.Generator) -> dict[str, dict]:
+    """Per context size: mean ``update_context`` cost per transition and median ``adapt()`` latency."""
+    out = {}
+    for size in sizes:
+        agent.clear_context()
+        transitions = [random_transition(rng, obs_dim, action_dim, i, episode_length) for i in range(size)]
+        start = time.perf_counter()
+        for transition in transitions:
+            agent.update_context(transition)
+        update_seconds = time.perf_counter() - start
+        agent.adapt()  # warm-up: the first call at a new size may allocate
+        latencies = [_timed(agent.adapt) for _ in range(repeats)]
+        out[str(size)] = {"update_context_us": 1e6 * update_seconds / size,
+                          "adapt_ms_median": 1e3 * statistics.median(latencies),
+                          "adapt_ms_min": 1e3 * min(latencies)}
+    agent.clear_context()
+    return out
+
+
+def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
+    """Every measurement of one method on one environment; the run directory is a temporary one."""
+    config = build_config(env, algo, args.tier, args.seed, [f"num_threads={args.threads}", *args.overrides])
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        trainer = Trainer(config, run_dir=Path(tmp) / "run", progress=False)
+        algorithm = trainer.algorithm
+        meta_env = trainer.env.unwrapped
+        obs_dim = trainer.env.observation_space.shape[0]
+        action_dim = trainer.env.action_space.shape[0]
+        result = {"env": env, "algo": algo, "status": "ok", "bf16": config.bf16, "threads": torch.get_num_threads(),
+                  "meta_batch": config.protocol.meta_batch, "batch_size": config.protocol.batch_size,
+                  "parameter_count": algorithm.parameter_count(), "notes": []}
+        result["initial_collection"] = collection_rate(algorithm, algorithm.collect_initial_data)
+        if hasattr(algorithm, "collect_iteration_data"):
+            result["iteration_collection"] = collection_rate(algorithm, algorithm.collect_iteration_data)
+        else:
+            result["iteration_collection"] = None
+            result["notes"].append("collects no data per iteration")
+        if hasattr(algorithm, "train_step"):
+            result["gradient"] = gradient_rate(algorithm, args.grad_steps, args.warmup)
+        else:
+            result["gradient"] = None
+            result["notes"].append("takes no gradient steps")
+        rng = np.random.default_rng(args.seed)
+        result["adapt"] = adapt_latency(algorithm.agent, obs_dim, action_dim, meta_env.max_episode_steps,
+                                        args.context_sizes, args.adapt_repeats, rng)
+    return result
+
+
+# ---------------------------------------------------------------------- report
+def _f(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def render_markdown(report: dict) -> str:
+    machine = report["machine"]
+    sizes = report["context_sizes"]
+    parts = [
+        "# Throughput",
+        "",
+        f"Generated {report['generated_at']} by `{report['command']}` at commit `{report['git_commit']}` on "
+        f"{machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}), "
+        f"**{report['threads']} torch thread(s)**, batch sizes of the **{report['tier']}** tier.",
+        "",
+        "Gradient steps/s: `train_step()` after a warm-up (one step = meta_batch tasks × batch_size transitions "
+        "through critic, value, policy and encoder updates). Env steps/s: the initial collection (prior, no "
+        "inference) and one iteration's collection (with posterior inference). `adapt()`: median latency over "
+        f"{report['adapt_repeats']} calls after feeding N random transitions with `update_context` (whose mean "
+        "cost per transition is given too).",
+        "",
+    ]
+    for env in report["envs"]:
+        rows = [r for r in report["results"] if r["env"] == env]
+        header = ["method", "params", "meta_batch × batch", "bf16", "grad steps/s", "env steps/s (initial)",
+                  "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
+                  *(f"update_context µs @ {n}" for n in sizes)]
+        lines = [f"## {env}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for r in rows:
+            if r["status"] != "ok":
+                continue
+            gradient = r.get("gradient") or {}
+            initial = r.get("initial_collection") or {}
+            iteration = r.get("iteration_collection") or {}
+            adapt = r.get("adapt") or {}
+            cells = [r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
+                     "yes" if r.get("bf16") else "no", _f(gradient.get("grad_steps_per_s"), 2),
+                     _f(initial.get("env_steps_per_s"), 0), _f(iteration.get("env_steps_per_s"), 0),
+                     *(_f((adapt.get(str(n)) or {}).get("adapt_ms_median"), 3) for n in sizes),
+                     *(_f((adapt.get(str(n)) or {}).get("update_context_us"), 1) for n in sizes)]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts += lines + [""]
+    notes = [f"{r['algo']} on {r['env']} ({r['status']}): {note}" for r in report["results"] for note in r["notes"]]
+    if notes:
+        parts += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["python", "-m", "experiments.throughput", *(sys.argv[1:] if argv is None else argv)])
+    results, failed = [], False
+    for env in args.envs:
+        for algo in args.algos:
+            try:
+                algorithm_class(algo)
+            except Exception as error:  # a method still being written: skip it, say why
+                note = f"not importable yet ({type(error).__name__}: {error})"
+                print(f"skipping {algo}: {note}")
+                results.append({"env": env, "algo": algo, "status": "skipped", "notes": [note]})
+                continue
+            print(f"measuring {algo} on {env} ...", flush=True)
+            try:
+                result = measure(env, algo, args)
+            except Exception as error:
+                failed = True
+                last = traceback.format_exc().strip().splitlines()[-1]
+                print(f"FAILED {algo} on {env}:\n{traceback.format_exc()}", file=sys.stderr)
+                results.append({"env": env, "algo": algo, "status": "failed", "notes": [last]})
+                continue
+            gradient = result["gradient"] or {}
+            print(f"  grad steps/s {_f(gradient.get('grad_steps_per_s'), 2)}, adapt ms "
+                  + ", ".join(f"@{n}: {_f(result['adapt'][str(n)]['adapt_ms_median'], 3)}"
+                              for n in args.context_sizes))
+            results.append(result)
+    report = {
+        "command": command, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(), "machine": machine_description(), "threads": args.threads, "tier": args.tier,
+        "envs": args.envs, "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
+        "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "results": results,
+    }
+    out = Path(args.out)
+    atomic_write_json(out / "throughput.json", report)
+    atomic_write_text(out / "THROUGHPUT.md", render_markdown(report))
+    print(f"wrote {out / 'throughput.json'} and {out / 'THROUGHPUT.md'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

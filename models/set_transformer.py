@@ -1,0 +1,77 @@
+"""Set transformer blocks (Lee et al., 2019): multihead attention blocks, induced-set attention and pooling by
+multihead attention with learned seed queries. Every block returns its attention weights so they can be plotted.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+class MultiheadAttentionBlock(nn.Module):
+    """``MAB(X, Y) = LN(H + FF(H))`` with ``H = LN(X + Attention(X, Y, Y))``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.feedforward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``queries (b, nq, d)``, ``keys (b, nk, d)`` -> ``(b, nq, d)`` and weights ``(b, heads, nq, nk)``."""
+        q = rearrange(self.query(queries), "b n (h d) -> b h n d", h=self.num_heads)
+        k = rearrange(self.key(keys), "b n (h d) -> b h n d", h=self.num_heads)
+        v = rearrange(self.value(keys), "b n (h d) -> b h n d", h=self.num_heads)
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
+        weights = scores.float().softmax(dim=-1)
+        attended = torch.einsum("bhqk,bhkd->bhqd", weights.to(v.dtype), v)
+        hidden = self.norm1(queries + self.out(rearrange(attended, "b h n d -> b n (h d)")))
+        return self.norm2(hidden + self.feedforward(hidden)), weights
+
+
+class InducedSetAttentionBlock(nn.Module):
+    """``ISAB(X) = MAB(X, MAB(I, X))``: self-attention through ``m`` learned inducing points, O(n m) not O(n^2)."""
+
+    def __init__(self, dim: int, num_heads: int, num_inducing: int):
+        super().__init__()
+        self.inducing_points = nn.Parameter(torch.randn(1, num_inducing, dim) / math.sqrt(dim))
+        self.summarise = MultiheadAttentionBlock(dim, num_heads)
+        self.broadcast = MultiheadAttentionBlock(dim, num_heads)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        inducing = self.inducing_points.expand(tokens.shape[0], -1, -1)
+        summary, _ = self.summarise(inducing, tokens)
+        out, _ = self.broadcast(tokens, summary)
+        return out
+
+
+class SelfAttentionBlock(nn.Module):
+    """``SAB(X) = MAB(X, X)``: full self-attention for small sets."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.block = MultiheadAttentionBlock(dim, num_heads)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.block(tokens, tokens)
+        return out
+
+
+class PoolingByMultiheadAttention(nn.Module):
+    """``PMA_k(X) = MAB(S, FF(X))`` with ``k`` learned seed queries ``S``: a permutation-invariant summary."""
+
+    def __init__(self, dim: int, num_heads: int, num_seeds: int):
+        super().__init__()
+        self.seeds = nn.Parameter(torch.randn(1, num_seeds, dim) / math.sqrt(dim))
+        self.feedforward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+        self.block = MultiheadAttentionBlock(dim, num_heads)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(b, n, d)`` -> pooled ``(b, num_seeds, d)`` and attention ``(b, heads, num_seeds, n)``."""
+        return self.block(self.seeds.expand(tokens.shape[0], -1, -1), self.feedforward(tokens))

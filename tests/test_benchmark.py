@@ -1,0 +1,246 @@
+"""The benchmark runner and its results tables: a real two-cell run, kill-and-resume of the runner, and the
+renderer on fixed numbers (so the table's figures are checked exactly, not just that something rendered)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import benchmark
+from experiments.benchmark import Cell, _last_line
+from experiments.results_table import REFERENCE_LABEL, render_markdown
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiments.benchmark", "--no-progress", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def cell_path(out: Path, algo: str, seed: int = 42, tier: str = "smoke", env: str = "point-robot") -> Path:
+    return out / tier / "cells" / env / algo / str(seed)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Our own processes whose command line contains ``text`` (to prove no cell outlives its runner)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_two_cell_smoke_benchmark_runs_and_renders(tmp_path):
+    result = run_benchmark(["--tier", "smoke", "--envs", "point-robot", "--algos", "oracle", "sac-no-context",
+                            "--seeds", "42", "--workers", "2", "--out", str(tmp_path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    for algo in ("oracle", "sac-no-context"):
+        assert (cell_path(tmp_path, algo) / "results.json").exists()
+    summary = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    assert summary["tier"] == "smoke" and "experiments.benchmark" in summary["command"]
+    assert {(c["algo"], c["seed"]) for c in summary["cells"]} == {("oracle", 42), ("sac-no-context", 42)}
+    for cell in summary["cells"]:
+        for key in ("meta_test_return", "final_eval", "online_returns", "learning_curve", "env_steps", "grad_steps",
+                    "wall_time_s", "parameter_count", "git_commit", "machine"):
+            assert key in cell, key
+        assert cell["final_eval"]["num_repeats"] >= 1
+    markdown = (tmp_path / "smoke" / "RESULTS.md").read_text()
+    assert "SAC (no context)" in markdown and "oracle (true task)" in markdown
+    assert "curves_point-robot.png" in markdown and (tmp_path / "smoke" / "curves_point-robot.png").exists()
+    assert REFERENCE_LABEL in markdown
+
+    # --render-only reuses the last run's plan and renders the same cells again (in-process: no second start-up)
+    assert benchmark.main(["--tier", "smoke", "--out", str(tmp_path), "--render-only"]) == 0
+    again = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    assert again["plan"]["algos"] == ["oracle", "sac-no-context"] and len(again["cells"]) == 2
+
+
+def test_oracle_on_cheetah_is_skipped_with_a_note(tmp_path, capsys):
+    # --algos oracle on cheetah-vel only: nothing to run, a note, success
+    code = benchmark.main(["--tier", "smoke", "--envs", "cheetah-vel", "--algos", "oracle", "--seeds", "42",
+                           "--out", str(tmp_path), "--no-progress"])
+    assert code == 0
+    assert "skipping oracle on cheetah-vel" in capsys.readouterr().out
+    assert not (tmp_path / "smoke" / "cells" / "cheetah-vel").exists()
+    assert "not run" in (tmp_path / "smoke" / "RESULTS.md").read_text()
+
+
+def test_killed_runner_resumes_without_rerunning_finished_cells(tmp_path, capsys):
+    oracle_dir, sac_dir = cell_path(tmp_path, "oracle"), cell_path(tmp_path, "sac-no-context")
+    # a leftover of a run killed before its first checkpoint: must be discarded, not resumed
+    sac_dir.mkdir(parents=True)
+    (sac_dir / "stale.txt").write_text("left over")
+    # enough gradient steps that the sac cell is still mid-run after its first checkpoint
+    args = ["--tier", "smoke", "--envs", "point-robot", "--algos", "oracle", "sac-no-context", "--seeds", "42",
+            "--workers", "1", "--out", str(tmp_path), "--set", "num_iterations=3", "--set",
+            "num_train_steps_per_itr=30"]
+    runner = subprocess.Popen([sys.executable, "-m", "experiments.benchmark", "--no-progress", *args], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    try:
+        while not ((oracle_dir / "results.json").exists() and (sac_dir / "checkpoint.pt").exists()):
+            assert runner.poll() is None, runner.stdout.read()
+            assert time.monotonic() < deadline, "the runner did not get halfway in time"
+            time.sleep(0.05)
+        assert not (sac_dir / "results.json").exists(), "the second cell finished before the kill"
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode != 0
+    assert "interrupted" in output
+    assert not processes_mentioning(str(sac_dir)), "a cell process outlived the killed runner"
+    assert not (sac_dir / "stale.txt").exists()
+    assert not (sac_dir / "results.json").exists() and (sac_dir / "checkpoint.pt").exists()
+    oracle_mtime = (oracle_dir / "results.json").stat().st_mtime_ns
+
+    assert benchmark.main(["--no-progress", *args]) == 0  # the rerun, in-process
+    assert (oracle_dir / "results.json").stat().st_mtime_ns == oracle_mtime, "the finished cell was rerun"
+    assert "resuming point-robot/sac-no-context/42" in capsys.readouterr().out
+    assert "--resume" in (sac_dir / "stderr.log").read_text()
+    iterations = [json.loads(line)["iteration"] for line in (sac_dir / "metrics.jsonl").read_text().splitlines()]
+    assert iterations == [0, 1, 2]
+    sac_results = json.loads((sac_dir / "results.json").read_text())
+    assert sac_results["grad_steps"] == 3 * 30
+
+    summary = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    assert {(c["env"], c["algo"], c["seed"]) for c in summary["cells"]} == {
+        ("point-robot", "oracle", 42), ("point-robot", "sac-no-context", 42)}
+    markdown = (tmp_path / "smoke" / "RESULTS.md").read_text()
+    assert f"{sac_results['meta_test_return']:.2f} (n=1)" in markdown
+    assert "| 3 | 30 |" in markdown  # the budget row: iterations, gradient steps per iteration
+
+
+def test_failed_cell_is_reported_and_the_others_still_run(tmp_path, capsys):
+    from algos.core.config import to_dict
+    from algos.core.trainer import build_config
+
+    # a cell whose checkpoint is corrupt: the runner resumes it, the run fails, the oracle cell still finishes
+    broken = cell_path(tmp_path, "sac-no-context")
+    broken.mkdir(parents=True)
+    config = build_config("point-robot", "sac-no-context", "smoke", 42)
+    (broken / "config.json").write_text(json.dumps(to_dict(config)))
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code = benchmark.main(["--tier", "smoke", "--envs", "point-robot", "--algos", "oracle", "sac-no-context",
+                           "--seeds", "42", "--workers", "2", "--out", str(tmp_path), "--no-progress"])
+    assert code == 1
+    assert "FAILED point-robot/sac-no-context/42" in capsys.readouterr().out
+    assert "corrupt" in (broken / "stderr.log").read_text()
+    assert (cell_path(tmp_path, "oracle") / "results.json").exists()
+    markdown = (tmp_path / "smoke" / "RESULTS.md").read_text()
+    assert "cell point-robot/sac-no-context/42 failed" in markdown
+    assert "— (0/1 seeds)" in table_row(markdown, "SAC (no context)")
+
+
+def test_progress_reads_only_complete_metric_lines(tmp_path):
+    cell = Cell("point-robot", "pearl", 42, tmp_path)
+    assert cell.progress() == "starting"
+    (tmp_path / "config.json").write_text(json.dumps({"protocol": {"num_iterations": 20}}))
+    assert cell.progress() == "it 0/20"
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 0}\n{"iteration": 1}\n{"iterat')
+    assert _last_line(tmp_path / "metrics.jsonl") == '{"iteration": 1}'
+    assert cell.progress() == "it 2/20"
+
+
+# ---------------------------------------------------------------------- the renderer on fixed numbers
+def synthetic_cell(algo: str, seed: int, protocol_return: float, final_return: float) -> dict:
+    return {
+        "env": "point-robot", "algo": algo, "seed": seed, "tier": "quick",
+        "meta_test_return": protocol_return,
+        "final_eval": {"meta_test_return": final_return, "num_repeats": 10, "online_returns": [-20.0, -15.0, -12.0]},
+        "online_returns": [-20.0, -16.0, protocol_return],
+        "learning_curve": [{"iteration": 0, "meta_test_return": -18.0}, {"iteration": 1,
+                                                                         "meta_test_return": protocol_return}],
+        "env_steps": 10_400, "grad_steps": 400, "wall_time_s": 120.0, "parameter_count": 818_917,
+        "git_commit": "abc", "machine": {"cpu": "test cpu", "cores": 2},
+        "protocol": {"num_iterations": 2, "num_train_steps_per_itr": 200, "meta_batch": 16, "batch_size": 64,
+                     "embedding_batch_size": 64, "num_steps_per_eval": 60, "num_exp_traj_eval": 1, "num_evals": 2},
+    }
+
+
+@pytest.fixture
+def synthetic_summary() -> dict:
+    cells = [synthetic_cell("pearl", 42, -10.0, -11.5), synthetic_cell("pearl", 123, -12.0, -12.5),
+             synthetic_cell("setformer", 42, -6.0, -5.0)]
+    return {"tier": "quick", "command": "python -m experiments.benchmark --tier quick", "generated_at": "now",
+            "machine": {"cpu": "test cpu", "cores": 2, "torch": "x"}, "git_commit": "abc", "std_ddof": 1,
+            "plan": {"envs": ["point-robot"], "algos": ["pearl", "varibad", "setformer"], "seeds": [42, 123],
+                     "skipped": []},
+            "notes": [], "cells": cells}
+
+
+def table_row(markdown: str, name: str) -> str:
+    return next(line for line in markdown.splitlines() if line.startswith(f"| {name} |"))
+
+
+def test_renderer_states_exact_figures(synthetic_summary):
+    markdown = render_markdown(synthetic_summary, {"point-robot": "curves_point-robot.png"})
+    pearl = table_row(markdown, "PEARL")
+    assert "-11.00 ± 1.41 (n=2)" in pearl                 # protocol: mean, sample std (ddof=1), seeds
+    assert "-12.00 ± 0.71 (n=2)" in pearl                 # low-noise final eval
+    assert "42: -10.00 · 123: -12.00" in pearl            # per seed
+    assert "-20.0 / -16.0 / -11.0" in pearl               # online returns per episode, mean over seeds
+    assert "818,917" in pearl and "2.00" in pearl         # parameters, wall time in minutes
+    assert "-15.468†" in pearl                            # the reference's PEARL beside ours
+    ours = table_row(markdown, "setformer (ours)")
+    assert "-6.00 (n=1/2)" in ours and "-5.00 (n=1/2)" in ours and "123: —" in ours
+    varibad = table_row(markdown, "VariBAD (online SAC variant)")
+    assert "— (0/2 seeds)" in varibad and "-12.494†" in varibad
+    # every reference number of SPEC section 7 for this env, labelled as not comparable
+    for number in ("-12.862", "-15.468", "-12.494", "-9.803"):
+        assert number in markdown
+    assert REFERENCE_LABEL in markdown
+    assert "-4.60" in markdown                            # known-task optimum
+    assert "+5.00" in markdown                            # ours minus the strongest baseline (PEARL, -11.00)
+    assert "ddof = 1" in markdown
+    assert "| point-robot | 2 | 200 | 16 × 64 | 64 | 10,400 | 400 |" in markdown
+    assert "![Learning curves on point-robot](curves_point-robot.png)" in markdown
+    assert "VariBAD (online SAC variant) on point-robot: seed(s) 42, 123 not finished." in markdown
+
+
+def test_renderer_flags_unequal_budgets(synthetic_summary):
+    synthetic_summary["cells"][2]["grad_steps"] = 800
+    markdown = render_markdown(synthetic_summary)
+    assert "Unequal budget on point-robot" in markdown
+
+
+# ---------------------------------------------------------------------- throughput
+def test_throughput_measures_and_skips_unimportable_methods(tmp_path, monkeypatch):
+    from experiments import throughput
+
+    real_algorithm_class = throughput.algorithm_class
+
+    def half_written(name: str):
+        if name == "oracle":
+            raise ImportError("still being written")
+        return real_algorithm_class(name)
+
+    monkeypatch.setattr(throughput, "algorithm_class", half_written)
+    code = throughput.main(["--tier", "smoke", "--algos", "sac-no-context", "oracle", "--grad-steps", "2",
+                            "--warmup", "1", "--adapt-repeats", "3", "--context-sizes", "10", "100",
+                            "--threads", "1", "--out", str(tmp_path)])
+    assert code == 0
+    report = json.loads((tmp_path / "throughput.json").read_text())
+    assert report["threads"] == 1 and report["git_commit"] and report["machine"]["cores"]
+    by_algo = {r["algo"]: r for r in report["results"]}
+    sac = by_algo["sac-no-context"]
+    assert sac["status"] == "ok" and sac["gradient"]["grad_steps_per_s"] > 0
+    assert sac["initial_collection"]["env_steps_per_s"] > 0 and sac["iteration_collection"]["env_steps"] > 0
+    assert set(sac["adapt"]) == {"10", "100"} and sac["adapt"]["100"]["adapt_ms_median"] >= 0
+    assert by_algo["oracle"]["status"] == "skipped"
+    markdown = (tmp_path / "THROUGHPUT.md").read_text()
+    assert "| sac-no-context |" in markdown and "still being written" in markdown

@@ -1,0 +1,194 @@
+"""Meta-test evaluation bookkeeping (SPEC section 3) and the oracle's analytic optima (SPEC section 7)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from algos.core.evaluation import evaluate
+from algos.oracle import Oracle, OracleAgent, OracleConfig
+from algos.core.config import ConfigError
+from envs_glue import make_env
+from tests.conftest import RecordingAgent, make_trainer
+
+
+def split_episodes(events: list[tuple], episode_length: int):
+    """Split one repeat's events (after its clear) into per-episode lists of (act flags, update events, adapted)."""
+    episodes = []
+    i = 0
+    while i < len(events):
+        acts, updates = [], []
+        for _ in range(episode_length):
+            assert events[i][0] == "act", events[i]
+            acts.append(events[i][1])
+            assert events[i + 1][0] == "update", events[i + 1]
+            updates.append(events[i + 1])
+            i += 2
+        assert events[i] == ("end_episode",)
+        i += 1
+        adapted = i < len(events) and events[i][0] == "adapt"
+        if adapted:
+            adapt_event = events[i]
+            i += 1
+            assert events[i][0] == "infer"      # MetaAgent.adapt encodes the context collected so far
+            i += 1
+        else:
+            adapt_event = None
+        episodes.append((acts, updates, adapt_event))
+    return episodes
+
+
+def split_repeats(events: list[tuple]) -> list[list[tuple]]:
+    repeats = []
+    for event in events:
+        if event == ("clear",):
+            repeats.append([])
+        else:
+            repeats[-1].append(event)
+    return repeats
+
+
+@pytest.mark.parametrize("steps_per_eval, num_exp", [(60, 1), (100, 2), (80, 0), (60, 2)])
+def test_evaluation_call_sequence(steps_per_eval, num_exp):
+    env = make_env("point-robot", seed=0)
+    agent = RecordingAgent(2, 2, policy="random")
+    tasks = [41, 47]
+    result = evaluate(env, agent, tasks, steps_per_eval, num_exp, num_repeats=2, max_path_length=20,
+                      sparse_rewards=False)
+    num_episodes = steps_per_eval // 20
+    repeats = split_repeats(agent.events)
+    assert len(repeats) == len(tasks) * 2          # context cleared once per task and repeat
+    assert result.episode_returns.shape == (2, 2, num_episodes)
+    assert result.exploration_episodes == list(range(num_exp))
+    assert result.env_steps == len(tasks) * 2 * num_episodes * 20
+    for r, events in enumerate(repeats):
+        episodes = split_episodes(events, 20)
+        assert len(episodes) == num_episodes
+        for e, (acts, updates, adapt_event) in enumerate(episodes):
+            # exploration episodes sample, later ones act deterministically
+            assert acts == [e >= num_exp] * 20
+            # adapt() after the last exploration episode and after every later one, never before
+            if e >= num_exp - 1:
+                assert adapt_event == ("adapt", 20 * (e + 1)), (e, adapt_event)  # sees every step so far
+            else:
+                assert adapt_event is None, e
+            # each update carries a well-formed transition; returns are the sums of the fed rewards
+            for a, b in zip(updates, updates[1:]):
+                np.testing.assert_array_equal(a[3], b[2])
+            assert result.episode_returns[r // 2, r % 2, e] == pytest.approx(sum(u[1] for u in updates), abs=1e-4)
+    # the score is the final episode's return, averaged over repeats then tasks
+    final = result.episode_returns[:, :, -1]
+    assert result.per_task_final_returns == pytest.approx(final.mean(axis=1).tolist())
+    assert result.meta_test_return == pytest.approx(final.mean())
+    assert result.online_returns == pytest.approx(result.episode_returns.mean(axis=(0, 1)).tolist())
+    scalars = result.scalars()
+    assert scalars["meta_test_return"] == result.meta_test_return
+    assert sorted(k for k in scalars if k.startswith("online_return/")) == \
+        sorted(f"online_return/episode_{i}" for i in range(num_episodes))
+
+
+def test_evaluation_runs_in_each_held_out_task():
+    env = make_env("point-robot", seed=0)
+    agent = RecordingAgent(2, 2, policy="zero")   # standing still: return = 20 * -||start - goal||
+    tasks = env.unwrapped.test_task_ids
+    result = evaluate(env, agent, tasks, 20, 0, num_repeats=1, max_path_length=20, sparse_rewards=False)
+    repeats = split_repeats(agent.events)
+    for t, (task, events) in enumerate(zip(tasks, repeats)):
+        start = split_episodes(events, 20)[0][1][0][2]
+        expected = -20 * np.linalg.norm(start - env.unwrapped.tasks[task])
+        assert result.per_task_final_returns[t] == pytest.approx(expected, abs=1e-4)
+
+
+def test_no_scored_episode_is_an_error():
+    env = make_env("point-robot", seed=0)
+    agent = RecordingAgent(2, 2)
+    with pytest.raises(ValueError, match="num_exp_traj_eval"):
+        evaluate(env, agent, [45], 60, 3, 1, 20, False)
+
+
+def test_sparse_env_hands_agent_sparse_rewards_only():
+    env = make_env("sparse-point-robot", seed=0)
+    agent = RecordingAgent(2, 2, policy="to_goal", env=env)
+    result = evaluate(env, agent, [40, 44, 49], 100, 2, num_repeats=1, max_path_length=20, sparse_rewards=True)
+    rewards = np.array([e[1] for e in agent.events if e[0] == "update"])
+    assert len(rewards) == 3 * 100
+    assert np.all((rewards == 0.0) | ((rewards > 0.8) & (rewards <= 1.0)))
+    assert rewards.max() > 0.8                 # the agent did reach the goals
+    # the scored return is the sparse return too
+    assert result.meta_test_return == pytest.approx(rewards.reshape(3, 5, 20)[:, -1].sum(-1).mean(), abs=1e-5)
+
+
+def test_oracle_point_robot_matches_analytic_optimum():
+    env = make_env("point-robot", seed=123)
+    agent = OracleAgent(env, OracleConfig())
+    # one scored episode per repeat: 1500 episodes, standard error about 0.1
+    result = evaluate(env, agent, env.unwrapped.test_task_ids, 20, 0, num_repeats=150, max_path_length=20,
+                      sparse_rewards=False)
+    assert abs(result.meta_test_return - (-4.60)) < 0.3, result.meta_test_return
+    # and per task: from uniform starts the known-goal return is far above standing still
+    assert all(-12.0 < r < -1.0 for r in result.per_task_final_returns)
+
+
+def test_oracle_sparse_point_robot_ceiling():
+    env = make_env("sparse-point-robot", seed=0)
+    agent = OracleAgent(env, OracleConfig())
+    result = evaluate(env, agent, env.unwrapped.test_task_ids, 400, 5, num_repeats=1, max_path_length=20,
+                      sparse_rewards=True)
+    assert result.episode_returns.shape == (10, 1, 20)
+    assert result.meta_test_return == pytest.approx(13.07, abs=0.01)
+
+
+def test_oracle_through_trainer_sparse(tmp_path):
+    """Through the full harness: protocol evaluation (400 steps, 5 exploration episodes) every iteration."""
+    trainer = make_trainer("sparse-point-robot", tmp_path, algo="oracle",
+                           overrides=["num_steps_per_eval=400", "num_exp_traj_eval=5", "final_eval_repeats=2"])
+    results = trainer.run()
+    assert results["meta_test_return"] == pytest.approx(13.07, abs=0.01)
+    assert results["final_eval"]["meta_test_return"] == pytest.approx(13.07, abs=0.01)
+    assert results["final_eval"]["num_repeats"] == 2
+    assert len(results["online_returns"]) == 20
+    assert results["env_steps"] == 0 and results["grad_steps"] == 0 and results["parameter_count"] == 0
+
+
+def test_oracle_through_trainer_point_robot(tmp_path):
+    trainer = make_trainer("point-robot", tmp_path, algo="oracle", seed=42,
+                           overrides=["num_iterations=1", "num_evals=2", "final_eval_repeats=100"])
+    results = trainer.run()
+    assert len(results["online_returns"]) == 3       # 60 steps / 20 = 3 episodes
+    assert len(results["final_eval"]["per_task_final_returns"]) == 10
+    assert abs(results["final_eval"]["meta_test_return"] - (-4.60)) < 0.3
+    # a 2-repeat protocol figure is noisy but must be near the optimum and far above standing still (-19.67)
+    assert -8.0 < results["meta_test_return"] < -2.0
+
+
+def test_oracle_rejects_cheetah(tmp_path):
+    with pytest.raises(ConfigError, match="point robots"):
+        make_trainer("cheetah-vel", tmp_path, algo="oracle")
+
+
+def test_trainer_evaluate_uses_held_out_tasks_protocol_and_seed(tmp_path):
+    trainer = make_trainer("sparse-point-robot", tmp_path, algo="oracle",
+                           overrides=["num_steps_per_eval=400", "num_exp_traj_eval=5"])
+    env = trainer.env
+    agent = RecordingAgent(2, 2, policy="random", env=env, seed=0)
+    visited = []
+    original_clear = agent.clear_context
+    agent.clear_context = lambda num_tasks=1: (visited.append(env.unwrapped.task_idx), original_clear(num_tasks))
+    trainer.algorithm.agent = agent
+    result = trainer.evaluate(eval_seed=11, num_repeats=2)
+    assert visited == [t for t in range(40, 50) for _ in range(2)]
+    assert result.episode_returns.shape == (10, 2, 20)
+    acts = [e[1] for e in agent.events if e[0] == "act"]
+    per_episode = np.array(acts).reshape(10 * 2, 20, 20)[:, :, 0]
+    assert np.all(per_episode[:, :5] == False) and np.all(per_episode[:, 5:] == True)  # noqa: E712
+    rewards = np.array([e[1] for e in agent.events if e[0] == "update"])
+    assert np.all((rewards == 0.0) | ((rewards > 0.8) & (rewards <= 1.0)))
+    assert result.meta_test_return >= 0
+
+
+def test_trainer_evaluate_is_seeded(tmp_path):
+    trainer = make_trainer("point-robot", tmp_path, algo="oracle")
+    a = trainer.evaluate(eval_seed=3, num_repeats=2).episode_returns
+    b = trainer.evaluate(eval_seed=3, num_repeats=2).episode_returns
+    c = trainer.evaluate(eval_seed=4, num_repeats=2).episode_returns
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
