@@ -12,6 +12,7 @@ import sys
 
 from algos import ALGORITHMS
 from algos.core.config import TIERS, ConfigError
+from algos.core.io import CheckpointError
 
 
 def parse_args(argv=None):
@@ -44,10 +45,10 @@ def main(argv=None) -> int:
             config = build_config(args.env, args.algo, args.tier, args.seed, args.overrides)
             trainer = Trainer(config, run_dir=args.run_dir, progress=not args.no_progress)
             resume = False
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+        results = trainer.run(resume=resume)
+    except (ConfigError, ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results = trainer.run(resume=resume)
     summary = {k: results[k] for k in ("env", "algo", "tier", "seed", "meta_test_return", "env_steps", "grad_steps",
                                        "wall_time_s")}
     if results["final_eval"]:

@@ -122,9 +122,6 @@ def test_config_dict_round_trip():
         config_from_dict(data)
 
 
-@pytest.mark.xfail(reason="BUG: --set env=/algo=/tier=/seed= are accepted as overrides and silently produce a "
-                          "config whose protocol and agent belong to another env/algo/tier (config.py set_value)",
-                   strict=True)
 def test_identity_fields_cannot_be_overridden():
     with pytest.raises(ConfigError):
         build_config("point-robot", "sac-no-context", "smoke", 0, ["env=cheetah-vel"])

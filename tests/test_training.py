@@ -186,9 +186,6 @@ def test_resume_of_finished_run_adds_nothing(tmp_path):
     assert results["meta_test_return"] == before[-1]["meta_test_return"]
 
 
-@pytest.mark.xfail(reason="BUG: trainer.py Trainer.run writes checkpoint.pt before the metrics.jsonl line, and "
-                          "load_checkpoint only drops surplus lines, so a kill between the two writes loses that "
-                          "iteration's metrics row on resume", strict=True)
 def test_kill_between_checkpoint_and_metrics_write_loses_nothing(reference_run, tmp_path, monkeypatch):
     ref_dir, _ = reference_run
     run_dir = tmp_path / "killed-mid-write"
@@ -207,8 +204,6 @@ def test_kill_between_checkpoint_and_metrics_write_loses_nothing(reference_run, 
     assert strip_nondeterministic(read_metrics(run_dir)) == strip_nondeterministic(read_metrics(ref_dir))
 
 
-@pytest.mark.xfail(reason="BUG: trainer.py Trainer.load_checkpoint json.loads every metrics.jsonl line, so a line "
-                          "truncated by a kill mid-write makes resume crash with JSONDecodeError", strict=True)
 def test_resume_after_kill_mid_metrics_line(reference_run, tmp_path, monkeypatch):
     ref_dir, _ = reference_run
     run_dir = tmp_path / "killed-mid-line"
@@ -229,9 +224,6 @@ def test_resume_after_kill_mid_metrics_line(reference_run, tmp_path, monkeypatch
     assert strip_nondeterministic(read_metrics(run_dir)) == strip_nondeterministic(read_metrics(ref_dir))
 
 
-@pytest.mark.xfail(reason="BUG: Trainer.run (fresh, resume=False) into a run dir that already holds a run appends "
-                          "to its metrics.jsonl, mixing two runs' rows (duplicate iterations); it should refuse "
-                          "or start the file afresh", strict=True)
 def test_fresh_run_into_used_dir_does_not_mix_runs(tmp_path):
     run_dir = tmp_path / "reused"
     make_trainer("point-robot", run_dir, seed=1, overrides=["num_iterations=1"]).run()
@@ -259,9 +251,6 @@ def test_corrupt_checkpoint_raises_clear_error(corrupt_run):
         resume_trainer(corrupt_run, progress=False).run(resume=True)
 
 
-@pytest.mark.xfail(reason="BUG: experiments/run.py main calls trainer.run(resume=...) outside its try/except, so "
-                          "the RuntimeError of a corrupt checkpoint escapes as a traceback instead of exit code 2",
-                   strict=True)
 def test_cli_resume_corrupt_checkpoint_exits_2(corrupt_run, capsys):
     code = cli.main(["--resume", str(corrupt_run), "--no-progress"])
     err = capsys.readouterr().err

@@ -131,6 +131,8 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------- overrides
+IDENTITY_FIELDS = ("env", "algo", "tier", "seed", "run_dir")
+
 def _coerce(value: str, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if annotation is bool:
@@ -185,6 +187,8 @@ def set_value(config: RunConfig, key: str, value: str) -> None:
     """Set ``key`` (dotted) to the string ``value`` coerced to the field's type. A key that is not a run-level
     field is looked up in ``protocol`` and then ``agent`` (``aux.reward`` means ``agent.aux.reward``)."""
     parts = key.split(".")
+    if parts[0] in IDENTITY_FIELDS:
+        raise ConfigError(f"config key {key!r} names the run itself; use --{parts[0].replace('_', '-')} instead of --set")
     if parts[0] in {"protocol", "agent"} or _has_path(config, parts):
         path = parts
     else:

@@ -39,6 +39,10 @@ def atomic_torch_save(path: Path, obj) -> None:
     _atomic_write(path, lambda h: torch.save(obj, h))
 
 
+class CheckpointError(RuntimeError):
+    """A missing, corrupt or foreign checkpoint or run file; the message names the file."""
+
+
 def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -46,9 +50,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise RuntimeError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or "iteration" not in state or "algorithm" not in state:
-        raise RuntimeError(f"checkpoint {path} is not a checkpoint of this project (missing keys)")
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint of this project (missing keys)")
     return state
 
 
@@ -59,7 +63,7 @@ def read_json(path: Path, what: str = "file"):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise RuntimeError(f"{what} {path} is corrupt: {error}") from None
+        raise CheckpointError(f"{what} {path} is corrupt: {error}") from None
 
 
 def _json_default(value):

@@ -20,7 +20,7 @@ import envs_glue
 from algos import algorithm_class
 from algos.core.config import ConfigError, ProtocolConfig, RunConfig, apply_overrides, protocol_for, to_dict
 from algos.core.evaluation import EvalResult, evaluate
-from algos.core.io import (atomic_torch_save, atomic_write_json, git_commit, load_checkpoint, machine_description,
+from algos.core.io import (CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit, load_checkpoint, machine_description,
                            read_json)
 
 FINAL_EVAL_OFFSET = 999_983  # eval seeds: seed * 1_000_003 + iteration (final: + this offset)
@@ -115,18 +115,18 @@ class Trainer:
         self.learning_curve = state["learning_curve"]
         self.elapsed = state["elapsed"]
         self.start_iteration = state["iteration"] + 1
-        # drop metric lines written after the checkpoint (a kill between the two writes)
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists():
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["iteration"] < self.start_iteration]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        # the checkpoint's learning curve is the complete record: rewrite the metrics file from it, which drops
+        # rows written after the checkpoint and repairs a line cut short or lost by a kill between the writes
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.learning_curve))
 
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         cfg, p = self.config, self.config.protocol
+        if not resume and any((self.run_dir / name).exists() for name in ("checkpoint.pt", "metrics.jsonl")):
+            raise CheckpointError(f"run dir {self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
+                               f"or choose another --run-dir")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json", to_dict(cfg))
         if resume:
