@@ -79,7 +79,7 @@ class FOCAL(MetaSACAlgorithm):
     def encoder_parameters(self):
         return list(self.agent.context_encoder.parameters())
 
-    def encoder_losses(self, tasks, context, z, batch):
+    def encoder_losses(self, tasks, context, task_z, batch_z, batch):
         c = self.config
         if c.metric_loss_weight == 0 or context.shape[1] < 2:
             return {}

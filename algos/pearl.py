@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from algos.core.agent import MetaAgent
 from algos.core.config import ConfigError
@@ -86,6 +85,6 @@ class PEARL(MetaSACAlgorithm):
     def encoder_parameters(self):
         return list(self.agent.context_encoder.parameters())
 
-    def encoder_losses(self, tasks, context, z, batch):
+    def encoder_losses(self, tasks, context, task_z, batch_z, batch):
         # infer_posterior has just set the belief of this meta-batch
         return {"kl_loss": self.protocol.kl_lambda * self.agent.kl_divergence()}

@@ -13,13 +13,23 @@ batch; each loss has its own weight (``aux.reward``, ``aux.next_state``; 0 switc
 critic's gradient, stepped with the critic. The reward head predicts the reward the context carries (the sparse
 one on the sparse task), which is what lets it score hypotheses below.
 
-Exploration. A deterministic latent gives no directed exploration. The agent keeps the latents of the training
-tasks as a hypothesis set (refreshed from every meta-batch), scores each hypothesis by the likelihood of the
-observed rewards under the reward head, ``log p(h | c) = -sum_t (r_t - R(s_t, a_t, z_h))^2 / (2 sigma^2)``, and
-during exploration acts as the policy of a hypothesis sampled from that belief (Thompson sampling): one per
+Task embeddings as hypotheses. A deterministic latent gives no directed exploration, and on the sparse task the
+encoder cannot learn what a goal looks like before some context holds a reward: a deadlock. Meta-training knows
+which task a batch came from, so every training task also owns a learned embedding ``e_j`` in the same latent
+space. A fraction (``teacher_fraction``) of every task's RL batch is conditioned on ``e_j`` instead of the
+encoder's ``z``: the actor-critic learns to solve training task ``j`` from ``e_j`` with no inference problem
+(the critic's reward is dense, as in the reference), and an alignment loss (``aux.align``) pulls the encoder's
+``z`` toward ``e_j`` (stop-gradient on ``e_j``), so inference lands where the policy knows what to do. The
+reward head is trained on both kinds of latent. Nothing about this uses more samples or gradient steps: it splits
+the same batch.
+
+Exploration. The embeddings are the hypothesis set. Each hypothesis is scored by the likelihood of the observed
+rewards under the reward head, ``log p(h | c) = -sum_t (r_t - R(s_t, a_t, e_h))^2 / (2 sigma^2)``, and during
+exploration the agent acts as the policy of a hypothesis sampled from that belief (Thompson sampling): one per
 episode, and a fresh one as soon as the evidence makes the current one ``exp(switch_log_ratio)`` times less
-likely than the best. Falsified goals are dropped within an episode, so one exploration episode can visit several
-candidates. ``adapt()`` ends exploration: from then on ``z`` is the encoder's reading of the whole context.
+likely than the best, so one exploration episode can visit several candidates. ``adapt()`` ends exploration: from
+then on ``z`` is the encoder's reading of the whole context. With ``teacher_fraction=0`` the hypotheses are the
+encoder latents of the training tasks, refreshed from every meta-batch.
 """
 from __future__ import annotations
 
@@ -43,6 +53,7 @@ from models.set_transformer import InducedSetAttentionBlock, PoolingByMultiheadA
 class AuxConfig:
     reward: float = 1.0       # weight of the reward head's loss; 0 switches it off
     next_state: float = 1.0   # weight of the next-state head's loss; 0 switches it off
+    align: float = 1.0        # weight of ||z - sg(e_task)||^2 pulling the encoder onto the task embeddings
 
 
 @dataclass
@@ -63,6 +74,7 @@ class SetFormerConfig(MetaSACConfig):
     head_hidden_dim: int = 128       # reward / next-state heads
     head_num_hidden_layers: int = 2
     min_context_fraction: float = 0.25  # training contexts keep a random n in [fraction * N, N] tokens
+    teacher_fraction: float = 0.5    # share of each task's RL batch conditioned on the task's embedding e_j
     aux: AuxConfig = field(default_factory=AuxConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
@@ -75,8 +87,10 @@ class SetFormerConfig(MetaSACConfig):
             raise ConfigError("agent.num_blocks, num_inducing, num_seeds and head_hidden_dim must be positive")
         if not 0.0 < self.min_context_fraction <= 1.0:
             raise ConfigError(f"agent.min_context_fraction must lie in (0, 1], got {self.min_context_fraction}")
-        if self.aux.reward < 0 or self.aux.next_state < 0:
-            raise ConfigError("agent.aux.reward and agent.aux.next_state must be >= 0")
+        if min(self.aux.reward, self.aux.next_state, self.aux.align) < 0:
+            raise ConfigError("agent.aux.reward, agent.aux.next_state and agent.aux.align must be >= 0")
+        if not 0.0 <= self.teacher_fraction < 1.0:
+            raise ConfigError(f"agent.teacher_fraction must lie in [0, 1), got {self.teacher_fraction}")
         if self.exploration.reward_noise_std <= 0:
             raise ConfigError("agent.exploration.reward_noise_std must be positive")
 
@@ -113,7 +127,9 @@ class SetFormerAgent(MetaAgent):
         self.reward_head = build_mlp(head_input, 1, config.head_hidden_dim, config.head_num_hidden_layers)
         self.next_state_head = build_mlp(head_input, obs_dim, config.head_hidden_dim, config.head_num_hidden_layers)
         self.policy = build_policy(obs_dim, config.latent_dim, action_dim, config.hidden_dim, config.num_hidden_layers)
-        # hypothesis set: one latent per training task, refreshed from every meta-batch during training
+        # one learned embedding per training task: the teacher latents and the hypothesis set
+        self.task_embeddings = nn.Parameter(torch.randn(num_train_tasks, config.latent_dim))
+        # encoder latents of the training tasks, refreshed from every meta-batch (hypotheses without a teacher)
         self.register_buffer("task_latents", torch.randn(num_train_tasks, config.latent_dim))
         self._tokens = torch.zeros(1, 256, config.model_dim)   # embedded online context, preallocated
         self._num_tokens = 0
@@ -124,17 +140,23 @@ class SetFormerAgent(MetaAgent):
         self.clear_context()
 
     # ------------------------------------------------------------------ belief over hypotheses
+    @property
+    def hypotheses(self) -> torch.Tensor:
+        """``(num_train_tasks, latent)``: the task embeddings, or the encoder latents without a teacher."""
+        return (self.task_embeddings if self.config.teacher_fraction > 0 else self.task_latents).detach()
+
     def sample_hypothesis(self) -> torch.Tensor:
         belief = (self.hypothesis_log_likelihood - self.hypothesis_log_likelihood.max()).exp()
         self.hypothesis = int(torch.multinomial(belief, 1))
-        self.z = self.task_latents[self.hypothesis][None].clone()
+        self.z = self.hypotheses[self.hypothesis][None].clone()
         return self.z
 
     @torch.no_grad()
     def score_hypotheses(self, obs: torch.Tensor, action: torch.Tensor, reward: float) -> None:
         """Add one transition's log-likelihood under every hypothesis's reward prediction."""
-        num_hypotheses = self.task_latents.shape[0]
-        inputs = torch.cat([obs.expand(num_hypotheses, -1), action.expand(num_hypotheses, -1), self.task_latents], -1)
+        hypotheses = self.hypotheses
+        num_hypotheses = hypotheses.shape[0]
+        inputs = torch.cat([obs.expand(num_hypotheses, -1), action.expand(num_hypotheses, -1), hypotheses], -1)
         predicted = self.reward_head(inputs)[:, 0]
         sigma = self.config.exploration.reward_noise_std
         self.hypothesis_log_likelihood -= (reward - predicted) ** 2 / (2 * sigma ** 2)
@@ -201,7 +223,18 @@ class SetFormer(MetaSACAlgorithm):
 
     def encoder_parameters(self):
         a = self.agent
-        return [*a.context_encoder.parameters(), *a.reward_head.parameters(), *a.next_state_head.parameters()]
+        return [*a.context_encoder.parameters(), *a.reward_head.parameters(), *a.next_state_head.parameters(),
+                a.task_embeddings]
+
+    def batch_latents(self, tasks, task_z, batch_size):
+        # the first teacher_fraction of every task's RL batch acts on the task's embedding, the rest on the
+        # encoder's reading of its context
+        batch_z = repeat(task_z, "t d -> t b d", b=batch_size)
+        num_teacher = int(round(self.config.teacher_fraction * batch_size))
+        if num_teacher == 0:
+            return batch_z
+        embeddings = self.agent.task_embeddings[torch.as_tensor(tasks)]                   # (t, latent)
+        return torch.cat([repeat(embeddings, "t d -> t b d", b=num_teacher), batch_z[:, num_teacher:]], dim=1)
 
     def training_context(self, context: torch.Tensor) -> torch.Tensor:
         # contexts at meta-test time are smaller than the encoder buffer's samples: train on a random size
@@ -210,15 +243,16 @@ class SetFormer(MetaSACAlgorithm):
         keep = int(self.rng.integers(low, n + 1))
         return context[:, :keep]
 
-    def encoder_losses(self, tasks, context, z, batch):
+    def encoder_losses(self, tasks, context, task_z, batch_z, batch):
         aux, sparse = self.config.aux, self.protocol.sparse_rewards
+        task_index = torch.as_tensor(tasks)
         with torch.no_grad():
-            self.agent.task_latents[torch.as_tensor(tasks)] = z.detach().float()
+            self.agent.task_latents[task_index] = task_z.detach().float()
         losses = {}
-        if aux.reward == 0 and aux.next_state == 0:
-            return losses
-        z_per_sample = repeat(z, "t d -> t b d", b=batch["obs"].shape[1])
-        head_input = torch.cat([batch["obs"], batch["actions"], z_per_sample], dim=-1)
+        if aux.align > 0 and self.config.teacher_fraction > 0:
+            teacher = self.agent.task_embeddings[task_index].detach()
+            losses["align_loss"] = aux.align * F.mse_loss(task_z.float(), teacher)
+        head_input = torch.cat([batch["obs"], batch["actions"], batch_z], dim=-1)
         if aux.reward > 0:
             target = batch["sparse_rewards"] if sparse else batch["rewards"]
             losses["reward_head_loss"] = aux.reward * F.mse_loss(self.agent.reward_head(head_input).float(), target)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
 from torch import nn
 
 from algos.core.agent import MetaAgent
@@ -95,7 +94,7 @@ class VariBAD(MetaSACAlgorithm):
     def encoder_parameters(self):
         return [*self.agent.context_encoder.parameters(), *self.agent.reward_decoder.parameters()]
 
-    def encoder_losses(self, tasks, context, z, batch):
+    def encoder_losses(self, tasks, context, task_z, batch_z, batch):
         c, p = self.config, self.protocol
         losses = {}
         if c.kl_weight > 0:
@@ -103,7 +102,6 @@ class VariBAD(MetaSACAlgorithm):
         if c.reward_decoder_weight > 0:
             # the decoder explains the reward the encoder sees (sparse on the sparse task)
             target = batch["sparse_rewards"] if p.sparse_rewards else batch["rewards"]         # (t, b, 1)
-            z_per_sample = repeat(z, "t d -> t b d", b=target.shape[1])
-            predicted = self.agent.reward_decoder(torch.cat([batch["obs"], batch["actions"], z_per_sample], -1))
+            predicted = self.agent.reward_decoder(torch.cat([batch["obs"], batch["actions"], batch_z], -1))
             losses["reward_decoder_loss"] = c.reward_decoder_weight * F.mse_loss(predicted.float(), target)
         return losses

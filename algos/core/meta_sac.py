@@ -100,12 +100,17 @@ class MetaSACAlgorithm:
         """Parameters stepped with the critic (the context encoder and any auxiliary heads)."""
         return []
 
-    def encoder_losses(self, tasks: np.ndarray, context: torch.Tensor, z: torch.Tensor,
-                       batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def encoder_losses(self, tasks: np.ndarray, context: torch.Tensor, task_z: torch.Tensor,
+                       batch_z: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Method-specific losses on the encoder, already weighted, summed into the critic step. ``tasks`` are the
-        meta-batch's task ids ``(t,)``, ``context`` ``(t, n, context_dim)``, ``z`` ``(t, latent)`` and ``batch``
-        the RL batch with a leading task dimension."""
+        meta-batch's task ids ``(t,)``, ``context`` ``(t, n, context_dim)``, ``task_z`` ``(t, latent)`` the encoder's
+        latents, ``batch_z`` ``(t, b, latent)`` the latent each RL sample is conditioned on, and ``batch`` the RL
+        batch with a leading task dimension."""
         return {}
+
+    def batch_latents(self, tasks: np.ndarray, task_z: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """The latent each RL sample is conditioned on, ``(t, b, latent)``: by default its task's encoder latent."""
+        return repeat(task_z, "t d -> t b d", b=batch_size)
 
     def training_context(self, context: torch.Tensor) -> torch.Tensor:
         """The context a gradient step encodes (a method may subsample it); default: all of it."""
@@ -187,8 +192,9 @@ class MetaSACAlgorithm:
 
         with self.autocast():
             task_z = self.agent.infer_posterior(context)                              # (tasks, latent)
-            z = repeat(task_z, "t d -> (t b) d", b=p.batch_size)                     # (tasks*batch, latent)
-            encoder_losses = self.encoder_losses(tasks, context, task_z, batch)
+            batch_z = self.batch_latents(tasks, task_z, p.batch_size)                # (tasks, batch, latent)
+            encoder_losses = self.encoder_losses(tasks, context, task_z, batch_z, batch)
+            z = rearrange(batch_z, "t b d -> (t b) d")                              # (tasks*batch, latent)
 
             # Q loss: the only RL gradient into the encoder
             q1_pred = critic.qf1(obs, actions, z).float()
