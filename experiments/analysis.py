@@ -17,7 +17,7 @@ import torch
 
 from algos.core.agent import MetaAgent
 from algos.core.buffers import sample_context
-from algos.core.io import load_checkpoint, read_json
+from algos.core.io import read_json
 from algos.core.sampler import num_eval_episodes, rollout
 from algos.core.trainer import Trainer, config_from_dict
 from envs_glue.point_robot import SPARSE_GOAL_RADIUS
@@ -58,11 +58,7 @@ def find_latest_run(algo: str | None = None, env: str | None = None, root: Path 
 # ---------------------------------------------------------------------------------------------- loading
 def load_run(run_dir: Path | str) -> Trainer:
     """Rebuild a run's :class:`Trainer` from its ``config.json`` and load the weights (and replay buffers) of
-    its ``checkpoint.pt``.
-
-    This mirrors ``Trainer.load_checkpoint`` but does not call it: that method also rewrites the run's
-    ``metrics.jsonl`` and the global torch RNG, which an analysis must not do to a run it only reads.
-    """
+    its ``checkpoint.pt``, read-only: the run's files and torch's global random state are left alone."""
     if run_dir is None:
         raise FileNotFoundError("no run directory given (and no run was found): train one first, e.g. "
                                 "python -m experiments.run --env point-robot --algo setformer --tier quick")
@@ -82,11 +78,7 @@ def load_run(run_dir: Path | str) -> Trainer:
 
     config = config_from_dict(read_json(config_path, what="run config"))
     trainer = Trainer(config, run_dir=run_dir, progress=False)
-    state = load_checkpoint(checkpoint_path)
-    trainer.algorithm.load_state_dict(state["algorithm"])
-    trainer.learning_curve = state["learning_curve"]
-    trainer.elapsed = state["elapsed"]
-    trainer.start_iteration = state["iteration"] + 1
+    trainer.load_checkpoint(for_resume=False)
     return trainer
 
 

@@ -108,16 +108,20 @@ class Trainer:
             "learning_curve": self.learning_curve, "elapsed": self.elapsed,
         })
 
-    def load_checkpoint(self) -> None:
+    def load_checkpoint(self, for_resume: bool = True) -> None:
+        """Load the run's last checkpoint. ``for_resume=False`` only restores the algorithm's state (weights,
+        buffers, counters) and touches neither the run's files nor torch's global random state: for analysis."""
         state = load_checkpoint(self.checkpoint_path)
         self.algorithm.load_state_dict(state["algorithm"])
-        torch.set_rng_state(state["torch_rng"])
         self.learning_curve = state["learning_curve"]
         self.elapsed = state["elapsed"]
         self.start_iteration = state["iteration"] + 1
-        # the checkpoint's learning curve is the complete record: rewrite the metrics file from it, which drops
-        # rows written after the checkpoint and repairs a line cut short or lost by a kill between the writes
-        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in self.learning_curve))
+        if for_resume:
+            torch.set_rng_state(state["torch_rng"])
+            # the checkpoint's learning curve is the complete record: rewrite the metrics file from it, which drops
+            # rows written after the checkpoint and repairs a line cut short or lost by a kill between the writes
+            atomic_write_text(self.run_dir / "metrics.jsonl",
+                              "".join(json.dumps(row) + "\n" for row in self.learning_curve))
 
     # ------------------------------------------------------------------ the loop
     def run(self, resume: bool = False) -> dict:
