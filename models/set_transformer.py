@@ -11,16 +11,18 @@ from torch import nn
 
 
 class MultiheadAttentionBlock(nn.Module):
-    """``MAB(X, Y) = LN(H + FF(H))`` with ``H = LN(X + Attention(X, Y, Y))``."""
+    """``MAB(X, Y) = N(H + FF(H))`` with ``H = N(X + Attention(X, Y, Y))``; ``N`` is a LayerNorm with
+    ``layer_norm`` and the identity otherwise (the set transformer's default)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, layer_norm: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim) if layer_norm else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim) if layer_norm else nn.Identity()
         self.feedforward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,9 +22,11 @@ def _run_in_tmp_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """The Trainer sets torch's thread count; keep tests from leaking it into each other."""
+def _single_torch_thread():
+    """Tests run small ops, fastest on one thread (and immune to another job spinning on the other core); the
+    Trainer also sets the thread count, so restore it after each test."""
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 

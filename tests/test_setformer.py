@@ -1,0 +1,157 @@
+"""setformer: permutation invariance, online == batched inference, goal-revealing contexts, loss switches,
+attention weights, and Thompson-sampling exploration."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from algos.setformer import SetFormerAgent, SetFormerConfig
+from tests.conftest import make_trainer
+
+OBS, ACT = 2, 2
+
+
+def make_agent(**overrides) -> SetFormerAgent:
+    torch.manual_seed(0)
+    config = SetFormerConfig(hidden_dim=32, **overrides)
+    return SetFormerAgent(OBS, ACT, config, num_train_tasks=6)
+
+
+def point_robot_transitions(goal, n, seed):
+    """Random point-robot transitions toward nothing in particular, rewarded by distance to ``goal``."""
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-1, 1, size=(n, 2))
+    actions = rng.uniform(-1, 1, size=(n, 2))
+    next_obs = obs + 0.1 * actions
+    rewards = -np.linalg.norm(next_obs - np.asarray(goal), axis=1)
+    return obs, actions, rewards, next_obs
+
+
+def as_context(obs, actions, rewards):
+    return torch.as_tensor(np.concatenate([obs, actions, rewards[:, None]], 1), dtype=torch.float32)[None]
+
+
+def test_z_is_permutation_invariant():
+    agent = make_agent()
+    context = torch.randn(3, 40, OBS + ACT + 1)
+    with torch.no_grad():
+        z = agent.infer_posterior(context).clone()
+        shuffled = agent.infer_posterior(context[:, torch.randperm(40)])
+    assert torch.allclose(z, shuffled, atol=1e-5)
+
+
+def test_online_context_equals_batched_inference():
+    agent = make_agent()
+    obs, actions, rewards, next_obs = point_robot_transitions((0.5, 0.5), 30, seed=1)
+    agent.clear_context()
+    for t in range(30):
+        agent.update_context((obs[t], actions[t], rewards[t], next_obs[t], False, {}))
+    agent.adapt()
+    online = agent.z.clone()
+    assert agent.context.shape == (1, 30, OBS + ACT + 1)
+    with torch.no_grad():
+        batched = agent.infer_posterior(as_context(obs, actions, rewards))
+    assert torch.allclose(online, batched, atol=1e-5)
+
+
+def test_update_context_preallocates_and_grows_without_rebuilding_tokens():
+    agent = make_agent()
+    agent.clear_context()
+    storage = agent._tokens
+    obs, actions, rewards, next_obs = point_robot_transitions((0, 0), 300, seed=2)
+    for t in range(10):
+        agent.update_context((obs[t], actions[t], rewards[t], next_obs[t], False, {}))
+    assert agent._tokens is storage  # appended in place
+    for t in range(10, 300):
+        agent.update_context((obs[t], actions[t], rewards[t], next_obs[t], False, {}))
+    assert agent._num_tokens == 300 and agent._tokens.shape[1] >= 300
+
+
+def test_attention_weights_shape_and_normalisation():
+    agent = make_agent(num_heads=4, num_seeds=2)
+    with torch.no_grad():
+        agent.infer_posterior(torch.randn(3, 25, OBS + ACT + 1))
+    weights = agent.attention_weights
+    assert weights.shape == (3, 4, 2, 25)
+    assert torch.allclose(weights.sum(-1), torch.ones(3, 4, 2), atol=1e-5)
+
+
+def test_context_revealing_the_goal_moves_z_and_reward_prediction():
+    """Train encoder + reward head on two goals; a context from goal A must make the head predict a higher reward
+    at A than a context from goal B does."""
+    agent = make_agent(num_blocks=1)
+    goal_a, goal_b = np.array([0.7, 0.7]), np.array([-0.7, -0.7])
+    params = [*agent.context_encoder.parameters(), *agent.reward_head.parameters()]
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    for step in range(400):
+        contexts, queries, targets = [], [], []
+        for g, goal in enumerate((goal_a, goal_b)):
+            obs, actions, rewards, _ = point_robot_transitions(goal, 24, seed=1000 * step + g)
+            contexts.append(as_context(obs, actions, rewards))
+            q_obs, q_actions, q_rewards, _ = point_robot_transitions(goal, 32, seed=10**6 + 1000 * step + g)
+            queries.append(torch.as_tensor(np.concatenate([q_obs, q_actions], 1), dtype=torch.float32))
+            targets.append(torch.as_tensor(q_rewards, dtype=torch.float32)[:, None])
+        z = agent.infer_posterior(torch.cat(contexts))                                      # (2, latent)
+        inputs = torch.cat([torch.stack(queries), z[:, None].expand(-1, 32, -1)], -1)
+        loss = F.mse_loss(agent.reward_head(inputs), torch.stack(targets))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        z_a = agent.infer_posterior(as_context(*point_robot_transitions(goal_a, 24, seed=7)[:3])).clone()
+        z_b = agent.infer_posterior(as_context(*point_robot_transitions(goal_b, 24, seed=8)[:3])).clone()
+        at_a = torch.tensor([[0.6, 0.6, 1.0, 1.0]])
+        reward_a_given_a = agent.reward_head(torch.cat([at_a, z_a], -1)).item()
+        reward_a_given_b = agent.reward_head(torch.cat([at_a, z_b], -1)).item()
+    assert (z_a - z_b).norm() > 0.1
+    true_a = -np.linalg.norm(np.array([0.7, 0.7]) - goal_a)
+    true_b = -np.linalg.norm(np.array([0.7, 0.7]) - goal_b)
+    assert reward_a_given_a > reward_a_given_b + 1.0
+    assert abs(reward_a_given_a - true_a) < 0.3 and abs(reward_a_given_b - true_b) < 0.6
+
+
+@pytest.mark.parametrize("switch,removed", [("aux.reward=0", "train/reward_head_loss"),
+                                            ("aux.next_state=0", "train/next_state_head_loss"),
+                                            ("aux.align=0", "train/align_loss")])
+def test_switching_an_auxiliary_loss_off_removes_its_term(switch, removed, tmp_path):
+    full = make_trainer("point-robot", tmp_path / "full", algo="setformer", overrides=["num_iterations=1"])
+    full.algorithm.collect_initial_data()
+    full_scalars = full.algorithm.train_iteration(0)
+    ablated = make_trainer("point-robot", tmp_path / "ablated", algo="setformer",
+                           overrides=["num_iterations=1", switch])
+    ablated.algorithm.collect_initial_data()
+    ablated_scalars = ablated.algorithm.train_iteration(0)
+    assert removed in full_scalars and full_scalars[removed] > 0
+    assert removed not in ablated_scalars
+    assert "train/qf_loss" in ablated_scalars
+
+
+def test_thompson_sampling_acts_on_hypotheses_and_drops_falsified_ones():
+    agent = make_agent()
+    agent.clear_context()
+    assert agent.exploring
+    assert any(torch.equal(agent.z[0], h) for h in agent.hypotheses)  # acting as one hypothesis
+    # hypothesis k predicts reward k everywhere: a linear reward head reading the first latent coordinate
+    latent_dim = agent.latent_dim
+    with torch.no_grad():
+        embeddings = torch.zeros_like(agent.task_embeddings)
+        embeddings[:, 0] = torch.arange(6, dtype=torch.float32)
+        agent.task_embeddings.copy_(embeddings)
+        agent.reward_head = torch.nn.Linear(OBS + ACT + latent_dim, 1)
+        agent.reward_head.weight.zero_()
+        agent.reward_head.bias.zero_()
+        agent.reward_head.weight[0, OBS + ACT] = 1.0
+    agent.clear_context()
+    for _ in range(3):
+        agent.update_context((np.zeros(2), np.zeros(2), 4.0, np.zeros(2), False, {}))
+    belief = torch.softmax(agent.hypothesis_log_likelihood, 0)
+    assert int(belief.argmax()) == 4 and belief[4] > 0.99
+    assert agent.hypothesis == 4            # falsified hypotheses were dropped within the episode
+    assert torch.equal(agent.z[0], agent.task_embeddings[4])
+    agent.end_episode()
+    assert agent.hypothesis == 4            # the belief is concentrated: the next episode commits to it again
+    agent.adapt()
+    assert not agent.exploring              # adapt() ends exploration: z is now the encoder's reading
+    assert agent.z.shape == (1, latent_dim)
