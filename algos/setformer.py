@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from algos.core.agent import MetaAgent
+from algos.core.agent import ContextBuffer, MetaAgent
 from algos.core.config import ConfigError
 from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig
 from models.mlp import build_mlp
@@ -132,8 +132,7 @@ class SetFormerAgent(MetaAgent):
         self.task_embeddings = nn.Parameter(torch.randn(num_train_tasks, config.latent_dim))
         # encoder latents of the training tasks, refreshed from every meta-batch (hypotheses without a teacher)
         self.register_buffer("task_latents", torch.randn(num_train_tasks, config.latent_dim))
-        self._tokens = torch.zeros(1, 256, config.model_dim)   # embedded online context, preallocated
-        self._num_tokens = 0
+        self._tokens = ContextBuffer(config.model_dim)          # embedded online context, preallocated
         self.attention_weights: torch.Tensor | None = None     # (tasks, heads, seeds, n) of the last pooling
         self.exploring = True
         self.hypothesis_log_likelihood = torch.zeros(num_train_tasks)
@@ -171,19 +170,14 @@ class SetFormerAgent(MetaAgent):
         return torch.zeros(num_tasks, self.latent_dim)
 
     def clear_context(self, num_tasks: int = 1) -> None:
-        self._num_tokens = 0
+        self._tokens.reset(num_tasks)
         super().clear_context(num_tasks)
 
     @torch.no_grad()
     def update_context(self, transition) -> None:
         row = self.make_context_row(transition)
         self._context.append(row)
-        if self._num_tokens == self._tokens.shape[1]:  # grow by doubling: amortised constant cost
-            grown = torch.zeros(1, 2 * self._tokens.shape[1], self._tokens.shape[2])
-            grown[:, : self._num_tokens] = self._tokens
-            self._tokens = grown
-        self._tokens[0, self._num_tokens] = self.context_encoder.embed(row[None])[0]
-        self._num_tokens += 1
+        self._tokens.append(self.context_encoder.embed(row[None])[0])
         if self.exploring and self.config.exploration.thompson:
             obs, action = row[None, : self.obs_dim], row[None, self.obs_dim: self.obs_dim + self.action_dim]
             self.score_hypotheses(obs, action, float(row[self.obs_dim + self.action_dim]))
@@ -191,23 +185,22 @@ class SetFormerAgent(MetaAgent):
             if best - self.hypothesis_log_likelihood[self.hypothesis] > self.config.exploration.switch_log_ratio:
                 self.sample_hypothesis()  # the current hypothesis is falsified: commit to a live one
 
-    @torch.no_grad()
-    def adapt(self) -> None:
+    def read_out(self, tokens: torch.Tensor) -> torch.Tensor:
+        """End exploration and set ``z`` from embedded tokens ``(tasks, n, model_dim)``; zeros for no tokens."""
         self.exploring = False
-        if self._num_tokens == 0:
-            self.z = torch.zeros(1, self.latent_dim)
-            return
-        self.z, weights = self.context_encoder.pool(self._tokens[:, : self._num_tokens])
-        self.attention_weights = weights.detach()
-
-    def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
-        self.exploring = False
-        if context.shape[1] == 0:
-            self.z = torch.zeros(context.shape[0], self.latent_dim)
+        if tokens.shape[1] == 0:
+            self.z = torch.zeros(tokens.shape[0], self.latent_dim)
             return self.z
-        self.z, weights = self.context_encoder.pool(self.context_encoder.embed(context))
+        self.z, weights = self.context_encoder.pool(tokens)
         self.attention_weights = weights.detach()
         return self.z
+
+    @torch.no_grad()
+    def adapt(self) -> None:
+        self.read_out(self._tokens.tensor)  # tokens were embedded on arrival
+
+    def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
+        return self.read_out(self.context_encoder.embed(context))
 
     def end_episode(self) -> None:
         if self.exploring and self.config.exploration.thompson and self.z.shape[0] == 1:

@@ -59,14 +59,14 @@ def test_online_context_equals_batched_inference():
 def test_update_context_preallocates_and_grows_without_rebuilding_tokens():
     agent = make_agent()
     agent.clear_context()
-    storage = agent._tokens
+    storage = agent._tokens._data
     obs, actions, rewards, next_obs = point_robot_transitions((0, 0), 300, seed=2)
     for t in range(10):
         agent.update_context((obs[t], actions[t], rewards[t], next_obs[t], False, {}))
-    assert agent._tokens is storage  # appended in place
+    assert agent._tokens._data is storage  # appended in place
     for t in range(10, 300):
         agent.update_context((obs[t], actions[t], rewards[t], next_obs[t], False, {}))
-    assert agent._num_tokens == 300 and agent._tokens.shape[1] >= 300
+    assert agent._tokens.length == 300 and agent._tokens._data.shape[1] >= 300
 
 
 def test_attention_weights_shape_and_normalisation():

@@ -186,38 +186,23 @@ def test_resume_of_finished_run_adds_nothing(tmp_path):
     assert results["meta_test_return"] == before[-1]["meta_test_return"]
 
 
-def test_kill_between_checkpoint_and_metrics_write_loses_nothing(reference_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cut_line", [False, True], ids=["killed-before-metrics-write", "killed-mid-metrics-line"])
+def test_kill_around_the_metrics_write_loses_nothing(reference_run, tmp_path, monkeypatch, cut_line):
+    """A kill after the checkpoint but before (or halfway through) that iteration's metrics line."""
     ref_dir, _ = reference_run
-    run_dir = tmp_path / "killed-mid-write"
+    run_dir = tmp_path / "killed"
     trainer = make_trainer("point-robot", run_dir, seed=7, overrides=RESUME_OVERRIDES)
     original_save = trainer.save_checkpoint
 
     def save_then_die(iteration):
         original_save(iteration)
         if iteration == 1:
+            if cut_line:
+                with open(run_dir / "metrics.jsonl", "a") as handle:
+                    handle.write('{"iteration": 1, "env_st')       # the kill cut this line short
             raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run()
-    resume_trainer(run_dir, progress=False).run(resume=True)
-    assert strip_nondeterministic(read_metrics(run_dir)) == strip_nondeterministic(read_metrics(ref_dir))
-
-
-def test_resume_after_kill_mid_metrics_line(reference_run, tmp_path, monkeypatch):
-    ref_dir, _ = reference_run
-    run_dir = tmp_path / "killed-mid-line"
-    trainer = make_trainer("point-robot", run_dir, seed=7, overrides=RESUME_OVERRIDES)
-    original_save = trainer.save_checkpoint
-
-    def save_then_die_mid_line(iteration):
-        original_save(iteration)
-        if iteration == 1:
-            with open(run_dir / "metrics.jsonl", "a") as handle:
-                handle.write('{"iteration": 1, "env_st')       # the kill cut this line short
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die_mid_line)
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     resume_trainer(run_dir, progress=False).run(resume=True)

@@ -20,8 +20,8 @@ import envs_glue
 from algos import algorithm_class
 from algos.core.config import ConfigError, ProtocolConfig, RunConfig, apply_overrides, protocol_for, to_dict
 from algos.core.evaluation import EvalResult, evaluate
-from algos.core.io import (CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit, load_checkpoint, machine_description,
-                           read_json)
+from algos.core.io import (CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit,
+                           load_checkpoint, machine_description, read_json)
 
 FINAL_EVAL_OFFSET = 999_983  # eval seeds: seed * 1_000_003 + iteration (final: + this offset)
 
@@ -129,8 +129,8 @@ class Trainer:
 
         cfg, p = self.config, self.config.protocol
         if not resume and any((self.run_dir / name).exists() for name in ("checkpoint.pt", "metrics.jsonl")):
-            raise CheckpointError(f"run dir {self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
-                               f"or choose another --run-dir")
+            raise CheckpointError(f"run dir {self.run_dir} already holds a run; continue it with "
+                                  f"--resume {self.run_dir} or choose another --run-dir")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.run_dir / "config.json", to_dict(cfg))
         if resume:
