@@ -49,12 +49,11 @@ def config_from_dict(data: dict) -> RunConfig:
 
 
 def _dataclass_from_dict(cls, data: dict):
+    known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in data.items():
-        if key not in hints:
+        if key not in known:
             raise ConfigError(f"unknown config key {key!r} for {cls.__name__}")
-        field_type = cls.__dataclass_fields__[key].type
         default = getattr(cls(), key)
         kwargs[key] = _dataclass_from_dict(type(default), value) if dataclasses.is_dataclass(default) else value
     return cls(**kwargs)
