@@ -27,9 +27,19 @@ Exploration. The embeddings are the hypothesis set. Each hypothesis is scored by
 rewards under the reward head, ``log p(h | c) = -sum_t (r_t - R(s_t, a_t, e_h))^2 / (2 sigma^2)``, and during
 exploration the agent acts as the policy of a hypothesis sampled from that belief (Thompson sampling): one per
 episode, and a fresh one as soon as the evidence makes the current one ``exp(switch_log_ratio)`` times less
-likely than the best, so one exploration episode can visit several candidates. ``adapt()`` ends exploration: from
-then on ``z`` is the encoder's reading of the whole context. With ``teacher_fraction=0`` the hypotheses are the
-encoder latents of the training tasks, refreshed from every meta-batch.
+likely than the best, so one exploration episode can visit several candidates. ``adapt()`` ends exploration:
+from then on the agent acts on the encoder's reading ``z`` of the whole context, which is scored like one more
+hypothesis. While the context refutes it (the best hypothesis explains the context ``exp(switch_log_ratio)``
+times better, ``exploration.fallback``), Thompson sampling over the belief goes on instead, so an agent whose
+exploration episodes found nothing keeps testing live hypotheses rather than repeating a refuted guess. With
+``teacher_fraction=0`` the hypotheses are the encoder latents of the training tasks, refreshed from every
+meta-batch.
+
+Teacher collection. A hypothesis is only as good as its policy and its reward prediction, and both are learned
+from the data of task ``j``. Data collected under other latents rarely reaches goal ``j`` on the sparse task, so
+the reward head learns that ``e_j`` predicts no reward anywhere: a hypothesis that nothing can refute. So a share
+(``teacher_collection``) of every posterior collection phase acts on the task's own embedding: whole episodes,
+the phase's environment steps unchanged.
 """
 from __future__ import annotations
 
@@ -61,6 +71,8 @@ class ExplorationConfig:
     thompson: bool = True            # False: explore with the encoder's z of the context so far
     reward_noise_std: float = 0.1    # sigma of the reward likelihood that scores hypotheses
     switch_log_ratio: float = 4.6    # resample when log p(best) - log p(current) exceeds this (100x)
+    fallback: bool = True            # after adapt(): act on the encoder's z only while the context does not
+                                     # falsify it (as a hypothesis), else resume Thompson sampling
 
 
 @dataclass
@@ -76,6 +88,7 @@ class SetFormerConfig(MetaSACConfig):
     head_num_hidden_layers: int = 2
     min_context_fraction: float = 0.25  # training contexts keep a random n in [fraction * N, N] tokens
     teacher_fraction: float = 0.5    # share of each task's RL batch conditioned on the task's embedding e_j
+    teacher_collection: float = 0.5  # share of each posterior collection phase (whole episodes) acted on e_j
     aux: AuxConfig = field(default_factory=AuxConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
@@ -92,6 +105,8 @@ class SetFormerConfig(MetaSACConfig):
             raise ConfigError("agent.aux.reward, agent.aux.next_state and agent.aux.align must be >= 0")
         if not 0.0 <= self.teacher_fraction < 1.0:
             raise ConfigError(f"agent.teacher_fraction must lie in [0, 1), got {self.teacher_fraction}")
+        if not 0.0 <= self.teacher_collection <= 1.0:
+            raise ConfigError(f"agent.teacher_collection must lie in [0, 1], got {self.teacher_collection}")
         if self.exploration.reward_noise_std <= 0:
             raise ConfigError("agent.exploration.reward_noise_std must be positive")
 
@@ -137,6 +152,10 @@ class SetFormerAgent(MetaAgent):
         self.exploring = True
         self.hypothesis_log_likelihood = torch.zeros(num_train_tasks)
         self.hypothesis = 0
+        self.encoder_z: torch.Tensor | None = None    # the encoder's reading at the last adapt()
+        self.encoder_log_likelihood = 0.0               # of the context under encoder_z
+        self.acting_on_encoder = False
+        self.teacher_task: int | None = None           # set only while meta-training collects on e_task
         self.clear_context()
 
     # ------------------------------------------------------------------ belief over hypotheses
@@ -148,23 +167,34 @@ class SetFormerAgent(MetaAgent):
     def sample_hypothesis(self) -> torch.Tensor:
         belief = (self.hypothesis_log_likelihood - self.hypothesis_log_likelihood.max()).exp()
         self.hypothesis = int(torch.multinomial(belief, 1))
+        self.acting_on_encoder = False
         self.z = self.hypotheses[self.hypothesis][None].clone()
         return self.z
 
     @torch.no_grad()
-    def score_hypotheses(self, obs: torch.Tensor, action: torch.Tensor, reward: float) -> None:
-        """Add one transition's log-likelihood under every hypothesis's reward prediction."""
-        hypotheses = self.hypotheses
-        num_hypotheses = hypotheses.shape[0]
-        inputs = torch.cat([obs.expand(num_hypotheses, -1), action.expand(num_hypotheses, -1), hypotheses], -1)
-        predicted = self.reward_head(inputs)[:, 0]
+    def log_likelihood(self, context: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """``sum_t log N(r_t; R(s_t, a_t, z), sigma^2)`` (up to a constant) of context rows ``(n, context_dim)``
+        under each of ``latents (k, latent)``; returns ``(k,)``."""
+        k, n = latents.shape[0], context.shape[0]
+        obs_action = context[:, : self.obs_dim + self.action_dim]
+        reward = context[:, self.obs_dim + self.action_dim]
+        inputs = torch.cat([repeat(obs_action, "n d -> k n d", k=k), repeat(latents, "k d -> k n d", n=n)], -1)
+        predicted = self.reward_head(inputs)[..., 0]                                      # (k, n)
         sigma = self.config.exploration.reward_noise_std
-        self.hypothesis_log_likelihood -= (reward - predicted) ** 2 / (2 * sigma ** 2)
+        return -((reward - predicted) ** 2).sum(-1) / (2 * sigma ** 2)
+
+    def falsified(self, log_likelihood: torch.Tensor | float) -> bool:
+        """Whether the best hypothesis explains the context ``exp(switch_log_ratio)`` times better."""
+        best = self.hypothesis_log_likelihood.max()
+        return bool(best - log_likelihood > self.config.exploration.switch_log_ratio)
 
     # ------------------------------------------------------------------ MetaAgent interface
     def prior_z(self, num_tasks: int) -> torch.Tensor:
         self.exploring = True
+        self.acting_on_encoder = False
         self.hypothesis_log_likelihood = torch.zeros(self.task_latents.shape[0])
+        if self.teacher_task is not None:
+            return repeat(self.task_embeddings[self.teacher_task].detach(), "d -> t d", t=num_tasks).clone()
         if self.config.exploration.thompson and num_tasks == 1:
             return self.sample_hypothesis()
         return torch.zeros(num_tasks, self.latent_dim)
@@ -178,12 +208,17 @@ class SetFormerAgent(MetaAgent):
         row = self.make_context_row(transition)
         self._context.append(row)
         self._tokens.append(self.context_encoder.embed(row[None])[0])
-        if self.exploring and self.config.exploration.thompson:
-            obs, action = row[None, : self.obs_dim], row[None, self.obs_dim: self.obs_dim + self.action_dim]
-            self.score_hypotheses(obs, action, float(row[self.obs_dim + self.action_dim]))
-            best = self.hypothesis_log_likelihood.max()
-            if best - self.hypothesis_log_likelihood[self.hypothesis] > self.config.exploration.switch_log_ratio:
-                self.sample_hypothesis()  # the current hypothesis is falsified: commit to a live one
+        exploration = self.config.exploration
+        if not exploration.thompson or (not self.exploring and not exploration.fallback):
+            return
+        # the belief over the hypothesis set is kept up to date, one transition at a time (constant cost)
+        self.hypothesis_log_likelihood += self.log_likelihood(row[None], self.hypotheses)
+        if self.acting_on_encoder:
+            self.encoder_log_likelihood += float(self.log_likelihood(row[None], self.encoder_z)[0])
+            if self.falsified(self.encoder_log_likelihood):
+                self.sample_hypothesis()  # the encoder's reading no longer explains the context
+        elif self.falsified(self.hypothesis_log_likelihood[self.hypothesis]):
+            self.sample_hypothesis()      # the current hypothesis is falsified: commit to a live one
 
     def read_out(self, tokens: torch.Tensor) -> torch.Tensor:
         """End exploration and set ``z`` from embedded tokens ``(tasks, n, model_dim)``; zeros for no tokens."""
@@ -197,12 +232,22 @@ class SetFormerAgent(MetaAgent):
 
     @torch.no_grad()
     def adapt(self) -> None:
-        self.read_out(self._tokens.tensor)  # tokens were embedded on arrival
+        encoder_z = self.read_out(self._tokens.tensor)  # tokens were embedded on arrival
+        self.encoder_z = encoder_z.clone()
+        if not (self.config.exploration.thompson and self.config.exploration.fallback) or encoder_z.shape[0] != 1:
+            return
+        # the encoder's reading is one more hypothesis: act on it unless the context already refutes it
+        self.encoder_log_likelihood = float(self.log_likelihood(self.context[0], encoder_z)[0])
+        self.acting_on_encoder = True
+        if self.falsified(self.encoder_log_likelihood):
+            self.sample_hypothesis()
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
         return self.read_out(self.context_encoder.embed(context))
 
     def end_episode(self) -> None:
+        if self.teacher_task is not None:
+            return
         if self.exploring and self.config.exploration.thompson and self.z.shape[0] == 1:
             with torch.no_grad():
                 self.sample_hypothesis()
@@ -214,6 +259,22 @@ class SetFormer(MetaSACAlgorithm):
     def make_agent(self) -> SetFormerAgent:
         return SetFormerAgent(self.obs_dim, self.action_dim, self.config, len(self.train_tasks),
                               self.protocol.use_next_obs_in_context)
+
+    def collect_posterior(self, task, num_samples, add_to_enc_buffer):
+        # the teacher acts in its own task for a share of the episodes: on-policy data for the policy on e_j, and
+        # rewarded transitions that teach the reward head what hypothesis j predicts (whole episodes, so the
+        # phase's environment steps are unchanged)
+        episodes = num_samples // self.max_path_length
+        teacher_episodes = round(self.config.teacher_collection * episodes) if self.config.teacher_fraction else 0
+        teacher_steps = teacher_episodes * self.max_path_length
+        steps = super().collect_posterior(task, num_samples - teacher_steps, add_to_enc_buffer)
+        if teacher_steps:
+            self.agent.teacher_task = task
+            try:
+                steps += self.collect(task, teacher_steps, update_posterior=False, add_to_enc_buffer=add_to_enc_buffer)
+            finally:
+                self.agent.teacher_task = None
+        return steps
 
     def encoder_parameters(self):
         a = self.agent

@@ -327,13 +327,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help=f"seeds (default: {' '.join(map(str, SEEDS))})")
     parser.add_argument("--workers", type=int, default=2, help="cells run in parallel (default: 2)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config override passed to every cell, e.g. --set num_iterations=5")
     parser.add_argument("--out", default="benchmarks", help="output root; cells go to <out>/<tier>/cells")
     parser.add_argument("--render-only", action="store_true", help="only collect finished cells and render")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    args.overrides = [item for group in args.overrides for item in group]
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     return args

@@ -22,8 +22,8 @@ def parse_args(argv=None):
     parser.add_argument("--algo", help=" | ".join(ALGORITHMS))
     parser.add_argument("--tier", default="quick", help=" | ".join(TIERS) + " (default: quick)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set num_iterations=5 --set aux.reward=0")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set num_iterations=5 aux.reward=0 (repeatable)")
     parser.add_argument("--run-dir", help="write the run here instead of runs/<env>/<algo>/<seed>-<stamp>")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

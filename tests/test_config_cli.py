@@ -170,3 +170,11 @@ def test_cli_resume_missing_dir(capsys, tmp_path):
 def test_cli_resume_rejects_set(capsys, tmp_path):
     code, _, err = run_cli(capsys, ["--resume", str(tmp_path), "--set", "num_iterations=3"])
     assert code == 2 and "--set" in err
+
+
+def test_set_takes_several_overrides_at_once_or_repeated():
+    from experiments import benchmark
+    expected = ["num_iterations=5", "aux.reward=0", "lr=1e-3"]
+    argv = ["--set", "num_iterations=5", "aux.reward=0", "--set", "lr=1e-3"]
+    assert cli.parse_args(argv).overrides == expected
+    assert benchmark.parse_args(argv).overrides == expected

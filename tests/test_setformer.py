@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from algos.setformer import SetFormerAgent, SetFormerConfig
+from algos.setformer import ExplorationConfig, SetFormerAgent, SetFormerConfig
 from tests.conftest import make_trainer
 
 OBS, ACT = 2, 2
@@ -49,7 +49,7 @@ def test_online_context_equals_batched_inference():
     for t in range(30):
         agent.update_context((obs[t], actions[t], rewards[t], next_obs[t], False, {}))
     agent.adapt()
-    online = agent.z.clone()
+    online = agent.encoder_z.clone()  # the encoder's reading (the acting z may be a hypothesis, see below)
     assert agent.context.shape == (1, 30, OBS + ACT + 1)
     with torch.no_grad():
         batched = agent.infer_posterior(as_context(obs, actions, rewards))
@@ -133,16 +133,8 @@ def test_thompson_sampling_acts_on_hypotheses_and_drops_falsified_ones():
     agent.clear_context()
     assert agent.exploring
     assert any(torch.equal(agent.z[0], h) for h in agent.hypotheses)  # acting as one hypothesis
-    # hypothesis k predicts reward k everywhere: a linear reward head reading the first latent coordinate
+    agent = linear_hypothesis_agent()
     latent_dim = agent.latent_dim
-    with torch.no_grad():
-        embeddings = torch.zeros_like(agent.task_embeddings)
-        embeddings[:, 0] = torch.arange(6, dtype=torch.float32)
-        agent.task_embeddings.copy_(embeddings)
-        agent.reward_head = torch.nn.Linear(OBS + ACT + latent_dim, 1)
-        agent.reward_head.weight.zero_()
-        agent.reward_head.bias.zero_()
-        agent.reward_head.weight[0, OBS + ACT] = 1.0
     agent.clear_context()
     for _ in range(3):
         agent.update_context((np.zeros(2), np.zeros(2), 4.0, np.zeros(2), False, {}))
@@ -155,3 +147,73 @@ def test_thompson_sampling_acts_on_hypotheses_and_drops_falsified_ones():
     agent.adapt()
     assert not agent.exploring              # adapt() ends exploration: z is now the encoder's reading
     assert agent.z.shape == (1, latent_dim)
+
+
+def linear_hypothesis_agent(**overrides) -> SetFormerAgent:
+    """Hypothesis k predicts reward k everywhere: the reward head reads the first latent coordinate."""
+    agent = make_agent(**overrides)
+    with torch.no_grad():
+        embeddings = torch.zeros_like(agent.task_embeddings)
+        embeddings[:, 0] = torch.arange(6, dtype=torch.float32)
+        agent.task_embeddings.copy_(embeddings)
+        agent.reward_head = torch.nn.Linear(OBS + ACT + agent.latent_dim, 1)
+        agent.reward_head.weight.zero_()
+        agent.reward_head.bias.zero_()
+        agent.reward_head.weight[0, OBS + ACT] = 1.0
+    return agent
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_adapt_falls_back_to_the_belief_when_the_context_refutes_the_encoder(fallback):
+    agent = linear_hypothesis_agent(exploration=ExplorationConfig(fallback=fallback))
+    agent.clear_context()
+    for _ in range(5):
+        agent.update_context((np.zeros(2), np.zeros(2), 4.0, np.zeros(2), False, {}))
+    with torch.no_grad():
+        agent.context_encoder.to_latent.bias.fill_(0.0)
+        agent.context_encoder.to_latent.weight.fill_(0.0)  # the encoder reads z = 0: predicts reward 0, not 4
+    agent.adapt()
+    assert torch.equal(agent.encoder_z, torch.zeros(1, agent.latent_dim))
+    if fallback:
+        assert not agent.acting_on_encoder and agent.hypothesis == 4
+        assert torch.equal(agent.z[0], agent.task_embeddings[4])
+    else:
+        assert torch.equal(agent.z, agent.encoder_z)
+    # once the encoder reads the context right, adapt() acts on its reading
+    with torch.no_grad():
+        agent.context_encoder.to_latent.bias[0] = 4.0
+    agent.adapt()
+    assert torch.equal(agent.z, agent.encoder_z) and agent.z[0, 0] == 4.0
+    if fallback:
+        assert agent.acting_on_encoder
+        # new evidence against the encoder's reading (reward 2, predicted 4) switches to a live hypothesis
+        for _ in range(3):
+            agent.update_context((np.zeros(2), np.zeros(2), 2.0, np.zeros(2), False, {}))
+        assert not agent.acting_on_encoder
+        assert agent.hypothesis in (2, 3)
+
+
+def test_teacher_collection_keeps_the_env_steps_and_acts_on_the_task_embedding(tmp_path):
+    steps = {}
+    for share in (0.0, 1.0):
+        trainer = make_trainer("point-robot", tmp_path / str(share), "setformer",
+                               overrides=[f"teacher_collection={share}"])
+        algorithm = trainer.algorithm
+        acted_on = []
+        original = algorithm.collect
+
+        def spy(task, num_samples, update_posterior, add_to_enc_buffer):
+            acted_on.append(algorithm.agent.teacher_task)
+            collected = original(task, num_samples, update_posterior, add_to_enc_buffer)
+            if algorithm.agent.teacher_task is not None:  # z stayed on e_task through every teacher episode
+                assert not update_posterior
+                assert torch.equal(algorithm.agent.z[0], algorithm.agent.task_embeddings[task].detach())
+            return collected
+
+        algorithm.collect = spy
+        before = algorithm.env_steps
+        algorithm.collect_iteration_data()
+        steps[share] = algorithm.env_steps - before
+        assert algorithm.agent.teacher_task is None
+        assert any(t is not None for t in acted_on) == (share > 0)
+    assert steps[0.0] == steps[1.0] > 0

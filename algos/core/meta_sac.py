@@ -164,8 +164,13 @@ class MetaSACAlgorithm:
             task = int(task)
             self.enc_buffer.clear(task)  # the encoder sees recent data
             self.collect(task, p.num_steps_prior, update_posterior=False, add_to_enc_buffer=True)
-            self.collect(task, p.num_steps_posterior, update_posterior=True, add_to_enc_buffer=True)
-            self.collect(task, p.num_extra_rl_steps_posterior, update_posterior=True, add_to_enc_buffer=False)
+            self.collect_posterior(task, p.num_steps_posterior, add_to_enc_buffer=True)
+            self.collect_posterior(task, p.num_extra_rl_steps_posterior, add_to_enc_buffer=False)
+
+    def collect_posterior(self, task: int, num_samples: int, add_to_enc_buffer: bool) -> int:
+        """A posterior phase of an iteration's collection (acting on the belief re-inferred after every episode);
+        a method may split it, as long as the number of environment steps stays the same."""
+        return self.collect(task, num_samples, update_posterior=True, add_to_enc_buffer=add_to_enc_buffer)
 
     # ------------------------------------------------------------------ training
     def train_iteration(self, iteration_idx: int) -> dict[str, float]:
