@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -73,6 +74,8 @@ class ExplorationConfig:
     switch_log_ratio: float = 4.6    # resample when log p(best) - log p(current) exceeds this (100x)
     fallback: bool = True            # after adapt(): act on the encoder's z only while the context does not
                                      # falsify it (as a hypothesis), else resume Thompson sampling
+    min_evidence: float = 0.01       # a training task is a hypothesis once this share of its replay data
+                                     # carries a nonzero context reward (always so for dense rewards)
 
 
 @dataclass
@@ -109,6 +112,9 @@ class SetFormerConfig(MetaSACConfig):
             raise ConfigError(f"agent.teacher_collection must lie in [0, 1], got {self.teacher_collection}")
         if self.exploration.reward_noise_std <= 0:
             raise ConfigError("agent.exploration.reward_noise_std must be positive")
+        if not 0.0 <= self.exploration.min_evidence <= 1.0:
+            raise ConfigError(f"agent.exploration.min_evidence must lie in [0, 1], got "
+                              f"{self.exploration.min_evidence}")
 
 
 class SetEncoder(nn.Module):
@@ -147,6 +153,8 @@ class SetFormerAgent(MetaAgent):
         self.task_embeddings = nn.Parameter(torch.randn(num_train_tasks, config.latent_dim))
         # encoder latents of the training tasks, refreshed from every meta-batch (hypotheses without a teacher)
         self.register_buffer("task_latents", torch.randn(num_train_tasks, config.latent_dim))
+        # which training tasks' data ever revealed their reward: only those make refutable hypotheses
+        self.register_buffer("hypothesis_usable", torch.ones(num_train_tasks, dtype=torch.bool))
         self._tokens = ContextBuffer(config.model_dim)          # embedded online context, preallocated
         self.attention_weights: torch.Tensor | None = None     # (tasks, heads, seeds, n) of the last pooling
         self.exploring = True
@@ -164,8 +172,15 @@ class SetFormerAgent(MetaAgent):
         """``(num_train_tasks, latent)``: the task embeddings, or the encoder latents without a teacher."""
         return (self.task_embeddings if self.config.teacher_fraction > 0 else self.task_latents).detach()
 
+    def belief_scores(self) -> torch.Tensor:
+        """Log-likelihood of every hypothesis, ``-inf`` for unusable ones (unless none is usable)."""
+        if not self.hypothesis_usable.any():
+            return self.hypothesis_log_likelihood
+        return self.hypothesis_log_likelihood.masked_fill(~self.hypothesis_usable, float("-inf"))
+
     def sample_hypothesis(self) -> torch.Tensor:
-        belief = (self.hypothesis_log_likelihood - self.hypothesis_log_likelihood.max()).exp()
+        scores = self.belief_scores()
+        belief = (scores - scores.max()).exp()
         self.hypothesis = int(torch.multinomial(belief, 1))
         self.acting_on_encoder = False
         self.z = self.hypotheses[self.hypothesis][None].clone()
@@ -185,7 +200,7 @@ class SetFormerAgent(MetaAgent):
 
     def falsified(self, log_likelihood: torch.Tensor | float) -> bool:
         """Whether the best hypothesis explains the context ``exp(switch_log_ratio)`` times better."""
-        best = self.hypothesis_log_likelihood.max()
+        best = self.belief_scores().max()
         return bool(best - log_likelihood > self.config.exploration.switch_log_ratio)
 
     # ------------------------------------------------------------------ MetaAgent interface
@@ -259,6 +274,25 @@ class SetFormer(MetaSACAlgorithm):
     def make_agent(self) -> SetFormerAgent:
         return SetFormerAgent(self.obs_dim, self.action_dim, self.config, len(self.train_tasks),
                               self.protocol.use_next_obs_in_context)
+
+    def collect_initial_data(self):
+        super().collect_initial_data()
+        self.refresh_hypothesis_set()
+
+    def collect_iteration_data(self):
+        super().collect_iteration_data()
+        self.refresh_hypothesis_set()
+
+    def refresh_hypothesis_set(self) -> None:
+        # A training task whose data never carried a reward (its goal was never found, on the sparse task) has a
+        # reward prediction of ~0 everywhere: nothing can refute it, so once the real hypotheses are refuted it
+        # soaks up the belief and exploration stalls on it. It becomes a hypothesis once its data shows a reward.
+        rewards = self.rl_buffer.sparse_rewards if self.protocol.sparse_rewards else self.rl_buffer.rewards
+        usable = self.agent.hypothesis_usable
+        for j, task in enumerate(self.train_tasks):
+            size = int(self.rl_buffer.sizes[task])
+            share = float(np.mean(rewards[task, :size] != 0)) if size else 0.0
+            usable[j] = share >= self.config.exploration.min_evidence
 
     def collect_posterior(self, task, num_samples, add_to_enc_buffer):
         # the teacher acts in its own task for a share of the episodes: on-policy data for the policy on e_j, and

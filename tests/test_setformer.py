@@ -217,3 +217,25 @@ def test_teacher_collection_keeps_the_env_steps_and_acts_on_the_task_embedding(t
         assert algorithm.agent.teacher_task is None
         assert any(t is not None for t in acted_on) == (share > 0)
     assert steps[0.0] == steps[1.0] > 0
+
+
+def test_tasks_whose_data_never_showed_a_reward_are_not_hypotheses(tmp_path):
+    agent = linear_hypothesis_agent()
+    agent.hypothesis_usable[4] = False       # task 4's data never showed a reward
+    agent.clear_context()
+    for _ in range(3):
+        agent.update_context((np.zeros(2), np.zeros(2), 4.0, np.zeros(2), False, {}))
+    for _ in range(20):
+        agent.end_episode()
+        assert agent.hypothesis in (3, 5)    # the best usable ones; 4 would fit best but is no hypothesis
+    # the algorithm derives the mask from the replay data: sparse rewards seen per training task
+    trainer = make_trainer("sparse-point-robot", tmp_path, "setformer")
+    algorithm = trainer.algorithm
+    algorithm.collect_initial_data()
+    sparse = algorithm.rl_buffer.sparse_rewards
+    expected = [bool(np.mean(sparse[t, : algorithm.rl_buffer.sizes[t]] != 0) >= 0.01) for t in algorithm.train_tasks]
+    assert algorithm.agent.hypothesis_usable.tolist() == expected
+    with torch.no_grad():  # pretend task 0's data shows a reward at every step
+        algorithm.rl_buffer.sparse_rewards[0] = 0.5
+    algorithm.refresh_hypothesis_set()
+    assert bool(algorithm.agent.hypothesis_usable[0])
