@@ -39,7 +39,9 @@ Teacher collection. A hypothesis is only as good as its policy and its reward pr
 from the data of task ``j``. Data collected under other latents rarely reaches goal ``j`` on the sparse task, so
 the reward head learns that ``e_j`` predicts no reward anywhere: a hypothesis that nothing can refute. So a share
 (``teacher_collection``) of every posterior collection phase acts on the task's own embedding: whole episodes,
-the phase's environment steps unchanged.
+the phase's environment steps unchanged. A task whose data still shows no reward at all (its goal was never
+reached) is left out of the hypothesis set (``exploration.min_evidence``): its reward prediction is zero
+everywhere, so no evidence could refute it, and once the real hypotheses were refuted it took the whole belief.
 """
 from __future__ import annotations
 
