@@ -329,6 +329,25 @@ def _margin_text(env: str, figures: dict[str, tuple[list[float], list[float]]]) 
     return " ".join(sentences)
 
 
+def _code_text(summary: dict) -> str:
+    """Which commit each method's cells ran: a reader must see when one table mixes versions of a method."""
+    commits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for cell in summary.get("cells") or []:
+        full = str(cell.get("git_commit") or "?")
+        commit = full[:7] + ("-dirty" if full.endswith("-dirty") else "")
+        commits[display_name(cell["algo"])][commit].append(f"{cell['env']} {cell['seed']}")
+    if not commits:
+        return ""
+    parts = []
+    for algo, by_commit in commits.items():
+        if len(by_commit) == 1:
+            parts.append(f"{algo} `{next(iter(by_commit))}`")
+        else:
+            parts.append(f"{algo} " + "; ".join(f"`{c}` ({', '.join(cells)})" for c, cells in by_commit.items()))
+    return ("**Code.** The commit each method's cells ran at (`-dirty`: with uncommitted changes): "
+            + " · ".join(parts) + ".")
+
+
 def render_markdown(summary: dict, curve_files: dict[str, str] | None = None) -> str:
     """RESULTS.md: setup and budget, one table per environment, reference lines, curves and notes."""
     curve_files = curve_files or {}
@@ -352,6 +371,8 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None) ->
         "below (read from the finished cells); parameter counts and wall time differ and are reported.",
         "",
         _budget_section(summary, envs, grouped),
+        "",
+        _code_text(summary),
         "",
         "**Figures.** *meta-test return (protocol)* is the protocol's own figure after the last iteration: on each "
         "held-out task the context is cleared, episodes run back to back, the first ones explore, and the task "

@@ -212,6 +212,14 @@ def test_renderer_states_exact_figures(synthetic_summary):
     assert "VariBAD (online SAC variant) on point-robot: seed(s) 42, 123 not finished." in markdown
 
 
+def test_renderer_names_the_code_each_method_ran(synthetic_summary):
+    synthetic_summary["cells"][1]["git_commit"] = "0123456789abcdef-dirty"
+    markdown = render_markdown(synthetic_summary)
+    code = next(line for line in markdown.splitlines() if line.startswith("**Code.**"))
+    assert "PEARL `abc` (point-robot 42); `0123456-dirty` (point-robot 123)" in code
+    assert "setformer (ours) `abc`" in code
+
+
 def test_renderer_flags_unequal_budgets(synthetic_summary):
     synthetic_summary["cells"][2]["grad_steps"] = 800
     markdown = render_markdown(synthetic_summary)

@@ -157,7 +157,11 @@ def test_kill_and_resume_matches_uninterrupted(reference_run, tmp_path, monkeypa
 
     resumed = resume_trainer(run_dir, progress=False)
     assert resumed.config == trainer.config
+    resumed.git_commits = ["commit-of-the-resumed-process"]   # as if the tree had moved on in between
     results = resumed.run(resume=True)
+    # the code of both segments is on record, the starting one first
+    assert results["git_commits"] == [trainer.git_commits[0], "commit-of-the-resumed-process"]
+    assert results["git_commit"] == trainer.git_commits[0]
     assert resumed.start_iteration == 2
     assert strip_nondeterministic(read_metrics(run_dir)) == strip_nondeterministic(read_metrics(ref_dir))
     assert results["final_eval"] == ref_results["final_eval"]

@@ -80,6 +80,9 @@ class Trainer:
         self.start_iteration = 0
         self.learning_curve: list[dict] = []
         self.elapsed = 0.0
+        # the code this process runs: read now, since the tree may move on before the run finishes; a resumed run
+        # keeps the commits of all its segments
+        self.git_commits = [git_commit()]
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, eval_seed: int, num_repeats: int) -> EvalResult:
@@ -104,7 +107,7 @@ class Trainer:
     def save_checkpoint(self, iteration: int) -> None:
         atomic_torch_save(self.checkpoint_path, {
             "iteration": iteration, "algorithm": self.algorithm.state_dict(), "torch_rng": torch.get_rng_state(),
-            "learning_curve": self.learning_curve, "elapsed": self.elapsed,
+            "learning_curve": self.learning_curve, "elapsed": self.elapsed, "git_commits": self.git_commits,
         })
 
     def load_checkpoint(self, for_resume: bool = True) -> None:
@@ -115,6 +118,9 @@ class Trainer:
         self.learning_curve = state["learning_curve"]
         self.elapsed = state["elapsed"]
         self.start_iteration = state["iteration"] + 1
+        if for_resume:
+            earlier = list(state.get("git_commits", []))
+            self.git_commits = earlier + [c for c in self.git_commits if c not in earlier]
         if for_resume:
             torch.set_rng_state(state["torch_rng"])
             # the checkpoint's learning curve is the complete record: rewrite the metrics file from it, which drops
@@ -181,7 +187,9 @@ class Trainer:
                                                      "meta_test_return") if k in row} for row in self.learning_curve],
             "env_steps": self.algorithm.env_steps, "grad_steps": self.algorithm.grad_steps,
             "wall_time_s": self.elapsed, "parameter_count": self.algorithm.parameter_count(),
-            "git_commit": git_commit(), "machine": machine_description(), "config": to_dict(cfg),
+            # the commit the run started at; ``git_commits`` lists more when resumed at other ones
+            "git_commit": self.git_commits[0], "git_commits": self.git_commits,
+            "machine": machine_description(), "config": to_dict(cfg),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(self.run_dir / "results.json", results)
