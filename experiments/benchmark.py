@@ -382,8 +382,10 @@ def main(argv=None) -> int:
 
     if args.render_only:
         last = previous_plan(tier_dir)
-        plan = {"envs": args.envs or last.get("envs", []), "algos": args.algos or last.get("algos", []),
-                "seeds": args.seeds or last.get("seeds", []), "skipped": last.get("skipped", [])}
+        envs, algos = args.envs or last.get("envs", []), args.algos or last.get("algos", [])
+        skipped = [{"env": env, "algo": algo, "reason": unsupported_reason(algo, env)}
+                   for env in envs for algo in algos if unsupported_reason(algo, env)]
+        plan = {"envs": envs, "algos": algos, "seeds": args.seeds or last.get("seeds", []), "skipped": skipped}
         markdown = render(tier_dir, args.tier, plan, command, [])
         print(f"rendered {markdown}")
         return 0
