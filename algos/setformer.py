@@ -228,10 +228,14 @@ class SetFormerAgent(MetaAgent):
         exploration = self.config.exploration
         if not exploration.thompson or (not self.exploring and not exploration.fallback):
             return
-        # the belief over the hypothesis set is kept up to date, one transition at a time (constant cost)
-        self.hypothesis_log_likelihood += self.log_likelihood(row[None], self.hypotheses)
+        # the belief over the hypothesis set (and the encoder's reading, when acting on it) is kept up to date, one
+        # transition at a time: one reward-head call, constant cost
+        latents = torch.cat([self.hypotheses, self.encoder_z]) if self.acting_on_encoder else self.hypotheses
+        scores = self.log_likelihood(row[None], latents)
+        num_hypotheses = self.hypothesis_log_likelihood.shape[0]
+        self.hypothesis_log_likelihood += scores[:num_hypotheses]
         if self.acting_on_encoder:
-            self.encoder_log_likelihood += float(self.log_likelihood(row[None], self.encoder_z)[0])
+            self.encoder_log_likelihood += float(scores[num_hypotheses])
             if self.falsified(self.encoder_log_likelihood):
                 self.sample_hypothesis()  # the encoder's reading no longer explains the context
         elif self.falsified(self.hypothesis_log_likelihood[self.hypothesis]):
@@ -289,12 +293,12 @@ class SetFormer(MetaSACAlgorithm):
         # A training task whose data never carried a reward (its goal was never found, on the sparse task) has a
         # reward prediction of ~0 everywhere: nothing can refute it, so once the real hypotheses are refuted it
         # soaks up the belief and exploration stalls on it. It becomes a hypothesis once its data shows a reward.
+        # hypotheses are indexed by training-task id, as the embeddings are in batch_latents
         rewards = self.rl_buffer.sparse_rewards if self.protocol.sparse_rewards else self.rl_buffer.rewards
-        usable = self.agent.hypothesis_usable
-        for j, task in enumerate(self.train_tasks):
+        for task in self.train_tasks:
             size = int(self.rl_buffer.sizes[task])
             share = float(np.mean(rewards[task, :size] != 0)) if size else 0.0
-            usable[j] = share >= self.config.exploration.min_evidence
+            self.agent.hypothesis_usable[task] = share >= self.config.exploration.min_evidence
 
     def collect_posterior(self, task, num_samples, add_to_enc_buffer):
         # the teacher acts in its own task for a share of the episodes: on-policy data for the policy on e_j, and

@@ -121,7 +121,6 @@ class Trainer:
         if for_resume:
             earlier = list(state.get("git_commits", []))
             self.git_commits = earlier + [c for c in self.git_commits if c not in earlier]
-        if for_resume:
             torch.set_rng_state(state["torch_rng"])
             # the checkpoint's learning curve is the complete record: rewrite the metrics file from it, which drops
             # rows written after the checkpoint and repairs a line cut short or lost by a kill between the writes
