@@ -188,6 +188,14 @@ class SetFormerAgent(MetaAgent):
         self.z = self.hypotheses[self.hypothesis][None].clone()
         return self.z
 
+    @property
+    def acting_on_hypothesis(self) -> bool:
+        """After ``adapt()``: whether the fallback has taken over, i.e. the agent acts on a sampled hypothesis
+        because the context refuted the encoder's reading (always ``False`` without the fallback)."""
+        exploration = self.config.exploration
+        return (not self.exploring and exploration.thompson and exploration.fallback and self.z.shape[0] == 1
+                and not self.acting_on_encoder)
+
     @torch.no_grad()
     def log_likelihood(self, context: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """``sum_t log N(r_t; R(s_t, a_t, z), sigma^2)`` (up to a constant) of context rows ``(n, context_dim)``
@@ -276,6 +284,7 @@ class SetFormerAgent(MetaAgent):
 
 class SetFormer(MetaSACAlgorithm):
     config_class = SetFormerConfig
+    inference_time_config = ("exploration",)
 
     def make_agent(self) -> SetFormerAgent:
         return SetFormerAgent(self.obs_dim, self.action_dim, self.config, len(self.train_tasks),
@@ -288,6 +297,9 @@ class SetFormer(MetaSACAlgorithm):
     def collect_iteration_data(self):
         super().collect_iteration_data()
         self.refresh_hypothesis_set()
+
+    def inference_config_changed(self) -> None:
+        self.refresh_hypothesis_set()  # exploration.min_evidence decides the hypothesis set
 
     def refresh_hypothesis_set(self) -> None:
         # A training task whose data never carried a reward (its goal was never found, on the sparse task) has a

@@ -381,7 +381,10 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None) ->
         "(*low-noise final eval*). Each entry is the mean ± sample standard deviation over seeds (ddof = 1; a "
         "single seed shows no ±) with the number of seeds n; *per seed* lists the protocol figure of each seed. "
         "*Online return per episode* is the protocol evaluation's return of each episode in order (exploration "
-        "episodes first, the last one scored), averaged over tasks and seeds. Wall time is the mean per run.",
+        "episodes first, the last one scored), averaged over tasks and seeds. Wall time is the mean per run "
+        "as the cell measured it, summed over resumed segments; cells shared the cores with other jobs, so it is "
+        "an upper bound that depends on the load, not a speed figure (the throughput benchmark, "
+        "`benchmarks/THROUGHPUT.md`, measures speed in one controlled run).",
         "",
     ]
     for env in envs:

@@ -73,6 +73,9 @@ class MetaSACAlgorithm:
 
     config_class = MetaSACConfig
     sequential_context = False  # True for order-dependent encoders: context = consecutive trajectories
+    # config groups (of ``config_class``) that only change how the trained agent acts, not what it learns from a
+    # given batch: ``experiments.reevaluate`` may override them on finished weights
+    inference_time_config: tuple[str, ...] = ()
 
     def __init__(self, env, protocol: ProtocolConfig, config: MetaSACConfig, rng: np.random.Generator,
                  bf16: bool = False):
@@ -115,6 +118,9 @@ class MetaSACAlgorithm:
     def training_context(self, context: torch.Tensor) -> torch.Tensor:
         """The context a gradient step encodes (a method may subsample it); default: all of it."""
         return context
+
+    def inference_config_changed(self) -> None:
+        """Called after ``inference_time_config`` was overridden on loaded weights: rebuild derived state."""
 
     # ------------------------------------------------------------------ construction helpers
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -1,0 +1,240 @@
+"""Re-evaluate the final weights of finished benchmark cells under inference-time variants: an ablation of how
+the trained agent *acts* (its exploration rule), at no training cost and with everything else held fixed.
+
+    python -m experiments.reevaluate --tier quick --algo setformer              # the default setformer variants
+    python -m experiments.reevaluate --tier quick --algo setformer --envs sparse-point-robot \\
+        --variant as-trained --variant greedy-encoder exploration.thompson=false
+
+Every variant of a cell loads the same ``checkpoint.pt`` (weights, replay buffers), applies its overrides, which
+must lie in a config group the algorithm declares inference-time (``inference_time_config``: for setformer the
+``exploration`` group), and runs the low-noise final evaluation of the cell: the same evaluation seed and number
+of repeats as the cell's ``final_eval``, so the variants are compared on paired episodes. ``as-trained`` (no
+overrides) must reproduce the cell's recorded figure; the table shows that check. What a variant cannot show:
+the effect of the rule on the data collected during training (setformer also explores with it there); for that,
+train with the override (``experiments.benchmark --set ...``, see the README's ablation commands).
+
+For an agent that reports whether a fallback has replaced its encoder's reading (setformer's
+``acting_on_hypothesis``), the share of post-exploration steps acted on a hypothesis is recorded.
+
+Writes ``<tier dir>/reevaluations.json`` after every (cell, variant), atomically, and skips those already there
+with the same overrides and repeats, so a killed run continues; then ``<tier dir>/REEVALUATIONS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from algos import ALGORITHMS
+from algos.core.config import SEEDS, TIERS, ConfigError, apply_overrides
+from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description, read_json
+from algos.core.trainer import FINAL_EVAL_OFFSET
+from envs_glue import ENV_SPECS
+from experiments.analysis import load_run
+from experiments.results_table import DASH, display_name, fmt, format_mean_std, mean_std
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SETFORMER_VARIANTS = {
+    "as-trained": [],
+    "no-fallback": ["exploration.fallback=false"],        # after adapt(): always act on the encoder's z
+    "all-hypotheses": ["exploration.min_evidence=0"],     # every training task is a hypothesis
+    "no-thompson": ["exploration.thompson=false"],        # no hypotheses at all: the encoder's z throughout
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.reevaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tier", default="quick", choices=TIERS)
+    parser.add_argument("--algo", default="setformer", choices=list(ALGORITHMS))
+    parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=list(ENV_SPECS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--variant", dest="variants", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
+                        help="a variant: a name, then its overrides (repeat the flag for several); default: "
+                             + ", ".join(SETFORMER_VARIANTS) + " for setformer, as-trained otherwise")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="evaluation repeats per task (default: the cell's final_eval_repeats)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--root", default=str(REPO_ROOT / "benchmarks"),
+                        help="benchmark root holding <tier>/cells (default: benchmarks/)")
+    args = parser.parse_args(argv)
+    if args.variants is None:
+        args.variants = ([[name, *overrides] for name, overrides in SETFORMER_VARIANTS.items()]
+                         if args.algo == "setformer" else [["as-trained"]])
+    names = [variant[0] for variant in args.variants]
+    if len(set(names)) != len(names):
+        parser.error(f"variant names must be unique, got {names}")
+    for name, *overrides in args.variants:
+        if "=" in name:
+            parser.error(f"--variant takes a name first, then KEY=VALUE overrides; got {name!r} as the name")
+    if args.threads < 1 or (args.repeats is not None and args.repeats < 1):
+        parser.error("--threads and --repeats must be positive")
+    return args
+
+
+def check_inference_time(algorithm, overrides: list[str]) -> None:
+    """Refuse an override outside the groups the algorithm declares inference-time: changing a training
+    setting on weights trained without it would not measure anything."""
+    groups = tuple(getattr(algorithm, "inference_time_config", ()))
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        path = key.split(".")
+        if path[0] == "agent":
+            path = path[1:]
+        if not groups or path[0] not in groups:
+            allowed = ", ".join(f"{g}.*" for g in groups) or "none"
+            raise ConfigError(f"override {item!r} is not an inference-time setting of "
+                              f"{type(algorithm).__name__} (allowed: {allowed})")
+
+
+def fallback_share_probe(agent):
+    """Wrap ``agent.get_action`` to count post-exploration steps acted on a hypothesis instead of the encoder's
+    reading; ``None`` for agents that do not report it."""
+    if not hasattr(agent, "acting_on_hypothesis"):
+        return None
+    counts = {"post_exploration_steps": 0, "on_hypothesis": 0}
+    get_action = agent.get_action
+
+    def counting_get_action(obs, deterministic=False):
+        if not agent.exploring:
+            counts["post_exploration_steps"] += 1
+            counts["on_hypothesis"] += int(agent.acting_on_hypothesis)
+        return get_action(obs, deterministic=deterministic)
+
+    agent.get_action = counting_get_action
+    return counts
+
+
+def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, threads: int) -> dict:
+    recorded = read_json(run_dir / "results.json", what="cell results")
+    trainer = load_run(run_dir)
+    torch.set_num_threads(threads)
+    algorithm = trainer.algorithm
+    check_inference_time(algorithm, overrides)
+    apply_overrides(trainer.config, overrides)  # the agent reads the same config object
+    algorithm.inference_config_changed()
+    protocol = trainer.config.protocol
+    num_repeats = repeats or protocol.final_eval_repeats
+    probe = fallback_share_probe(algorithm.agent)
+    started = time.perf_counter()
+    result = trainer.evaluate(trainer.config.seed * 1_000_003 + FINAL_EVAL_OFFSET, num_repeats)
+    recorded_final = (recorded.get("final_eval") or {})
+    entry = {
+        "meta_test_return": result.meta_test_return, "online_returns": result.online_returns,
+        "per_task_final_returns": result.per_task_final_returns, "num_repeats": num_repeats,
+        "recorded_final_eval": recorded_final.get("meta_test_return")
+        if recorded_final.get("num_repeats") == num_repeats else None,
+        "trained_at": recorded.get("git_commit"), "wall_time_s": time.perf_counter() - started,
+    }
+    if probe is not None and probe["post_exploration_steps"]:
+        entry["fallback_share"] = probe["on_hypothesis"] / probe["post_exploration_steps"]
+    return entry
+
+
+# ---------------------------------------------------------------------- report
+def render_markdown(report: dict) -> str:
+    machine = report["machine"]
+    variants = report["variants"]
+    parts = [
+        f"# Re-evaluations: {display_name(report['algo'])}, {report['tier']} tier",
+        "",
+        f"Generated {report['generated_at']} by `{report['command']}` at commit `{report['git_commit']}` on "
+        f"{machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}).",
+        "",
+        "The final weights of each finished benchmark cell, evaluated again with only an inference-time setting "
+        "changed: the cell's low-noise final evaluation (same seeds, same repeats), so every variant plays the same "
+        "episodes' randomness. *as-trained* reproduces the cell's recorded figure (*recorded* column). Entries are "
+        "mean ± sample std over seeds of the final-episode return (mean over the 10 held-out tasks); *Δ vs "
+        "as-trained* is the mean ± std of the per-seed paired difference. *fallback share* is the share of "
+        "post-exploration steps the agent acted on a sampled hypothesis because the context refuted its encoder's "
+        "reading. These "
+        "change acting only: the weights were trained with the as-trained rule, so this is not a training "
+        "ablation.",
+        "",
+        "| variant | overrides |",
+        "|---|---|",
+        *[f"| {name} | {' '.join(f'`{o}`' for o in overrides) or DASH} |" for name, overrides in variants.items()],
+        "",
+    ]
+    for env in report["envs"]:
+        seeds = report["seeds"]
+        cells = report["cells"].get(env, {})
+        header = ["variant", "meta-test return (low-noise)", "Δ vs as-trained", "per seed", "fallback share",
+                  "online return per episode"]
+        lines = [f"## {env}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        baseline = {seed: cells.get(str(seed), {}).get("as-trained", {}).get("meta_test_return") for seed in seeds}
+        for name in variants:
+            entries = {seed: cells.get(str(seed), {}).get(name) for seed in seeds}
+            done = {seed: e for seed, e in entries.items() if e}
+            values = [e["meta_test_return"] for e in done.values()]
+            diffs = [e["meta_test_return"] - baseline[s] for s, e in done.items() if baseline.get(s) is not None]
+            if diffs and name != "as-trained":
+                mean, std = mean_std(diffs)
+                delta = f"{mean:+.2f}" + (f" ± {std:.2f}" if std is not None else "")
+            else:
+                delta = DASH
+            per_seed = " · ".join(f"{s}: {fmt(e['meta_test_return'])}" for s, e in done.items()) or DASH
+            shares = [e["fallback_share"] for e in done.values() if "fallback_share" in e]
+            share = f"{100 * float(np.mean(shares)):.0f} %" if shares else DASH
+            online = (np.mean([e["online_returns"] for e in done.values()], axis=0) if done else [])
+            online_text = " / ".join(f"{r:.1f}" for r in online) or DASH
+            lines.append(f"| {name} | {format_mean_std(values, len(seeds))} | {delta} | {per_seed} | {share} | "
+                         f"{online_text} |")
+        checks = [f"{s}: {fmt(e['meta_test_return'])} vs {fmt(e['recorded_final_eval'])}"
+                  for s, e in ((s, cells.get(str(s), {}).get("as-trained")) for s in seeds)
+                  if e and e.get("recorded_final_eval") is not None]
+        lines += ["", "as-trained, this run vs the cell's recorded low-noise figure: " + (" · ".join(checks) or DASH)]
+        missing = [str(s) for s in seeds if str(s) not in cells]
+        if missing:
+            lines += ["", f"No finished cell with weights for seed(s) {', '.join(missing)}."]
+        parts += lines + [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["python", "-m", "experiments.reevaluate", *(sys.argv[1:] if argv is None else argv)])
+    tier_dir = Path(args.root) / args.tier
+    json_path = tier_dir / "reevaluations.json"
+    variants = {name: overrides for name, *overrides in args.variants}
+    previous = read_json(json_path, what="re-evaluation results") if json_path.exists() else {}
+    if previous and previous.get("algo") != args.algo:
+        raise SystemExit(f"{json_path} holds re-evaluations of {previous.get('algo')!r}, not {args.algo!r}")
+    cells = previous.get("cells", {}) if previous.get("variants") == variants else {}
+    report = {"algo": args.algo, "tier": args.tier, "envs": args.envs, "seeds": args.seeds, "variants": variants,
+              "cells": cells}
+
+    def save() -> None:
+        report.update(command=command, generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      git_commit=git_commit(), machine=machine_description())
+        atomic_write_json(json_path, report)
+
+    for env in args.envs:
+        for seed in args.seeds:
+            run_dir = tier_dir / "cells" / env / args.algo / str(seed)
+            if not (run_dir / "results.json").exists() or not (run_dir / "checkpoint.pt").exists():
+                print(f"skipping {env} seed {seed}: no finished cell with its checkpoint in {run_dir}")
+                continue
+            for name, overrides in variants.items():
+                have = cells.get(env, {}).get(str(seed), {}).get(name)
+                if have and (args.repeats is None or have["num_repeats"] == args.repeats):
+                    continue
+                print(f"{env} seed {seed}: {name} ...", flush=True)
+                entry = reevaluate_cell(run_dir, overrides, args.repeats, args.threads)
+                print(f"  meta_test_return {entry['meta_test_return']:.3f} ({entry['wall_time_s']:.0f} s)", flush=True)
+                cells.setdefault(env, {}).setdefault(str(seed), {})[name] = entry
+                save()
+    save()
+    atomic_write_text(tier_dir / "REEVALUATIONS.md", render_markdown(report))
+    print(f"wrote {json_path} and {tier_dir / 'REEVALUATIONS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

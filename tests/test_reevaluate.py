@@ -1,0 +1,83 @@
+"""experiments.reevaluate on a real smoke cell: the as-trained variant reproduces the cell's recorded final
+evaluation, variants change only acting, overrides outside the inference-time groups are refused, and a rerun
+skips what is done."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from algos.core.config import ConfigError
+from experiments import reevaluate
+from experiments.run import main as run_main
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory) -> Path:
+    """A benchmark root holding one finished setformer cell, laid out as the benchmark runner writes it."""
+    root = tmp_path_factory.mktemp("reeval")
+    run_dir = root / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0"
+    threads = torch.get_num_threads()
+    try:
+        code = run_main(["--env", "sparse-point-robot", "--algo", "setformer", "--tier", "smoke", "--seed", "0",
+                         "--run-dir", str(run_dir), "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    return root
+
+
+def _run(root: Path, *extra: str) -> dict:
+    threads = torch.get_num_threads()
+    try:
+        assert reevaluate.main(["--tier", "smoke", "--envs", "sparse-point-robot", "--seeds", "0",
+                                "--root", str(root), *extra]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((root / "smoke" / "reevaluations.json").read_text())
+
+
+def test_as_trained_reproduces_the_recorded_final_eval_and_variants_are_paired(smoke_root):
+    report = _run(smoke_root)
+    entries = report["cells"]["sparse-point-robot"]["0"]
+    assert list(entries) == list(reevaluate.SETFORMER_VARIANTS)
+    as_trained = entries["as-trained"]
+    assert as_trained["recorded_final_eval"] is not None
+    assert as_trained["meta_test_return"] == pytest.approx(as_trained["recorded_final_eval"], abs=1e-9)
+    # without the fallback (or without hypotheses) the agent never acts on a hypothesis after adapt()
+    assert entries["no-fallback"]["fallback_share"] == 0.0
+    assert entries["no-thompson"]["fallback_share"] == 0.0
+    assert 0.0 <= as_trained["fallback_share"] <= 1.0
+    for entry in entries.values():
+        assert entry["num_repeats"] == 1  # the smoke tier's final_eval_repeats
+        assert len(entry["per_task_final_returns"]) == 10
+    markdown = (smoke_root / "smoke" / "REEVALUATIONS.md").read_text()
+    assert "| no-fallback | `exploration.fallback=false` |" in markdown
+    assert "## sparse-point-robot" in markdown
+
+
+def test_rerun_skips_finished_entries(smoke_root, monkeypatch):
+    _run(smoke_root)
+    calls = []
+    monkeypatch.setattr(reevaluate, "reevaluate_cell", lambda *a, **k: calls.append(a))
+    _run(smoke_root)
+    assert calls == []
+
+
+def test_training_overrides_are_refused(smoke_root):
+    run_dir = smoke_root / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0"
+    with pytest.raises(ConfigError, match="teacher_fraction=0.*not an inference-time setting"):
+        reevaluate.reevaluate_cell(run_dir, ["teacher_fraction=0"], None, 1)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        reevaluate.reevaluate_cell(run_dir, ["exploration.no_such_key=1"], None, 1)
+
+
+def test_variant_arguments_are_checked():
+    with pytest.raises(SystemExit):
+        reevaluate.parse_args(["--variant", "a", "--variant", "a", "exploration.fallback=false"])
+    with pytest.raises(SystemExit):
+        reevaluate.parse_args(["--variant", "exploration.fallback=false"])
+    args = reevaluate.parse_args(["--algo", "pearl"])
+    assert args.variants == [["as-trained"]]
