@@ -348,8 +348,10 @@ def _code_text(summary: dict) -> str:
             + " · ".join(parts) + ".")
 
 
-def render_markdown(summary: dict, curve_files: dict[str, str] | None = None) -> str:
-    """RESULTS.md: setup and budget, one table per environment, reference lines, curves and notes."""
+def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
+                    companions: dict[str, str] | None = None) -> str:
+    """RESULTS.md: setup and budget, one table per environment, reference lines, curves and notes.
+    ``companions`` maps a relative link to what it holds (other results files of the tier), listed under the setup."""
     curve_files = curve_files or {}
     envs, algos_by_env, seeds = _plan_lists(summary)
     grouped = _cells_by(summary)
@@ -387,6 +389,9 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None) ->
         "`benchmarks/THROUGHPUT.md`, measures speed in one controlled run).",
         "",
     ]
+    if companions:
+        parts += ["**See also.** " + " · ".join(f"[{link}]({link}): {what}" for link, what in companions.items()),
+                  ""]
     for env in envs:
         parts.append(_env_section(env, algos_by_env[env], seeds, grouped, curve_files.get(env)))
 
@@ -470,11 +475,19 @@ def _atomic_savefig(fig, path: Path) -> None:
         raise
 
 
+# other results files a reader of RESULTS.md wants, relative to the tier directory
+COMPANIONS = {
+    "REEVALUATIONS.md": "setformer's exploration rules switched off on the same final weights and seeds",
+    "../THROUGHPUT.md": "gradient steps/s, environment steps/s and adapt() latency, one controlled run",
+}
+
+
 def write_report(tier_dir: Path, summary: dict) -> tuple[Path, Path]:
     """Write ``results.json``, the curve PNGs and ``RESULTS.md`` into ``tier_dir``, each atomically."""
     tier_dir = Path(tier_dir)
     results_path, markdown_path = tier_dir / "results.json", tier_dir / "RESULTS.md"
     atomic_write_json(results_path, summary)
     curve_files = plot_learning_curves(summary, tier_dir)
-    atomic_write_text(markdown_path, render_markdown(summary, curve_files))
+    companions = {link: what for link, what in COMPANIONS.items() if (tier_dir / link).exists()}
+    atomic_write_text(markdown_path, render_markdown(summary, curve_files, companions))
     return results_path, markdown_path

@@ -212,6 +212,18 @@ def test_renderer_states_exact_figures(synthetic_summary):
     assert "VariBAD (online SAC variant) on point-robot: seed(s) 42, 123 not finished." in markdown
 
 
+def test_renderer_links_the_companion_files_that_exist(synthetic_summary, tmp_path):
+    from experiments.results_table import write_report
+    assert "See also" not in render_markdown(synthetic_summary)
+    tier_dir = tmp_path / "quick"
+    tier_dir.mkdir()
+    (tier_dir / "REEVALUATIONS.md").write_text("# Re-evaluations\n")
+    _results, markdown_path = write_report(tier_dir, synthetic_summary)
+    see_also = next(line for line in markdown_path.read_text().splitlines() if line.startswith("**See also.**"))
+    assert "[REEVALUATIONS.md](REEVALUATIONS.md)" in see_also
+    assert "THROUGHPUT" not in see_also                   # no ../THROUGHPUT.md here: not linked
+
+
 def test_renderer_names_the_code_each_method_ran(synthetic_summary):
     synthetic_summary["cells"][1]["git_commit"] = "0123456789abcdef-dirty"
     markdown = render_markdown(synthetic_summary)
