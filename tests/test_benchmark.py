@@ -212,6 +212,15 @@ def test_renderer_states_exact_figures(synthetic_summary):
     assert "VariBAD (online SAC variant) on point-robot: seed(s) 42, 123 not finished." in markdown
 
 
+def test_reference_numbers_are_equals_only_at_the_benchmark_tier(synthetic_summary):
+    from experiments.results_table import REFERENCE_LABEL_SAME_BUDGET
+    quick = render_markdown(synthetic_summary)
+    assert REFERENCE_LABEL in quick and "not comparable budget" in quick
+    full = render_markdown({**synthetic_summary, "tier": "benchmark"})
+    assert REFERENCE_LABEL_SAME_BUDGET in full and "not comparable" not in full
+    assert "(-9.803, same budget)" in full
+
+
 def test_renderer_links_the_companion_files_that_exist(synthetic_summary, tmp_path):
     from experiments.results_table import write_report
     assert "See also" not in render_markdown(synthetic_summary)
