@@ -273,3 +273,13 @@ def test_throughput_measures_and_skips_unimportable_methods(tmp_path, monkeypatc
     assert by_algo["oracle"]["status"] == "skipped"
     markdown = (tmp_path / "THROUGHPUT.md").read_text()
     assert "| sac-no-context |" in markdown and "still being written" in markdown
+
+
+def test_throughput_skips_combinations_that_do_not_exist(tmp_path):
+    from experiments import throughput
+
+    code = throughput.main(["--tier", "smoke", "--algos", "oracle", "--envs", "cheetah-vel", "--threads", "1",
+                            "--out", str(tmp_path)])
+    assert code == 0  # not a failure: the oracle exists only for the point robots
+    (result,) = json.loads((tmp_path / "throughput.json").read_text())["results"]
+    assert result["status"] == "not run" and "point robots" in result["notes"][0]
