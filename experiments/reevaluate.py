@@ -221,12 +221,14 @@ def main(argv=None) -> int:
             if not (run_dir / "results.json").exists() or not (run_dir / "checkpoint.pt").exists():
                 print(f"skipping {env} seed {seed}: no finished cell with its checkpoint in {run_dir}")
                 continue
+            cell_config = read_json(run_dir / "config.json", what="cell config")
+            repeats = args.repeats or cell_config["protocol"]["final_eval_repeats"]
             for name, overrides in variants.items():
                 have = cells.get(env, {}).get(str(seed), {}).get(name)
-                if have and (args.repeats is None or have["num_repeats"] == args.repeats):
+                if have and have["num_repeats"] == repeats:
                     continue
                 print(f"{env} seed {seed}: {name} ...", flush=True)
-                entry = reevaluate_cell(run_dir, overrides, args.repeats, args.threads)
+                entry = reevaluate_cell(run_dir, overrides, repeats, args.threads)
                 print(f"  meta_test_return {entry['meta_test_return']:.3f} ({entry['wall_time_s']:.0f} s)", flush=True)
                 cells.setdefault(env, {}).setdefault(str(seed), {})[name] = entry
                 save()

@@ -64,6 +64,16 @@ def test_rerun_skips_finished_entries(smoke_root, monkeypatch):
     monkeypatch.setattr(reevaluate, "reevaluate_cell", lambda *a, **k: calls.append(a))
     _run(smoke_root)
     assert calls == []
+    # the default repeats are the cell's own, so asking for them explicitly is the same request
+    _run(smoke_root, "--repeats", "1")
+    assert calls == []
+
+
+def test_other_repeats_are_a_new_request(smoke_root):
+    report = _run(smoke_root, "--repeats", "2", "--variant", "as-trained")
+    entry = report["cells"]["sparse-point-robot"]["0"]["as-trained"]
+    assert entry["num_repeats"] == 2
+    assert entry["recorded_final_eval"] is None  # the cell's own figure used 1 repeat: not comparable
 
 
 def test_training_overrides_are_refused(smoke_root):
