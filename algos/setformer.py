@@ -42,6 +42,9 @@ the reward head learns that ``e_j`` predicts no reward anywhere: a hypothesis th
 the phase's environment steps unchanged. A task whose data still shows no reward at all (its goal was never
 reached) is left out of the hypothesis set (``exploration.min_evidence``): its reward prediction is zero
 everywhere, so no evidence could refute it, and once the real hypotheses were refuted it took the whole belief.
+
+What each exploration rule is worth on the trained weights (switched off one at a time, same evaluation seeds):
+``benchmarks/quick/REEVALUATIONS.md``, made by ``python -m experiments.reevaluate``.
 """
 from __future__ import annotations
 
