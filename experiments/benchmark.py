@@ -117,6 +117,12 @@ def unsupported_reason(algo: str, env: str) -> str | None:
     return UNSUPPORTED.get((algo, env))
 
 
+def unsupported_combinations(envs: list[str], algos: list[str]) -> list[dict]:
+    """The (env, algo) combinations that cannot exist, each with its reason: the plan's ``skipped`` list."""
+    return [{"env": env, "algo": algo, "reason": reason} for env in envs for algo in algos
+            if (reason := unsupported_reason(algo, env))]
+
+
 def check_available(env: str, algo: str, tier: str, overrides: list[str]) -> str | None:
     """Build the cell's config in-process: an algorithm that does not import yet or an override it does not
     know fails here once, clearly, instead of once per seed in a subprocess."""
@@ -383,9 +389,8 @@ def main(argv=None) -> int:
     if args.render_only:
         last = previous_plan(tier_dir)
         envs, algos = args.envs or last.get("envs", []), args.algos or last.get("algos", [])
-        skipped = [{"env": env, "algo": algo, "reason": unsupported_reason(algo, env)}
-                   for env in envs for algo in algos if unsupported_reason(algo, env)]
-        plan = {"envs": envs, "algos": algos, "seeds": args.seeds or last.get("seeds", []), "skipped": skipped}
+        plan = {"envs": envs, "algos": algos, "seeds": args.seeds or last.get("seeds", []),
+                "skipped": unsupported_combinations(envs, algos)}
         markdown = render(tier_dir, args.tier, plan, command, [])
         print(f"rendered {markdown}")
         return 0
@@ -404,14 +409,14 @@ def main(argv=None) -> int:
         return 2
 
     # which combinations exist, and which of those the code can build right now
-    skipped, notes, problems = [], [], 0
+    skipped, notes, problems = unsupported_combinations(envs, algos), [], 0
+    for combination in skipped:
+        print(f"note: skipping {combination['algo']} on {combination['env']}: {combination['reason']}")
+    unsupported = {(combination["env"], combination["algo"]) for combination in skipped}
     runnable: set[tuple[str, str]] = set()
     for env in envs:
         for algo in algos:
-            reason = unsupported_reason(algo, env)
-            if reason:
-                skipped.append({"env": env, "algo": algo, "reason": reason})
-                print(f"note: skipping {algo} on {env}: {reason}")
+            if (env, algo) in unsupported:
                 continue
             error = check_available(env, algo, args.tier, args.overrides)
             if error:

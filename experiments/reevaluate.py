@@ -34,12 +34,11 @@ import torch
 from algos import ALGORITHMS
 from algos.core.config import SEEDS, TIERS, ConfigError, apply_overrides
 from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description, read_json
-from algos.core.trainer import FINAL_EVAL_OFFSET
 from envs_glue import ENV_SPECS
-from experiments.analysis import load_run
+from experiments.analysis import REPO_ROOT, load_run
+from experiments.benchmark import cell_dir
 from experiments.results_table import DASH, display_name, fmt, format_mean_std, mean_std
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SETFORMER_VARIANTS = {
     "as-trained": [],
     "no-fallback": ["exploration.fallback=false"],        # after adapt(): always act on the encoder's z
@@ -119,11 +118,10 @@ def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, th
     check_inference_time(algorithm, overrides)
     apply_overrides(trainer.config, overrides)  # the agent reads the same config object
     algorithm.inference_config_changed()
-    protocol = trainer.config.protocol
-    num_repeats = repeats or protocol.final_eval_repeats
+    num_repeats = repeats or trainer.config.protocol.final_eval_repeats
     probe = fallback_share_probe(algorithm.agent)
     started = time.perf_counter()
-    result = trainer.evaluate(trainer.config.seed * 1_000_003 + FINAL_EVAL_OFFSET, num_repeats)
+    result = trainer.final_evaluation(num_repeats)
     recorded_final = (recorded.get("final_eval") or {})
     entry = {
         "meta_test_return": result.meta_test_return, "online_returns": result.online_returns,
@@ -217,7 +215,7 @@ def main(argv=None) -> int:
 
     for env in args.envs:
         for seed in args.seeds:
-            run_dir = tier_dir / "cells" / env / args.algo / str(seed)
+            run_dir = cell_dir(tier_dir, env, args.algo, seed)
             if not (run_dir / "results.json").exists() or not (run_dir / "checkpoint.pt").exists():
                 print(f"skipping {env} seed {seed}: no finished cell with its checkpoint in {run_dir}")
                 continue

@@ -36,10 +36,12 @@ REFERENCE_LABEL = ("reference's own runs at the benchmark tier (20 iterations ×
 # at the benchmark tier the runs here have the reference's budget: its numbers stand beside them as equals
 REFERENCE_LABEL_SAME_BUDGET = ("reference's own runs, mean of three seeds, on this same protocol and budget "
                                "(the benchmark tier)")
+REFERENCE_BUDGET_TIER = "benchmark"
 
 
 def reference_label(tier: str) -> str:
-    return REFERENCE_LABEL_SAME_BUDGET if tier == "benchmark" else REFERENCE_LABEL
+    return REFERENCE_LABEL_SAME_BUDGET if tier == REFERENCE_BUDGET_TIER else REFERENCE_LABEL
+
 REFERENCE_RESULTS: dict[str, dict[str, float]] = {
     "point-robot": {"FOCAL": -12.862, "PEARL": -15.468, "VariBAD": -12.494,
                     "best other designed method seen": -9.803},
@@ -309,7 +311,8 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
 
 def _margin_text(env: str, figures: dict[str, tuple[list[float], list[float]]], tier: str) -> str:
     """How far the project's method is above the strongest baseline run here (equal budget), and above the
-    best reference number (a different budget, so only indicative). Empty until both sides have data."""
+    best reference number (only indicative below the benchmark tier, whose budget it has). Empty until both
+    sides have data."""
     ours = figures.get(OUR_METHOD)
     if not ours or not ours[0]:
         return ""
@@ -331,7 +334,7 @@ def _margin_text(env: str, figures: dict[str, tuple[list[float], list[float]]], 
     references = REFERENCE_RESULTS.get(env)
     if references:
         best_ref = max(references.values())
-        budget = "same budget" if tier == "benchmark" else "not comparable budget"
+        budget = "same budget" if tier == REFERENCE_BUDGET_TIER else "not comparable budget"
         sentences.append(f"Against the best reference number ({best_ref:.3f}, {budget}): "
                          f"{ours_protocol - best_ref:+.2f} (protocol figure, means over seeds).")
     return " ".join(sentences)

@@ -100,6 +100,11 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ checkpoints
+    def final_evaluation(self, num_repeats: int | None = None) -> EvalResult:
+        """The low-noise evaluation of the final policy: its own seeds, ``final_eval_repeats`` repeats unless told."""
+        p = self.config.protocol
+        return self.evaluate(self.config.seed * 1_000_003 + FINAL_EVAL_OFFSET, num_repeats or p.final_eval_repeats)
+
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
@@ -172,7 +177,7 @@ class Trainer:
         last = next((row for row in reversed(self.learning_curve) if "meta_test_return" in row), {})
         final_eval = None
         if p.final_eval_repeats > 0:
-            result = self.evaluate(cfg.seed * 1_000_003 + FINAL_EVAL_OFFSET, p.final_eval_repeats)
+            result = self.final_evaluation()
             final_eval = {"meta_test_return": result.meta_test_return, "num_repeats": p.final_eval_repeats,
                           "online_returns": result.online_returns,
                           "per_task_final_returns": result.per_task_final_returns}
