@@ -56,6 +56,7 @@ class Cell:
     algo: str
     seed: int
     run_dir: Path
+    overrides: list[str] | None = None  # this cell's own --set values; None: the runner's
 
     @property
     def label(self) -> str:
@@ -146,19 +147,28 @@ def config_mismatch(cell: Cell, tier: str, overrides: list[str]) -> list[str]:
         wanted = json.loads(json.dumps(to_dict(build_config(cell.env, cell.algo, tier, cell.seed, overrides))))
     except Exception:
         return []
-    ignored = {"num_threads", "run_dir", "run_root"}
+    return config_differences(saved, wanted)
 
-    def flatten(data: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in data.items():
-            if isinstance(value, dict):
-                out.update(flatten(value, f"{prefix}{key}."))
-            elif key not in ignored:
-                out[f"{prefix}{key}"] = value
-        return out
 
-    saved_flat, wanted_flat = flatten(saved), flatten(wanted)
-    return sorted(k for k in saved_flat.keys() | wanted_flat.keys() if saved_flat.get(k) != wanted_flat.get(k))
+# Keys that say where and how fast a run ran, not what it computed.
+NON_SEMANTIC_CONFIG_KEYS = frozenset({"num_threads", "run_dir", "run_root"})
+
+
+def flatten_config(data: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS, prefix: str = "") -> dict:
+    """``{"agent": {"aux": {"reward": 1.0}}}`` -> ``{"agent.aux.reward": 1.0}``, leaving out ``ignored`` keys."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, ignored, f"{prefix}{key}."))
+        elif key not in ignored:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> list[str]:
+    """The flattened keys whose values differ between two saved configs (keys missing on one side included)."""
+    a, b = flatten_config(first, ignored), flatten_config(second, ignored)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 # ---------------------------------------------------------------------- subprocesses
@@ -215,7 +225,8 @@ class CellRunner:
         if cell.resumable:
             # a resumed run keeps its saved config (experiments.run refuses --set with --resume)
             return [*base, "--resume", str(cell.run_dir), "--no-progress"]
-        sets = [f"num_threads={self.threads}", *self.overrides]  # the user's own num_threads wins
+        own = self.overrides if cell.overrides is None else cell.overrides
+        sets = [f"num_threads={self.threads}", *own]  # the user's own num_threads wins
         return [*base, "--env", cell.env, "--algo", cell.algo, "--tier", self.tier, "--seed", str(cell.seed),
                 "--run-dir", str(cell.run_dir), "--no-progress", *(arg for s in sets for arg in ("--set", s))]
 
@@ -366,6 +377,20 @@ def previous_plan(tier_dir: Path) -> dict:
         return {}
 
 
+def lock_tier_dir(tier_dir: Path) -> IO[str] | None:
+    """Take the tier directory's runner lock, or return None while another runner holds it: two runners would
+    start the same cells twice. The lock is released when the returned file is closed or the process ends
+    (``.runner.lock`` is git-ignored)."""
+    (tier_dir / "cells").mkdir(parents=True, exist_ok=True)
+    lock = open(tier_dir / "cells" / ".runner.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
 def command_line(argv) -> str:
     args = sys.argv[1:] if argv is None else list(argv)
     return shlex.join(["python", "-m", "experiments.benchmark", *args])
@@ -399,12 +424,8 @@ def main(argv=None) -> int:
     algos = args.algos or list(ALGORITHMS)
     seeds = args.seeds or list(SEEDS)
     threads = threads_per_cell(args.workers, args.overrides)
-    (tier_dir / "cells").mkdir(parents=True, exist_ok=True)
-    # one runner per tier directory: two would start the same cells twice (the lock lives in the ignored cells/)
-    lock = open(tier_dir / "cells" / ".runner.lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock = lock_tier_dir(tier_dir)
+    if lock is None:
         print(f"error: another benchmark runner is using {tier_dir}", file=sys.stderr)
         return 2
 

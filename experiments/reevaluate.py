@@ -11,7 +11,7 @@ must lie in a config group the algorithm declares inference-time (``inference_ti
 of repeats as the cell's ``final_eval``, so the variants are compared on paired episodes. ``as-trained`` (no
 overrides) must reproduce the cell's recorded figure; the table shows that check. What a variant cannot show:
 the effect of the rule on the data collected during training (setformer also explores with it there); for that,
-train with the override (``experiments.benchmark --set ...``, see the README's ablation commands).
+retrain with the switch flipped (``python -m experiments.ablations``).
 
 For an agent that reports whether a fallback has replaced its encoder's reading (setformer's
 ``acting_on_hypothesis``), the share of post-exploration steps acted on a hypothesis is recorded.

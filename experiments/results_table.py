@@ -165,6 +165,12 @@ def _final_eval_value(cell: dict) -> float | None:
     return final.get("meta_test_return")
 
 
+def short_commit(commit: str | None) -> str:
+    """``abc1234`` or ``abc1234-dirty`` from a full ``git rev-parse`` hash as runs record it."""
+    full = str(commit or "?")
+    return full[:7] + ("-dirty" if full.endswith("-dirty") else "")
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -344,8 +350,7 @@ def _code_text(summary: dict) -> str:
     """Which commit each method's cells ran: a reader must see when one table mixes versions of a method."""
     commits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for cell in summary.get("cells") or []:
-        full = str(cell.get("git_commit") or "?")
-        commit = full[:7] + ("-dirty" if full.endswith("-dirty") else "")
+        commit = short_commit(cell.get("git_commit"))
         commits[display_name(cell["algo"])][commit].append(f"{cell['env']} {cell['seed']}")
     if not commits:
         return ""

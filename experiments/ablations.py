@@ -1,0 +1,299 @@
+"""Training ablations of setformer: the method retrained from scratch with one switch flipped, on the same protocol
+and budget, compared seed by seed with the full method's benchmark cells.
+
+    python -m experiments.ablations --tier quick --ablations no-teacher baseline-lr --workers 2
+    python -m experiments.ablations --tier quick --ablations no-teacher-collection --envs sparse-point-robot
+    python -m experiments.ablations --tier quick --render-only        # re-render from the finished cells
+    python -m experiments.ablations --list                            # the catalogue below
+
+Each ablation's cells are ordinary benchmark cells (``experiments.run`` in a subprocess, resumed from their
+checkpoints when killed) under ``<out>/<ablation>/<tier>/cells/<env>/setformer/<seed>``, the same layout that
+``experiments.benchmark --set ... --out <out>/<ablation>`` writes, so either command can run them. One queue holds
+every requested (ablation, environment, seed), in that order, ``--workers`` at a time.
+
+The report, ``<out>/ABLATIONS_<tier>.md`` and ``ablations_<tier>.json``, pairs each ablation cell with the full
+method's cell of the same environment and seed (``<benchmarks>/<tier>/cells``). What an ablation changed is not
+taken from its name: it is the difference between the two cells' saved configs, printed beside it, and a cell
+whose protocol (budget) differs from its full-method partner is flagged, not averaged in silently.
+
+The exploration switches (``no-thompson``, ``no-fallback``, ``all-hypotheses``) also act while training data is
+collected, so retraining measures more than ``experiments.reevaluate`` does on finished weights: both are useful.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from algos.core.config import SEEDS, TIERS
+from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description
+from envs_glue import ENV_SPECS
+from experiments import benchmark
+from experiments.benchmark import Cell, CellRunner, cell_dir, config_differences, flatten_config
+from experiments.results_table import (DASH, ENV_ORDER, _final_eval_value, _join_unique, _ordered, _table,
+                                       collect_cells, fmt, format_mean_std, mean_std, short_commit)
+
+ALGO = "setformer"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# name -> the overrides that make it, and why it is worth running
+ABLATIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "baseline-lr": (("lr=0.0003",), "the baselines' learning rate instead of ours (1e-3): is the win the lr?"),
+    "no-teacher": (("teacher_fraction=0",), "no task embeddings: the whole batch is conditioned on the encoder's z, "
+                                            "and the hypotheses are encoder latents"),
+    "no-teacher-collection": (("teacher_collection=0",), "all posterior data collected on the encoder's z"),
+    "no-reward-head": (("aux.reward=0",), "z shaped without reward prediction (the untrained head then also "
+                                          "scores the hypotheses)"),
+    "no-next-state-head": (("aux.next_state=0",), "z shaped without next-state prediction"),
+    "no-align": (("aux.align=0",), "the encoder is not pulled onto the task embeddings"),
+    "no-thompson": (("exploration.thompson=false",), "no hypotheses: collect and act on the encoder's z"),
+    "no-fallback": (("exploration.fallback=false",), "after adapt(), always act on the encoder's z"),
+    "all-hypotheses": (("exploration.min_evidence=0",), "tasks whose data never showed a reward stay hypotheses"),
+}
+IGNORED_IN_DIFF = benchmark.NON_SEMANTIC_CONFIG_KEYS
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.ablations", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tier", default="quick", choices=TIERS)
+    parser.add_argument("--ablations", nargs="+", default=[], metavar="NAME",
+                        help="which ablations to run, in this order (see --list)")
+    parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=list(ENV_SPECS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/ablations", help="where ablation cells and the report go")
+    parser.add_argument("--full", default="benchmarks",
+                        help="output root of the full method's benchmark (its cells: <full>/<tier>/cells)")
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--list", action="store_true", help="print the catalogue of ablations and exit")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.ablations if name not in ABLATIONS]
+    if unknown:
+        parser.error(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if not (args.ablations or args.render_only or args.list):
+        parser.error("name --ablations to run, or pass --render-only or --list")
+    return args
+
+
+# ---------------------------------------------------------------------- running
+def plan_cells(out: Path, tier: str, ablations: list[str], envs: list[str], seeds: list[int]) -> list[Cell]:
+    """Unfinished cells, ablation-major: an ablation's seeds complete before the next ablation starts."""
+    cells = []
+    for name in ablations:
+        overrides = list(ABLATIONS[name][0])
+        for env in envs:
+            for seed in seeds:
+                cell = Cell(env, ALGO, seed, cell_dir(out / name / tier, env, ALGO, seed), overrides)
+                if not cell.finished:
+                    cells.append(cell)
+    return cells
+
+
+def run(args: argparse.Namespace, out: Path) -> int:
+    for name in args.ablations:  # a bad override fails here once, not once per cell
+        error = benchmark.check_available(args.envs[0], ALGO, args.tier, list(ABLATIONS[name][0]))
+        if error:
+            print(f"error: ablation {name} cannot be set up: {error}", file=sys.stderr)
+            return 2
+    locks = []
+    for name in args.ablations:  # the same lock experiments.benchmark takes on each ablation's tier folder
+        lock = benchmark.lock_tier_dir(out / name / args.tier)
+        if lock is None:
+            print(f"error: another runner is using {out / name / args.tier}", file=sys.stderr)
+            return 2
+        locks.append(lock)
+    cells = plan_cells(out, args.tier, args.ablations, args.envs, args.seeds)
+    total = len(args.ablations) * len(args.envs) * len(args.seeds)
+    print(f"{total} ablation cells ({total - len(cells)} already finished, {sum(c.resumable for c in cells)} to "
+          f"resume), {args.workers} worker(s), tier {args.tier}, output {out}")
+    threads = benchmark.threads_per_cell(args.workers, [])
+    outcome = CellRunner(cells, total - len(cells), args.workers, args.tier, [], threads,
+                         progress=not args.no_progress).run()
+    if outcome.interrupted:
+        print("stopped; rerun the same command to continue from the cells' checkpoints")
+        return 130
+    for cell, reason in outcome.failed:
+        print(f"FAILED {cell.label} ({reason}); see {cell.run_dir / 'stderr.log'}", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
+# ---------------------------------------------------------------------- report
+def _value_change(key: str, full: dict, ablated: dict) -> str:
+    return f"`{key}` {full.get(key, DASH)} → {ablated.get(key, DASH)}"
+
+
+def compare_cells(full_cells: list[dict], full_configs: dict, ablation_cells: list[dict],
+                  ablation_configs: dict) -> dict:
+    """Per environment: the full method's and the ablation's figures, paired by seed, and what differs between
+    the paired configs. ``*_configs`` map ``(env, seed)`` to the cell's saved config."""
+    by_env: dict[str, dict] = {}
+    full = {(c["env"], c["seed"]): c for c in full_cells if c["algo"] == ALGO}
+    for cell in ablation_cells:
+        if cell["algo"] != ALGO:
+            continue
+        key = (cell["env"], cell["seed"])
+        entry = by_env.setdefault(cell["env"], {"seeds": {}, "config_changes": [], "budget_differs": []})
+        partner = full.get(key)
+        record = {"meta_test_return": cell["meta_test_return"], "low_noise": _final_eval_value(cell),
+                  "git_commit": cell.get("git_commit"), "cell_dir": cell.get("cell_dir")}
+        if partner is not None:
+            record["full_meta_test_return"] = partner["meta_test_return"]
+            record["full_low_noise"] = _final_eval_value(partner)
+            mine, theirs = ablation_configs.get(key) or {}, full_configs.get(key) or {}
+            differing = config_differences(theirs, mine, IGNORED_IN_DIFF)
+            flat_mine, flat_theirs = flatten_config(mine, IGNORED_IN_DIFF), flatten_config(theirs, IGNORED_IN_DIFF)
+            changes = [_value_change(k, flat_theirs, flat_mine) for k in differing]
+            record["config_changes"] = changes
+            if any(k.startswith("protocol.") for k in differing):
+                entry["budget_differs"].append(cell["seed"])
+            for change in changes:
+                if change not in entry["config_changes"]:
+                    entry["config_changes"].append(change)
+        entry["seeds"][cell["seed"]] = record
+    return by_env
+
+
+def _paired(records: dict, key: str, full_key: str) -> tuple[list[float], list[float], list[float]]:
+    ablated = [r[key] for r in records.values() if r.get(key) is not None]
+    pairs = [(r[key], r[full_key]) for r in records.values()
+             if r.get(key) is not None and r.get(full_key) is not None]
+    return ablated, [f for _a, f in pairs], [a - f for a, f in pairs]
+
+
+def _delta_text(diffs: list[float]) -> str:
+    if not diffs:
+        return DASH
+    mean, std = mean_std(diffs)
+    return f"{mean:+.2f}" + (f" ± {std:.2f}" if std is not None else "") + f" (n={len(diffs)})"
+
+
+def render_markdown(report: dict) -> str:
+    machine = report["machine"]
+    tier = report["tier"]
+    parts = [
+        f"# Training ablations: setformer, {tier} tier",
+        "",
+        f"Generated {report['generated_at']} by `{report['command']}` at commit `{report['git_commit']}` on "
+        f"{machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}).",
+        "",
+        f"Each ablation is setformer trained from scratch with one switch flipped, on the same protocol and budget "
+        f"as the full method's cells (`{report['full_dir']}`), and compared with them seed by seed. *meta-test "
+        f"return* is the protocol figure (final-episode return at the last evaluation, mean over held-out tasks), "
+        f"*low-noise* the cell's final evaluation; entries are mean ± sample std over seeds. *Δ* is the mean ± std of "
+        f"the per-seed paired difference, ablation minus full method: negative means the switch mattered. "
+        f"*config change* is read from the two cells' saved configs, not from the ablation's name.",
+        "",
+        _table(["ablation", "overrides", "why"],
+               [[name, " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
+                 ABLATIONS[name][1] if name in ABLATIONS else DASH] for name in report["ablations"]]),
+        "",
+    ]
+    for env in report["envs"]:
+        full = report["full"].get(env, {})
+        full_values = [r["meta_test_return"] for r in full.values()]
+        full_low = [r["low_noise"] for r in full.values() if r.get("low_noise") is not None]
+        rows = [["full method", format_mean_std(full_values, len(full)) if full else DASH, DASH,
+                 format_mean_std(full_low, len(full)) if full_low else DASH, DASH,
+                 " · ".join(f"{s}: {fmt(r['meta_test_return'])}" for s, r in sorted(full.items())) or DASH, DASH,
+                 _join_unique((r.get("git_commit") for r in full.values()), short_commit)]]
+        notes = []
+        for name in report["ablations"]:
+            entry = report["results"].get(name, {}).get(env)
+            if not entry:
+                continue
+            records = {int(s): r for s, r in entry["seeds"].items()}
+            values, _f, diffs = _paired(records, "meta_test_return", "full_meta_test_return")
+            low, _fl, low_diffs = _paired(records, "low_noise", "full_low_noise")
+            planned = len(report["seeds"])
+            rows.append([name, format_mean_std(values, planned), _delta_text(diffs),
+                         format_mean_std(low, planned) if low else DASH, _delta_text(low_diffs),
+                         " · ".join(f"{s}: {fmt(r['meta_test_return'])}" for s, r in sorted(records.items())),
+                         "; ".join(entry["config_changes"]) or "**none**",
+                         _join_unique((r.get("git_commit") for r in records.values()), short_commit)])
+            unpaired = sorted(s for s, r in records.items() if "full_meta_test_return" not in r)
+            if unpaired:
+                notes.append(f"{name}: no full-method cell for seed(s) {', '.join(map(str, unpaired))}, so no Δ "
+                             f"for them.")
+            if entry["budget_differs"]:
+                notes.append(f"**{name}: the protocol (budget) differs from the full method's for seed(s) "
+                             f"{', '.join(map(str, entry['budget_differs']))}; its Δ is not an equal-budget "
+                             f"comparison.**")
+        header = ["variant", "meta-test return", "Δ vs full", "low-noise", "Δ low-noise", "per seed",
+                  "config change", "commit"]
+        parts += [f"## {env}", "", _table(header, rows), ""]
+        if notes:
+            parts += [*(f"- {note}" for note in notes), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def build_report(out: Path, full_root: Path, tier: str, command: str) -> dict:
+    full_cells, problems = collect_cells(full_root / tier)
+    full_configs = {(c["env"], c["seed"]): _config_of(full_root / tier / c["cell_dir"]) for c in full_cells
+                    if c["algo"] == ALGO}
+    ablations = _ordered([p.parent.name for p in sorted(out.glob(f"*/{tier}")) if (p / "cells").is_dir()],
+                         tuple(ABLATIONS))
+    results, envs = {}, set()
+    for name in ablations:
+        cells, more = collect_cells(out / name / tier)
+        problems += more
+        configs = {(c["env"], c["seed"]): _config_of(out / name / tier / c["cell_dir"]) for c in cells}
+        results[name] = compare_cells(full_cells, full_configs, cells, configs)
+        envs |= set(results[name])
+    full = {env: {c["seed"]: {"meta_test_return": c["meta_test_return"], "low_noise": _final_eval_value(c),
+                              "git_commit": c.get("git_commit")}
+                  for c in full_cells if c["algo"] == ALGO and c["env"] == env} for env in envs}
+    seeds = sorted({s for by_env in results.values() for entry in by_env.values() for s in entry["seeds"]}
+                   | {s for by_seed in full.values() for s in by_seed})
+    return {"tier": tier, "command": command, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(), "machine": machine_description(), "full_dir": _display_path(full_root / tier),
+            "ablations": ablations, "envs": _ordered(envs, ENV_ORDER), "seeds": seeds, "full": full,
+            "results": results, "notes": problems}
+
+
+def _config_of(run_dir: Path) -> dict:
+    from algos.core.io import read_json
+    try:
+        return read_json(run_dir / "results.json", what="cell results").get("config") or {}
+    except (RuntimeError, OSError):
+        return {}
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def write_report(out: Path, report: dict) -> Path:
+    tier = report["tier"]
+    atomic_write_json(out / f"ablations_{tier}.json", report)
+    markdown = out / f"ABLATIONS_{tier}.md"
+    atomic_write_text(markdown, render_markdown(report))
+    return markdown
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name, (overrides, why) in ABLATIONS.items():
+            print(f"{name:24s} {' '.join(overrides):32s} {why}")
+        return 0
+    out, full_root = Path(args.out).resolve(), Path(args.full).resolve()
+    command = shlex.join(["python", "-m", "experiments.ablations", *(sys.argv[1:] if argv is None else argv)])
+    code = 0 if args.render_only else run(args, out)
+    if code in (2, 130):
+        return code
+    markdown = write_report(out, build_report(out, full_root, args.tier, command))
+    print(f"wrote {markdown}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Training ablations: a real smoke run paired with a real full-method cell, and the pairing and flagging rules on
+fixed records (what changed is read from the configs; unequal budgets and missing partners are called out)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import ablations
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ablation_cells_run_and_pair_with_the_full_method(tmp_path):
+    full, out = tmp_path / "full", tmp_path / "ablations"
+    result = subprocess.run([sys.executable, "-m", "experiments.benchmark", "--tier", "smoke", "--envs", "point-robot",
+                             "--algos", "setformer", "--seeds", "42", "--workers", "1", "--no-progress", "--out",
+                             str(full)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    code = ablations.main(["--tier", "smoke", "--ablations", "no-next-state-head", "--envs", "point-robot",
+                           "--seeds", "42", "--workers", "1", "--no-progress", "--out", str(out), "--full", str(full)])
+    assert code == 0
+    cell = out / "no-next-state-head" / "smoke" / "cells" / "point-robot" / "setformer" / "42"
+    ablated = json.loads((cell / "results.json").read_text())
+    assert ablated["config"]["agent"]["aux"]["next_state"] == 0.0
+    partner = json.loads((full / "smoke" / "cells" / "point-robot" / "setformer" / "42" / "results.json").read_text())
+
+    report = json.loads((out / "ablations_smoke.json").read_text())
+    entry = report["results"]["no-next-state-head"]["point-robot"]
+    assert entry["config_changes"] == ["`agent.aux.next_state` 1.0 → 0.0"]
+    assert entry["budget_differs"] == []
+    record = entry["seeds"]["42"]
+    assert record["meta_test_return"] == ablated["meta_test_return"]
+    assert record["full_meta_test_return"] == partner["meta_test_return"]
+    markdown = (out / "ABLATIONS_smoke.md").read_text()
+    delta = ablated["meta_test_return"] - partner["meta_test_return"]
+    row = next(line for line in markdown.splitlines() if line.startswith("| no-next-state-head |") and "n=1" in line)
+    assert f"{delta:+.2f} (n=1)" in row and "`agent.aux.next_state` 1.0 → 0.0" in row
+
+    # rerunning finds the cell finished and starts nothing; --render-only rebuilds the same pairing
+    assert ablations.main(["--tier", "smoke", "--ablations", "no-next-state-head", "--envs", "point-robot",
+                           "--seeds", "42", "--no-progress", "--out", str(out), "--full", str(full)]) == 0
+    assert ablations.main(["--tier", "smoke", "--render-only", "--out", str(out), "--full", str(full)]) == 0
+    again = json.loads((out / "ablations_smoke.json").read_text())
+    assert again["results"] == report["results"]
+
+
+def fake_cell(seed: int, value: float, low_noise: float, agent: dict, protocol: dict) -> tuple[dict, dict]:
+    cell = {"env": "point-robot", "algo": "setformer", "seed": seed, "meta_test_return": value,
+            "final_eval": {"meta_test_return": low_noise}, "git_commit": "abcdef0123"}
+    return cell, {"agent": agent, "protocol": protocol, "num_threads": seed}  # threads differ: must be ignored
+
+
+def test_pairing_reads_changes_from_configs_and_flags_unequal_budgets():
+    base_agent, base_protocol = {"lr": 0.001, "aux": {"reward": 1.0}}, {"num_iterations": 20}
+    full = [fake_cell(42, -7.0, -6.5, base_agent, base_protocol), fake_cell(123, -6.0, -6.2, base_agent, base_protocol)]
+    ablated = [fake_cell(42, -9.0, -8.0, {"lr": 0.0003, "aux": {"reward": 1.0}}, base_protocol),
+               fake_cell(123, -10.0, -9.2, {"lr": 0.0003, "aux": {"reward": 1.0}}, {"num_iterations": 25}),
+               fake_cell(456, -8.0, -8.0, {"lr": 0.0003, "aux": {"reward": 1.0}}, base_protocol)]
+    by_env = ablations.compare_cells([c for c, _ in full], {("point-robot", c["seed"]): cfg for c, cfg in full},
+                                     [c for c, _ in ablated], {("point-robot", c["seed"]): cfg for c, cfg in ablated})
+    entry = by_env["point-robot"]
+    assert entry["config_changes"] == ["`agent.lr` 0.001 → 0.0003", "`protocol.num_iterations` 20 → 25"]
+    assert entry["budget_differs"] == [123]
+    assert "full_meta_test_return" not in entry["seeds"][456]  # no partner: no Δ
+
+    report = {"tier": "quick", "command": "cmd", "generated_at": "now", "git_commit": "abc",
+              "machine": {"cpu": "cpu", "cores": 2, "torch": "x"}, "full_dir": "benchmarks/quick",
+              "ablations": ["baseline-lr"], "envs": ["point-robot"], "seeds": [42, 123, 456],
+              "full": {"point-robot": {42: {"meta_test_return": -7.0, "low_noise": -6.5},
+                                       123: {"meta_test_return": -6.0, "low_noise": -6.2}}},
+              "results": {"baseline-lr": by_env}, "notes": []}
+    markdown = ablations.render_markdown(report)
+    row = next(line for line in markdown.splitlines() if line.startswith("| baseline-lr |") and "n=" in line)
+    # paired over seeds 42 and 123 only: -2.0 and -4.0
+    assert "-3.00 ± 1.41 (n=2)" in row
+    assert "-9.00 ± 1.00 (n=3)" in row  # the ablation's own mean uses every seed it has
+    assert "seed(s) 456" in markdown and "budget) differs from the full method's for seed(s) 123" in markdown
+
+
+def test_unknown_ablation_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        ablations.main(["--ablations", "no-such-thing"])
+    assert "unknown ablation(s) no-such-thing" in capsys.readouterr().err
+
+
+def test_every_catalogued_ablation_builds_a_valid_config():
+    from algos.core.trainer import build_config
+    for name, (overrides, _why) in ablations.ABLATIONS.items():
+        for env in ("point-robot", "sparse-point-robot", "cheetah-vel"):
+            build_config(env, "setformer", "quick", 42, list(overrides))  # raises ConfigError on a bad key
