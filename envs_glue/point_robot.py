@@ -6,7 +6,6 @@ lives in :class:`envs_glue.wrappers.ScaledActionWrapper` so the dynamics here re
 from __future__ import annotations
 
 import numpy as np
-import gymnasium as gym
 from gymnasium import spaces
 
 from envs_glue.base import MetaEnv

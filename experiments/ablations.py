@@ -33,7 +33,8 @@ from envs_glue import ENV_SPECS
 from experiments import benchmark
 from experiments.benchmark import Cell, CellRunner, cell_dir, config_differences, flatten_config
 from experiments.results_table import (DASH, ENV_ORDER, _final_eval_value, _join_unique, _ordered, _table,
-                                       collect_cells, fmt, format_mean_std, mean_std, short_commit)
+                                       collect_cells, fmt, format_delta, format_mean_std, provenance_line,
+                                       short_commit)
 
 ALGO = "setformer"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -166,21 +167,12 @@ def _paired(records: dict, key: str, full_key: str) -> tuple[list[float], list[f
     return ablated, [f for _a, f in pairs], [a - f for a, f in pairs]
 
 
-def _delta_text(diffs: list[float]) -> str:
-    if not diffs:
-        return DASH
-    mean, std = mean_std(diffs)
-    return f"{mean:+.2f}" + (f" ± {std:.2f}" if std is not None else "") + f" (n={len(diffs)})"
-
-
 def render_markdown(report: dict) -> str:
-    machine = report["machine"]
     tier = report["tier"]
     parts = [
         f"# Training ablations: setformer, {tier} tier",
         "",
-        f"Generated {report['generated_at']} by `{report['command']}` at commit `{report['git_commit']}` on "
-        f"{machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}).",
+        provenance_line(report),
         "",
         f"Each ablation is setformer trained from scratch with one switch flipped, on the same protocol and budget "
         f"as the full method's cells (`{report['full_dir']}`), and compared with them seed by seed. *meta-test "
@@ -211,8 +203,8 @@ def render_markdown(report: dict) -> str:
             values, _f, diffs = _paired(records, "meta_test_return", "full_meta_test_return")
             low, _fl, low_diffs = _paired(records, "low_noise", "full_low_noise")
             planned = len(report["seeds"])
-            rows.append([name, format_mean_std(values, planned), _delta_text(diffs),
-                         format_mean_std(low, planned) if low else DASH, _delta_text(low_diffs),
+            rows.append([name, format_mean_std(values, planned), format_delta(diffs, with_count=True),
+                         format_mean_std(low, planned) if low else DASH, format_delta(low_diffs, with_count=True),
                          " · ".join(f"{s}: {fmt(r['meta_test_return'])}" for s, r in sorted(records.items())),
                          "; ".join(entry["config_changes"]) or "**none**",
                          _join_unique((r.get("git_commit") for r in records.values()), short_commit)])

@@ -37,7 +37,8 @@ from algos.core.io import atomic_write_json, atomic_write_text, git_commit, mach
 from envs_glue import ENV_SPECS
 from experiments.analysis import REPO_ROOT, load_run
 from experiments.benchmark import cell_dir
-from experiments.results_table import DASH, display_name, fmt, format_mean_std, mean_std
+from experiments.results_table import (DASH, display_name, fmt, format_delta, format_mean_std,
+                                       provenance_line)
 
 SETFORMER_VARIANTS = {
     "as-trained": [],
@@ -137,13 +138,11 @@ def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, th
 
 # ---------------------------------------------------------------------- report
 def render_markdown(report: dict) -> str:
-    machine = report["machine"]
     variants = report["variants"]
     parts = [
         f"# Re-evaluations: {display_name(report['algo'])}, {report['tier']} tier",
         "",
-        f"Generated {report['generated_at']} by `{report['command']}` at commit `{report['git_commit']}` on "
-        f"{machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}).",
+        provenance_line(report),
         "",
         "The final weights of each finished benchmark cell, evaluated again with only an inference-time setting "
         "changed: the cell's low-noise final evaluation (same seeds, same repeats), so every variant plays the same "
@@ -172,11 +171,7 @@ def render_markdown(report: dict) -> str:
             done = {seed: e for seed, e in entries.items() if e}
             values = [e["meta_test_return"] for e in done.values()]
             diffs = [e["meta_test_return"] - baseline[s] for s, e in done.items() if baseline.get(s) is not None]
-            if diffs and name != "as-trained":
-                mean, std = mean_std(diffs)
-                delta = f"{mean:+.2f}" + (f" ± {std:.2f}" if std is not None else "")
-            else:
-                delta = DASH
+            delta = format_delta(diffs) if name != "as-trained" else DASH
             per_seed = " · ".join(f"{s}: {fmt(e['meta_test_return'])}" for s, e in done.items()) or DASH
             shares = [e["fallback_share"] for e in done.values() if "fallback_share" in e]
             share = f"{100 * float(np.mean(shares)):.0f} %" if shares else DASH

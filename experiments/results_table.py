@@ -165,6 +165,23 @@ def _final_eval_value(cell: dict) -> float | None:
     return final.get("meta_test_return")
 
 
+def format_delta(diffs: list[float], with_count: bool = False) -> str:
+    """A paired difference: ``+1.23 ± 0.45`` (sample std over pairs), optionally ``(n=k)``; "—" for none."""
+    if not diffs:
+        return DASH
+    mean, std = mean_std(diffs)
+    return (f"{mean:+.2f}" + (f" ± {std:.2f}" if std is not None else "")
+            + (f" (n={len(diffs)})" if with_count else ""))
+
+
+def provenance_line(report: dict, extra: str = "") -> str:
+    """``Generated <when> by `<command>` at commit `<commit>` on <cpu> (<cores> cores, torch <version><extra>).``"""
+    machine = report.get("machine") or {}
+    return (f"Generated {report.get('generated_at', '?')} by `{report.get('command', '?')}` at commit "
+            f"`{report.get('git_commit', '?')}` on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, "
+            f"torch {machine.get('torch', '?')}){extra}.")
+
+
 def short_commit(commit: str | None) -> str:
     """``abc1234`` or ``abc1234-dirty`` from a full ``git rev-parse`` hash as runs record it."""
     full = str(commit or "?")
@@ -372,14 +389,11 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
     envs, algos_by_env, seeds = _plan_lists(summary)
     grouped = _cells_by(summary)
     plan = summary.get("plan") or {}
-    machine = summary.get("machine") or {}
     tier = summary.get("tier", "?")
     parts = [
         f"# Results: {tier} tier",
         "",
-        f"Generated {summary.get('generated_at', '?')} by `{summary.get('command', '?')}` at commit "
-        f"`{summary.get('git_commit', '?')}` on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, "
-        f"torch {machine.get('torch', '?')}).",
+        provenance_line(summary),
         "",
         "## Setup",
         "",

@@ -39,6 +39,7 @@ from algos.core.io import atomic_write_json, atomic_write_text, git_commit, mach
 from algos.core.trainer import Trainer, build_config
 from envs_glue import ENV_SPECS
 from experiments.benchmark import unsupported_reason
+from experiments.results_table import provenance_line
 
 DEFAULT_CONTEXT_SIZES = (10, 100, 1000)
 
@@ -166,14 +167,12 @@ def _f(value: float | None, digits: int = 1) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    machine = report["machine"]
     sizes = report["context_sizes"]
     parts = [
         "# Throughput",
         "",
-        f"Generated {report['generated_at']} by `{report['command']}` at commit `{report['git_commit']}` on "
-        f"{machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}), "
-        f"**{report['threads']} torch thread(s)**, batch sizes of the **{report['tier']}** tier.",
+        provenance_line(report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
+                                f"**{report['tier']}** tier"),
         "",
         "Gradient steps/s: `train_step()` after a warm-up (one step = meta_batch tasks × batch_size transitions "
         "through critic, value, policy and encoder updates). Env steps/s: the initial collection (prior, no "
@@ -228,7 +227,7 @@ def main(argv=None) -> int:
             print(f"measuring {algo} on {env} ...", flush=True)
             try:
                 result = measure(env, algo, args)
-            except Exception as error:
+            except Exception:
                 failed = True
                 last = traceback.format_exc().strip().splitlines()[-1]
                 print(f"FAILED {algo} on {env}:\n{traceback.format_exc()}", file=sys.stderr)

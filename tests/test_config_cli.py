@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from algos.core.config import (BENCHMARK, QUICK_BATCH_SIZE, ConfigError, RunConfig, apply_overrides, protocol_for,
+from algos.core.config import (BENCHMARK, QUICK_BATCH_SIZE, ConfigError, RunConfig, protocol_for,
                                set_value, to_dict)
 from algos.core.trainer import build_config, config_from_dict
 from experiments import run as cli

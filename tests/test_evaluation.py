@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from algos.core.evaluation import evaluate
-from algos.oracle import Oracle, OracleAgent, OracleConfig
+from algos.oracle import OracleAgent, OracleConfig
 from algos.core.config import ConfigError
 from envs_glue import make_env
 from tests.conftest import RecordingAgent, make_trainer
