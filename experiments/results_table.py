@@ -80,7 +80,7 @@ BASELINES = ("sac-no-context", "pearl", "focal", "varibad")
 DASH = "—"
 
 CELL_FIELDS = ("env", "algo", "seed", "meta_test_return", "final_eval", "online_returns", "learning_curve",
-               "env_steps", "grad_steps", "wall_time_s", "parameter_count", "git_commit", "machine")
+               "env_steps", "grad_steps", "wall_time_s", "parameter_count", "git_commit", "git_commits", "machine")
 
 
 def display_name(algo: str) -> str:
@@ -367,7 +367,9 @@ def _code_text(summary: dict) -> str:
     """Which commit each method's cells ran: a reader must see when one table mixes versions of a method."""
     commits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for cell in summary.get("cells") or []:
-        commit = short_commit(cell.get("git_commit"))
+        # a resumed cell ran its segments at each commit it lists: start → resumed at
+        segments = cell.get("git_commits") or [cell.get("git_commit")]
+        commit = " → ".join(short_commit(c) for c in segments)
         commits[display_name(cell["algo"])][commit].append(f"{cell['env']} {cell['seed']}")
     if not commits:
         return ""
@@ -377,7 +379,8 @@ def _code_text(summary: dict) -> str:
             parts.append(f"{algo} `{next(iter(by_commit))}`")
         else:
             parts.append(f"{algo} " + "; ".join(f"`{c}` ({', '.join(cells)})" for c, cells in by_commit.items()))
-    return ("**Code.** The commit each method's cells ran at (`-dirty`: with uncommitted changes): "
+    return ("**Code.** The commit each method's cells ran at (`-dirty`: with uncommitted changes; `a → b`: started "
+            "at `a`, resumed at `b`): "
             + " · ".join(parts) + ".")
 
 

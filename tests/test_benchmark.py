@@ -239,6 +239,10 @@ def test_renderer_names_the_code_each_method_ran(synthetic_summary):
     code = next(line for line in markdown.splitlines() if line.startswith("**Code.**"))
     assert "PEARL `abc` (point-robot 42); `0123456-dirty` (point-robot 123)" in code
     assert "setformer (ours) `abc`" in code
+    # a cell resumed at another commit names both, in order
+    synthetic_summary["cells"][2]["git_commits"] = ["abc", "fedcba9876543210"]
+    code = next(line for line in render_markdown(synthetic_summary).splitlines() if line.startswith("**Code.**"))
+    assert "setformer (ours) `abc → fedcba9`" in code
 
 
 def test_renderer_flags_unequal_budgets(synthetic_summary):
