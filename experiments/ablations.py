@@ -14,7 +14,8 @@ every requested (ablation, environment, seed), in that order, ``--workers`` at a
 The report, ``<out>/ABLATIONS_<tier>.md`` and ``ablations_<tier>.json``, pairs each ablation cell with the full
 method's cell of the same environment and seed (``<benchmarks>/<tier>/cells``). What an ablation changed is not
 taken from its name: it is the difference between the two cells' saved configs, printed beside it, and a cell
-whose protocol (budget) differs from its full-method partner is flagged, not averaged in silently.
+whose protocol (budget) differs from its full-method partner is flagged, not averaged in silently. Each ablation
+folder also gets the benchmark's own ``RESULTS.md`` and learning curves.
 
 The exploration switches (``no-thompson``, ``no-fallback``, ``all-hypotheses``) also act while training data is
 collected, so retraining measures more than ``experiments.reevaluate`` does on finished weights: both are useful.
@@ -182,7 +183,7 @@ def render_markdown(report: dict) -> str:
         f"*config change* is read from the two cells' saved configs, not from the ablation's name.",
         "",
         _table(["ablation", "overrides", "why"],
-               [[name, " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
+               [[f"[{name}]({name}/{tier}/RESULTS.md)", " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
                  ABLATIONS[name][1] if name in ABLATIONS else DASH] for name in report["ablations"]]),
         "",
     ]
@@ -282,8 +283,13 @@ def main(argv=None) -> int:
     code = 0 if args.render_only else run(args, out)
     if code in (2, 130):
         return code
-    markdown = write_report(out, build_report(out, full_root, args.tier, command))
-    print(f"wrote {markdown}")
+    report = build_report(out, full_root, args.tier, command)
+    for name in report["ablations"]:  # each ablation's own benchmark table and learning curves
+        envs = sorted(report["results"][name], key=ENV_ORDER.index)
+        plan = {"envs": envs, "algos": [ALGO], "seeds": report["seeds"], "skipped": []}
+        benchmark.render(out / name / args.tier, args.tier, plan, command, [])
+    markdown = write_report(out, report)
+    print(f"wrote {markdown} and each ablation's {args.tier}/RESULTS.md")
     return code
 
 

@@ -508,9 +508,10 @@ def _atomic_savefig(fig, path: Path) -> None:
         raise
 
 
-# other results files a reader of RESULTS.md wants, relative to the tier directory
+# other results files a reader of RESULTS.md wants, relative to the tier directory ({tier}: its name)
 COMPANIONS = {
     "REEVALUATIONS.md": "setformer's exploration rules switched off on the same final weights and seeds",
+    "../ablations/ABLATIONS_{tier}.md": "setformer retrained with one switch flipped, paired seed by seed",
     "../THROUGHPUT.md": "gradient steps/s, environment steps/s and adapt() latency, one controlled run",
 }
 
@@ -521,6 +522,7 @@ def write_report(tier_dir: Path, summary: dict) -> tuple[Path, Path]:
     results_path, markdown_path = tier_dir / "results.json", tier_dir / "RESULTS.md"
     atomic_write_json(results_path, summary)
     curve_files = plot_learning_curves(summary, tier_dir)
-    companions = {link: what for link, what in COMPANIONS.items() if (tier_dir / link).exists()}
+    links = {link.format(tier=summary.get("tier", "")): what for link, what in COMPANIONS.items()}
+    companions = {link: what for link, what in links.items() if (tier_dir / link).exists()}
     atomic_write_text(markdown_path, render_markdown(summary, curve_files, companions))
     return results_path, markdown_path

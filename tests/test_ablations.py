@@ -35,7 +35,9 @@ def test_ablation_cells_run_and_pair_with_the_full_method(tmp_path):
     record = entry["seeds"]["42"]
     assert record["meta_test_return"] == ablated["meta_test_return"]
     assert record["full_meta_test_return"] == partner["meta_test_return"]
+    assert (out / "no-next-state-head" / "smoke" / "RESULTS.md").exists()  # the ablation's own benchmark table
     markdown = (out / "ABLATIONS_smoke.md").read_text()
+    assert "[no-next-state-head](no-next-state-head/smoke/RESULTS.md)" in markdown
     delta = ablated["meta_test_return"] - partner["meta_test_return"]
     row = next(line for line in markdown.splitlines() if line.startswith("| no-next-state-head |") and "n=1" in line)
     assert f"{delta:+.2f} (n=1)" in row and "`agent.aux.next_state` 1.0 → 0.0" in row
