@@ -191,6 +191,15 @@ class SetFormerAgent(MetaAgent):
         self.z = self.hypotheses[self.hypothesis][None].clone()
         return self.z
 
+    def act_on(self, latent: torch.Tensor) -> None:
+        """Act on ``latent (latent_dim,)`` from now until the next ``clear_context``: no exploration, no inference.
+        For diagnostics, e.g. the policy on a training task's own embedding, which bounds what any inference
+        could reach with these weights (``experiments.reevaluate``). Feed it no context: ``adapt()`` would
+        replace the latent."""
+        self.exploring = False
+        self.acting_on_encoder = False
+        self.z = latent.detach().reshape(1, -1).clone()
+
     @property
     def acting_on_hypothesis(self) -> bool:
         """After ``adapt()``: whether the fallback has taken over, i.e. the agent acts on a sampled hypothesis

@@ -14,7 +14,9 @@ the effect of the rule on the data collected during training (setformer also exp
 retrain with the switch flipped (``python -m experiments.ablations``).
 
 For an agent that reports whether a fallback has replaced its encoder's reading (setformer's
-``acting_on_hypothesis``), the share of post-exploration steps acted on a hypothesis is recorded.
+``acting_on_hypothesis``), the share of post-exploration steps acted on a hypothesis is recorded. For an agent
+with per-task latents (setformer's ``hypotheses``), the policy is also run on each *training* task with that
+task's own latent and no inference (``--own-embedding-episodes``): the known-task figure of these weights.
 
 Writes ``<tier dir>/reevaluations.json`` after every (cell, variant), atomically, and skips those already there
 with the same overrides and repeats, so a killed run continues; then ``<tier dir>/REEVALUATIONS.md``.
@@ -35,6 +37,7 @@ from algos import ALGORITHMS
 from algos.core.config import SEEDS, TIERS, ConfigError, apply_overrides
 from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description, read_json
 from envs_glue import ENV_SPECS
+from algos.core.sampler import rollout
 from experiments.analysis import REPO_ROOT, load_run
 from experiments.benchmark import cell_dir
 from experiments.results_table import (DASH, display_name, fmt, format_delta, format_mean_std,
@@ -60,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              + ", ".join(SETFORMER_VARIANTS) + " for setformer, as-trained otherwise")
     parser.add_argument("--repeats", type=int, default=None,
                         help="evaluation repeats per task (default: the cell's final_eval_repeats)")
+    parser.add_argument("--own-embedding-episodes", type=int, default=3,
+                        help="episodes per training task for the own-embedding figure; 0 skips it (default: 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--root", default=str(REPO_ROOT / "benchmarks"),
                         help="benchmark root holding <tier>/cells (default: benchmarks/)")
@@ -75,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--variant takes a name first, then KEY=VALUE overrides; got {name!r} as the name")
     if args.threads < 1 or (args.repeats is not None and args.repeats < 1):
         parser.error("--threads and --repeats must be positive")
+    if args.own_embedding_episodes < 0:
+        parser.error("--own-embedding-episodes must be >= 0")
     return args
 
 
@@ -109,6 +116,37 @@ def fallback_share_probe(agent):
 
     agent.get_action = counting_get_action
     return counts
+
+
+CEILING_SEED_OFFSET = 424_243  # the own-embedding episodes' env seed: cell seed * 1_000_003 + this
+
+
+def own_embedding_return(run_dir: Path, episodes: int, threads: int) -> dict | None:
+    """The policy acting on each training task's own hypothesis latent (its learned embedding; its latest encoder
+    latent when trained without embeddings), deterministically, with no context and no
+    inference: what these weights reach when the task is known, so the gap to the held-out figure is what
+    inference (and generalisation to new tasks) costs. ``None`` for an agent without task embeddings. Scored as
+    the protocol scores an episode (the sparse reward on sparse tasks); training tasks, not held-out ones."""
+    trainer = load_run(run_dir)
+    torch.set_num_threads(threads)
+    algorithm, agent = trainer.algorithm, trainer.algorithm.agent
+    if not (hasattr(agent, "hypotheses") and hasattr(agent, "act_on")):
+        return None
+    started = time.perf_counter()
+    env, sparse = trainer.env, trainer.config.protocol.sparse_rewards
+    env.reset(seed=trainer.config.seed * 1_000_003 + CEILING_SEED_OFFSET)
+    per_task = []
+    for task in algorithm.train_tasks:
+        env.unwrapped.reset_task(int(task))
+        returns = []
+        for _ in range(episodes):
+            agent.clear_context()
+            agent.act_on(agent.hypotheses[int(task)])  # task j's embedding (its encoder latent without teachers)
+            path = rollout(env, agent, algorithm.max_path_length, deterministic=True)
+            returns.append(float(np.sum(path["sparse_rewards"] if sparse else path["rewards"], dtype=np.float64)))
+        per_task.append(float(np.mean(returns)))
+    return {"return": float(np.mean(per_task)), "per_task_returns": per_task, "episodes_per_task": episodes,
+            "num_tasks": len(per_task), "wall_time_s": time.perf_counter() - started}
 
 
 def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, threads: int) -> dict:
@@ -183,6 +221,17 @@ def render_markdown(report: dict) -> str:
                   for s, e in ((s, cells.get(str(s), {}).get("as-trained")) for s in seeds)
                   if e and e.get("recorded_final_eval") is not None]
         lines += ["", "as-trained, this run vs the cell's recorded low-noise figure: " + (" · ".join(checks) or DASH)]
+        own = {seed: report.get("own_embedding", {}).get(env, {}).get(str(seed)) for seed in seeds}
+        own = {seed: e for seed, e in own.items() if e}
+        if own:
+            first = next(iter(own.values()))
+            lines += ["", f"**Known task, no inference** (the policy on each training task's own embedding, "
+                          f"{first['num_tasks']} training tasks × {first['episodes_per_task']} episodes, "
+                          f"deterministic): {format_mean_std([e['return'] for e in own.values()], len(seeds))}; "
+                          + " · ".join(f"{s}: {fmt(e['return'])}" for s, e in own.items())
+                          + ". Training tasks, not the held-out ones: it bounds what inference can add with these "
+                            "weights, and its gap to *as-trained* is roughly what inference and generalisation to "
+                            "new tasks cost."]
         missing = [str(s) for s in seeds if str(s) not in cells]
         if missing:
             lines += ["", f"No finished cell with weights for seed(s) {', '.join(missing)}."]
@@ -200,8 +249,9 @@ def main(argv=None) -> int:
     if previous and previous.get("algo") != args.algo:
         raise SystemExit(f"{json_path} holds re-evaluations of {previous.get('algo')!r}, not {args.algo!r}")
     cells = previous.get("cells", {}) if previous.get("variants") == variants else {}
+    own_embedding = previous.get("own_embedding", {})
     report = {"algo": args.algo, "tier": args.tier, "envs": args.envs, "seeds": args.seeds, "variants": variants,
-              "cells": cells}
+              "cells": cells, "own_embedding": own_embedding}
 
     def save() -> None:
         report.update(command=command, generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -225,6 +275,15 @@ def main(argv=None) -> int:
                 print(f"  meta_test_return {entry['meta_test_return']:.3f} ({entry['wall_time_s']:.0f} s)", flush=True)
                 cells.setdefault(env, {}).setdefault(str(seed), {})[name] = entry
                 save()
+            have = own_embedding.get(env, {}).get(str(seed))
+            episodes = args.own_embedding_episodes
+            if episodes and not (have and have["episodes_per_task"] == episodes):
+                print(f"{env} seed {seed}: own embedding ...", flush=True)
+                entry = own_embedding_return(run_dir, episodes, args.threads)
+                if entry is not None:
+                    print(f"  return {entry['return']:.3f} ({entry['wall_time_s']:.0f} s)", flush=True)
+                    own_embedding.setdefault(env, {})[str(seed)] = entry
+                    save()
     save()
     atomic_write_text(tier_dir / "REEVALUATIONS.md", render_markdown(report))
     print(f"wrote {json_path} and {tier_dir / 'REEVALUATIONS.md'}")

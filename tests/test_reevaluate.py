@@ -91,3 +91,30 @@ def test_variant_arguments_are_checked():
         reevaluate.parse_args(["--variant", "exploration.fallback=false"])
     args = reevaluate.parse_args(["--algo", "pearl"])
     assert args.variants == [["as-trained"]]
+
+
+def test_own_embedding_figure_acts_on_each_training_tasks_latent(smoke_root):
+    from algos.core.sampler import rollout
+    from experiments.analysis import load_run
+    run_dir = smoke_root / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0"
+    threads = torch.get_num_threads()
+    try:
+        first = reevaluate.own_embedding_return(run_dir, episodes=1, threads=1)
+        again = reevaluate.own_embedding_return(run_dir, episodes=1, threads=1)
+        trainer = load_run(run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    assert first["per_task_returns"] == again["per_task_returns"]  # seeded: the same episodes
+    assert first["num_tasks"] == len(trainer.algorithm.train_tasks)
+    # acting on a latent: no exploration sampling, no inference; z stays the given latent through an episode
+    agent = trainer.algorithm.agent
+    latent = agent.hypotheses[3]
+    trainer.env.unwrapped.reset_task(3)
+    agent.clear_context()
+    agent.act_on(latent)
+    rollout(trainer.env, agent, trainer.algorithm.max_path_length, deterministic=True)
+    assert torch.equal(agent.z, latent[None]) and not agent.exploring
+
+    report = _run(smoke_root, "--own-embedding-episodes", "1")
+    assert report["own_embedding"]["sparse-point-robot"]["0"]["per_task_returns"] == first["per_task_returns"]
+    assert "**Known task, no inference**" in (smoke_root / "smoke" / "REEVALUATIONS.md").read_text()
