@@ -229,9 +229,10 @@ def render_markdown(report: dict) -> str:
                           f"{first['num_tasks']} training tasks × {first['episodes_per_task']} episodes, "
                           f"deterministic): {format_mean_std([e['return'] for e in own.values()], len(seeds))}; "
                           + " · ".join(f"{s}: {fmt(e['return'])}" for s, e in own.items())
-                          + ". Training tasks, not the held-out ones: it bounds what inference can add with these "
-                            "weights, and its gap to *as-trained* is roughly what inference and generalisation to "
-                            "new tasks cost."]
+                          + ". What these weights reach when the task is known. It is measured on training "
+                            "tasks, not the held-out ones, so it is an estimate rather than a strict bound: its gap "
+                            "to *as-trained* is roughly what inference and generalisation to new tasks cost, and "
+                            "the rest of the gap to the known-task optimum is the policy's."]
         missing = [str(s) for s in seeds if str(s) not in cells]
         if missing:
             lines += ["", f"No finished cell with weights for seed(s) {', '.join(missing)}."]
