@@ -184,7 +184,9 @@ def render_markdown(report: dict) -> str:
         "",
         _table(["ablation", "overrides", "why"],
                [[f"[{name}]({name}/{tier}/RESULTS.md)", " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
-                 ABLATIONS[name][1] if name in ABLATIONS else DASH] for name in report["ablations"]]),
+                 (ABLATIONS[name][1] if name in ABLATIONS else DASH)
+                 + ("" if report["results"].get(name) else " (no finished cell yet)")]
+                for name in report["ablations"]]),
         "",
     ]
     for env in report["envs"]:
@@ -285,6 +287,8 @@ def main(argv=None) -> int:
         return code
     report = build_report(out, full_root, args.tier, command)
     for name in report["ablations"]:  # each ablation's own benchmark table and learning curves
+        if not report["results"][name]:
+            continue  # nothing finished yet
         envs = sorted(report["results"][name], key=ENV_ORDER.index)
         plan = {"envs": envs, "algos": [ALGO], "seeds": report["seeds"], "skipped": []}
         benchmark.render(out / name / args.tier, args.tier, plan, command, [])
