@@ -183,7 +183,7 @@ def render_markdown(report: dict) -> str:
         f"*config change* is read from the two cells' saved configs, not from the ablation's name.",
         "",
         _table(["ablation", "overrides", "why"],
-               [[f"[{name}]({name}/{tier}/RESULTS.md)", " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
+               [[f"[{name}]({name}/{tier}/RESULTS.md)" if report["results"].get(name) else name, " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
                  (ABLATIONS[name][1] if name in ABLATIONS else DASH)
                  + ("" if report["results"].get(name) else " (no finished cell yet)")]
                 for name in report["ablations"]]),
