@@ -12,6 +12,7 @@ import sys
 from algos import ALGORITHMS
 from algos.core.config import TIERS, ConfigError
 from algos.core.io import CheckpointError
+from algos.core.meta_sac import TrainingDivergedError
 
 
 def parse_args(argv=None):
@@ -48,6 +49,9 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as error:
+        print(f"error: training diverged: {error}", file=sys.stderr)
+        return 3
     summary = {k: results[k] for k in ("env", "algo", "tier", "seed", "meta_test_return", "env_steps", "grad_steps",
                                        "wall_time_s")}
     if results["final_eval"]:

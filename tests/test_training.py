@@ -261,3 +261,26 @@ def test_load_checkpoint_errors(tmp_path):
     torch.save({"something": 1}, tmp_path / "foreign.pt")
     with pytest.raises(RuntimeError, match="missing keys"):
         load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_diverged_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    """A NaN loss ends the run with a clear error (exit 3) before the broken weights are checkpointed."""
+    from algos.core.meta_sac import MetaSACAlgorithm
+    original = MetaSACAlgorithm.train_step
+
+    def train_step(self):
+        losses = original(self)
+        if self.grad_steps > self.protocol.num_train_steps_per_itr + 1:  # second step of iteration 1
+            losses["qf_loss"] = float("nan")
+        return losses
+
+    monkeypatch.setattr(MetaSACAlgorithm, "train_step", train_step)
+    run_dir = tmp_path / "diverged"
+    code = cli.main(["--env", "point-robot", "--algo", "sac-no-context", "--tier", "smoke", "--seed", "3",
+                     "--set", "num_iterations=3", "--run-dir", str(run_dir), "--no-progress"])
+    assert code == 3
+    error = capsys.readouterr().err
+    assert "training diverged: train/qf_loss became nan" in error and "(iteration 1)" in error
+    assert [row["iteration"] for row in read_metrics(run_dir)] == [0]
+    assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 0
+    assert not (run_dir / "results.json").exists()

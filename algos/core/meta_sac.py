@@ -12,6 +12,7 @@ losses below are written once:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,10 @@ from algos.core.buffers import MultiTaskReplayBuffer, sample_context, sample_rl_
 from algos.core.config import ConfigError, ProtocolConfig
 from algos.core.sampler import collect_data
 from models.mlp import build_qf, build_vf, count_parameters
+
+
+class TrainingDivergedError(RuntimeError):
+    """A training loss became NaN or infinite."""
 
 
 @dataclass
@@ -184,6 +189,12 @@ class MetaSACAlgorithm:
         totals: dict[str, float] = {}
         for _ in range(self.protocol.num_train_steps_per_itr):
             for key, value in self.train_step().items():
+                if not math.isfinite(value):
+                    # stop before the trainer checkpoints broken weights: the last checkpoint stays usable
+                    raise TrainingDivergedError(
+                        f"train/{key} became {value} at gradient step {self.grad_steps} (iteration {iteration_idx}); "
+                        f"the run stops here and its last checkpoint, from before this iteration, is intact. "
+                        f"Resuming would repeat the same steps: start a new run with a lower agent.lr instead.")
                 totals[key] = totals.get(key, 0.0) + value
         n = max(1, self.protocol.num_train_steps_per_itr)
         return {f"train/{k}": v / n for k, v in totals.items()}
