@@ -44,7 +44,13 @@ reached) is left out of the hypothesis set (``exploration.min_evidence``): its r
 everywhere, so no evidence could refute it, and once the real hypotheses were refuted it took the whole belief.
 
 What each exploration rule is worth on the trained weights (switched off one at a time, same evaluation seeds):
-``benchmarks/quick/REEVALUATIONS.md``, made by ``python -m experiments.reevaluate``.
+``benchmarks/quick/REEVALUATIONS.md``, made by ``python -m experiments.reevaluate``; what the training-time parts
+are worth (retrained with one switch flipped, paired by seed): ``benchmarks/ablations/ABLATIONS_quick.md``, made
+by ``python -m experiments.ablations``.
+
+Known weakness: nothing bounds ``z`` or the embeddings (PEARL has its KL to a unit prior). In the one
+benchmark-tier run (``benchmarks/benchmark``: batch 256, 20k gradient steps) the latents blew up once
+(iteration 6), and afterwards the encoder's reading lost to the hypothesis set on most steps.
 """
 from __future__ import annotations
 
@@ -85,7 +91,8 @@ class ExplorationConfig:
 
 @dataclass
 class SetFormerConfig(MetaSACConfig):
-    lr: float = 1e-3                 # ours: 3x the baselines' 3e-4 (same steps and batches); see benchmarks/dev
+    lr: float = 1e-3                 # ours: 3x the baselines' 3e-4 (same steps and batches); tuned at the quick
+                                     # tier, measured by the baseline-lr ablation (benchmarks/ablations)
     latent_dim: int = 8
     model_dim: int = 64              # token width
     num_heads: int = 4
