@@ -14,6 +14,8 @@ the cells, and a half-finished benchmark renders with its missing cells shown as
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -25,6 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from algos.core.io import atomic_write_json, atomic_write_text, read_json
+from algos.core.meta_sac import MetaSACConfig
 
 # Standard deviations over seeds are sample standard deviations (ddof = 1): with three seeds the population
 # formula would understate the spread by a factor sqrt(2/3). A single seed therefore shows no "±".
@@ -77,6 +80,8 @@ ENV_ORDER = ("point-robot", "sparse-point-robot", "cheetah-vel")
 OUR_METHOD = "setformer"
 # methods the project's own one is compared against at equal budget (the oracle is a reference line, not a method)
 BASELINES = ("sac-no-context", "pearl", "focal", "varibad")
+# MetaSACConfig's fields: every SAC-based method has them, so differing values are worth a line in the table
+SHARED_HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(MetaSACConfig))
 DASH = "—"
 
 CELL_FIELDS = ("env", "algo", "seed", "meta_test_return", "final_eval", "online_returns", "learning_curve",
@@ -100,6 +105,8 @@ def cell_record(results: dict, cell_dir: str) -> dict:
     record = {key: results.get(key) for key in CELL_FIELDS}
     record["tier"] = results.get("tier")
     record["protocol"] = (results.get("config") or {}).get("protocol")
+    agent = (results.get("config") or {}).get("agent") or {}
+    record["shared_hyperparameters"] = {key: agent[key] for key in SHARED_HYPERPARAMETERS if key in agent}
     record["finished_at"] = results.get("finished_at")
     record["cell_dir"] = cell_dir
     return record
@@ -363,6 +370,29 @@ def _margin_text(env: str, figures: dict[str, tuple[list[float], list[float]]], 
     return " ".join(sentences)
 
 
+def _hyperparameter_text(summary: dict) -> str:
+    """The hyperparameters every SAC-based method has (``MetaSACConfig``) whose values differ between the methods of
+    this table: equal budget is not equal tuning, and a reader must see where the methods were set differently."""
+    values: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for cell in summary.get("cells") or []:
+        for key, value in (cell.get("shared_hyperparameters") or {}).items():
+            if value not in values[key][cell["algo"]]:
+                values[key][cell["algo"]].append(value)
+    lines = []
+    for key in SHARED_HYPERPARAMETERS:
+        by_algo = values.get(key, {})
+        if len({json.dumps(v) for vs in by_algo.values() for v in vs}) <= 1:
+            continue
+        groups: dict[str, list[str]] = defaultdict(list)
+        for algo in _ordered(by_algo, ALGO_ORDER):
+            groups[" / ".join(map(str, by_algo[algo]))].append(display_name(algo))
+        lines.append(f"`{key}`: " + "; ".join(f"{', '.join(names)} {value}" for value, names in groups.items()))
+    if not lines:
+        return ""
+    return ("**Hyperparameters that differ between methods** (same budget, not the same settings; from the cells' "
+            "configs): " + " · ".join(lines) + ".")
+
+
 def _code_text(summary: dict) -> str:
     """Which commit each method's cells ran: a reader must see when one table mixes versions of a method."""
     commits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -409,6 +439,7 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
         "",
         _code_text(summary),
         "",
+        *([text, ""] if (text := _hyperparameter_text(summary)) else []),
         "**Figures.** *meta-test return (protocol)* is the protocol's own figure after the last iteration: on each "
         "held-out task the context is cleared, episodes run back to back, the first ones explore, and the task "
         "scores the return of the final episode (averaged over `num_evals` repeats); the figure is the mean over "
@@ -512,6 +543,7 @@ def _atomic_savefig(fig, path: Path) -> None:
 COMPANIONS = {
     "REEVALUATIONS.md": "setformer's exploration rules switched off on the same final weights and seeds",
     "../ablations/ABLATIONS_{tier}.md": "setformer retrained with one switch flipped, paired seed by seed",
+    "../baselines-lr1e-3/{tier}/RESULTS.md": "baselines rerun at setformer's learning rate (1e-3), same budget",
     "../THROUGHPUT.md": "gradient steps/s, environment steps/s and adapt() latency, one controlled run",
 }
 

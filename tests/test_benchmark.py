@@ -292,3 +292,13 @@ def test_throughput_skips_combinations_that_do_not_exist(tmp_path):
     assert code == 0  # not a failure: the oracle exists only for the point robots
     (result,) = json.loads((tmp_path / "throughput.json").read_text())["results"]
     assert result["status"] == "not run" and "point robots" in result["notes"][0]
+
+
+def test_renderer_names_hyperparameters_that_differ_between_methods(synthetic_summary):
+    assert "Hyperparameters that differ" not in render_markdown(synthetic_summary)  # nothing recorded: no line
+    for cell in synthetic_summary["cells"]:
+        ours = cell["algo"] == "setformer"
+        cell["shared_hyperparameters"] = {"lr": 0.001 if ours else 0.0003, "tau": 0.005}
+    line = next(l for l in render_markdown(synthetic_summary).splitlines() if "Hyperparameters that differ" in l)
+    assert "`lr`: PEARL 0.0003; setformer (ours) 0.001" in line
+    assert "tau" not in line  # the same everywhere: not listed
