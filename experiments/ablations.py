@@ -32,13 +32,12 @@ from algos.core.config import SEEDS, TIERS
 from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description
 from envs_glue import ENV_SPECS
 from experiments import benchmark
-from experiments.benchmark import Cell, CellRunner, cell_dir, config_differences, flatten_config
+from experiments.benchmark import REPO_ROOT, Cell, CellRunner, cell_dir, config_changes
 from experiments.results_table import (DASH, ENV_ORDER, _final_eval_value, _join_unique, _ordered, _table,
-                                       collect_cells, fmt, format_delta, format_mean_std, provenance_line,
+                                       collect_cells, fmt, format_delta, format_mean_std, report_heading,
                                        short_commit)
 
 ALGO = "setformer"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # name -> the overrides that make it, and why it is worth running
 ABLATIONS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -126,14 +125,13 @@ def run(args: argparse.Namespace, out: Path) -> int:
 
 
 # ---------------------------------------------------------------------- report
-def _value_change(key: str, full: dict, ablated: dict) -> str:
-    return f"`{key}` {full.get(key, DASH)} → {ablated.get(key, DASH)}"
+def _value_text(value) -> str:
+    return DASH if value is None else str(value)
 
 
-def compare_cells(full_cells: list[dict], full_configs: dict, ablation_cells: list[dict],
-                  ablation_configs: dict) -> dict:
+def compare_cells(full_cells: list[dict], ablation_cells: list[dict]) -> dict:
     """Per environment: the full method's and the ablation's figures, paired by seed, and what differs between
-    the paired configs. ``*_configs`` map ``(env, seed)`` to the cell's saved config."""
+    the paired cells' saved configs (``collect_cells(..., with_config=True)`` records)."""
     by_env: dict[str, dict] = {}
     full = {(c["env"], c["seed"]): c for c in full_cells if c["algo"] == ALGO}
     for cell in ablation_cells:
@@ -147,10 +145,9 @@ def compare_cells(full_cells: list[dict], full_configs: dict, ablation_cells: li
         if partner is not None:
             record["full_meta_test_return"] = partner["meta_test_return"]
             record["full_low_noise"] = _final_eval_value(partner)
-            mine, theirs = ablation_configs.get(key) or {}, full_configs.get(key) or {}
-            differing = config_differences(theirs, mine, IGNORED_IN_DIFF)
-            flat_mine, flat_theirs = flatten_config(mine, IGNORED_IN_DIFF), flatten_config(theirs, IGNORED_IN_DIFF)
-            changes = [_value_change(k, flat_theirs, flat_mine) for k in differing]
+            differing = config_changes(partner.get("config") or {}, cell.get("config") or {}, IGNORED_IN_DIFF)
+            changes = [f"`{k}` {_value_text(full_value)} → {_value_text(ablated_value)}"
+                       for k, (full_value, ablated_value) in differing.items()]
             record["config_changes"] = changes
             if any(k.startswith("protocol.") for k in differing):
                 entry["budget_differs"].append(cell["seed"])
@@ -161,20 +158,17 @@ def compare_cells(full_cells: list[dict], full_configs: dict, ablation_cells: li
     return by_env
 
 
-def _paired(records: dict, key: str, full_key: str) -> tuple[list[float], list[float], list[float]]:
+def _paired(records: dict, key: str, full_key: str) -> tuple[list[float], list[float]]:
+    """The ablation's values of ``key`` (every seed it has) and its per-seed differences to the full method."""
     ablated = [r[key] for r in records.values() if r.get(key) is not None]
-    pairs = [(r[key], r[full_key]) for r in records.values()
-             if r.get(key) is not None and r.get(full_key) is not None]
-    return ablated, [f for _a, f in pairs], [a - f for a, f in pairs]
+    diffs = [r[key] - r[full_key] for r in records.values() if r.get(key) is not None and r.get(full_key) is not None]
+    return ablated, diffs
 
 
 def render_markdown(report: dict) -> str:
     tier = report["tier"]
     parts = [
-        f"# Training ablations: setformer, {tier} tier",
-        "",
-        provenance_line(report),
-        "",
+        *report_heading(f"Training ablations: setformer, {tier} tier", report),
         f"Each ablation is setformer trained from scratch with one switch flipped, on the same protocol and budget "
         f"as the full method's cells (`{report['full_dir']}`), and compared with them seed by seed. *meta-test "
         f"return* is the protocol figure (final-episode return at the last evaluation, mean over held-out tasks), "
@@ -183,7 +177,8 @@ def render_markdown(report: dict) -> str:
         f"*config change* is read from the two cells' saved configs, not from the ablation's name.",
         "",
         _table(["ablation", "overrides", "why"],
-               [[f"[{name}]({name}/{tier}/RESULTS.md)" if report["results"].get(name) else name, " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
+               [[f"[{name}]({name}/{tier}/RESULTS.md)" if report["results"].get(name) else name,
+                 " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
                  (ABLATIONS[name][1] if name in ABLATIONS else DASH)
                  + ("" if report["results"].get(name) else " (no finished cell yet)")]
                 for name in report["ablations"]]),
@@ -203,8 +198,8 @@ def render_markdown(report: dict) -> str:
             if not entry:
                 continue
             records = {int(s): r for s, r in entry["seeds"].items()}
-            values, _f, diffs = _paired(records, "meta_test_return", "full_meta_test_return")
-            low, _fl, low_diffs = _paired(records, "low_noise", "full_low_noise")
+            values, diffs = _paired(records, "meta_test_return", "full_meta_test_return")
+            low, low_diffs = _paired(records, "low_noise", "full_low_noise")
             planned = len(report["seeds"])
             rows.append([name, format_mean_std(values, planned), format_delta(diffs, with_count=True),
                          format_mean_std(low, planned) if low else DASH, format_delta(low_diffs, with_count=True),
@@ -228,35 +223,24 @@ def render_markdown(report: dict) -> str:
 
 
 def build_report(out: Path, full_root: Path, tier: str, command: str) -> dict:
-    full_cells, problems = collect_cells(full_root / tier)
-    full_configs = {(c["env"], c["seed"]): _config_of(full_root / tier / c["cell_dir"]) for c in full_cells
-                    if c["algo"] == ALGO}
+    full_cells, problems = collect_cells(full_root / tier, with_config=True)
     ablations = _ordered([p.parent.name for p in sorted(out.glob(f"*/{tier}")) if (p / "cells").is_dir()],
                          tuple(ABLATIONS))
     results, envs = {}, set()
     for name in ablations:
-        cells, more = collect_cells(out / name / tier)
+        cells, more = collect_cells(out / name / tier, with_config=True)
         problems += more
-        configs = {(c["env"], c["seed"]): _config_of(out / name / tier / c["cell_dir"]) for c in cells}
-        results[name] = compare_cells(full_cells, full_configs, cells, configs)
+        results[name] = compare_cells(full_cells, cells)
         envs |= set(results[name])
     full = {env: {c["seed"]: {"meta_test_return": c["meta_test_return"], "low_noise": _final_eval_value(c),
                               "git_commit": c.get("git_commit")}
-                  for c in full_cells if c["algo"] == ALGO and c["env"] == env} for env in envs}
+                  for c in full_cells if c["algo"] == ALGO and c["env"] == env} for env in _ordered(envs, ENV_ORDER)}
     seeds = sorted({s for by_env in results.values() for entry in by_env.values() for s in entry["seeds"]}
                    | {s for by_seed in full.values() for s in by_seed})
     return {"tier": tier, "command": command, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "git_commit": git_commit(), "machine": machine_description(), "full_dir": _display_path(full_root / tier),
             "ablations": ablations, "envs": _ordered(envs, ENV_ORDER), "seeds": seeds, "full": full,
             "results": results, "notes": problems}
-
-
-def _config_of(run_dir: Path) -> dict:
-    from algos.core.io import read_json
-    try:
-        return read_json(run_dir / "results.json", what="cell results").get("config") or {}
-    except (RuntimeError, OSError):
-        return {}
 
 
 def _display_path(path: Path) -> str:
@@ -289,7 +273,7 @@ def main(argv=None) -> int:
     for name in report["ablations"]:  # each ablation's own benchmark table and learning curves
         if not report["results"][name]:
             continue  # nothing finished yet
-        envs = sorted(report["results"][name], key=ENV_ORDER.index)
+        envs = _ordered(report["results"][name], ENV_ORDER)
         plan = {"envs": envs, "algos": [ALGO], "seeds": report["seeds"], "skipped": []}
         benchmark.render(out / name / args.tier, args.tier, plan, command, [])
     markdown = write_report(out, report)

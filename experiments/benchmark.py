@@ -165,10 +165,16 @@ def flatten_config(data: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEY
     return out
 
 
+def config_changes(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> dict:
+    """``{flattened key: (value in first, value in second)}`` for every key whose value differs between two saved
+    configs, sorted by key; a key missing on one side has ``None`` there."""
+    a, b = flatten_config(first, ignored), flatten_config(second, ignored)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
 def config_differences(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> list[str]:
     """The flattened keys whose values differ between two saved configs (keys missing on one side included)."""
-    a, b = flatten_config(first, ignored), flatten_config(second, ignored)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return list(config_changes(first, second, ignored))
 
 
 # ---------------------------------------------------------------------- subprocesses

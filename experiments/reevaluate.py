@@ -36,12 +36,12 @@ import torch
 from algos import ALGORITHMS
 from algos.core.config import SEEDS, TIERS, ConfigError, apply_overrides
 from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description, read_json
-from envs_glue import ENV_SPECS
 from algos.core.sampler import rollout
+from envs_glue import ENV_SPECS
 from experiments.analysis import REPO_ROOT, load_run
 from experiments.benchmark import cell_dir
 from experiments.results_table import (DASH, display_name, fmt, format_delta, format_mean_std,
-                                       provenance_line)
+                                       report_heading)
 
 SETFORMER_VARIANTS = {
     "as-trained": [],
@@ -118,7 +118,7 @@ def fallback_share_probe(agent):
     return counts
 
 
-CEILING_SEED_OFFSET = 424_243  # the own-embedding episodes' env seed: cell seed * 1_000_003 + this
+CEILING_SEED_OFFSET = 424_243  # the own-embedding episodes' env seed: Trainer.eval_seed(this)
 
 
 def own_embedding_return(run_dir: Path, episodes: int, threads: int) -> dict | None:
@@ -134,7 +134,7 @@ def own_embedding_return(run_dir: Path, episodes: int, threads: int) -> dict | N
         return None
     started = time.perf_counter()
     env, sparse = trainer.env, trainer.config.protocol.sparse_rewards
-    env.reset(seed=trainer.config.seed * 1_000_003 + CEILING_SEED_OFFSET)
+    env.reset(seed=trainer.eval_seed(CEILING_SEED_OFFSET))
     per_task = []
     for task in algorithm.train_tasks:
         env.unwrapped.reset_task(int(task))
@@ -178,10 +178,7 @@ def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, th
 def render_markdown(report: dict) -> str:
     variants = report["variants"]
     parts = [
-        f"# Re-evaluations: {display_name(report['algo'])}, {report['tier']} tier",
-        "",
-        provenance_line(report),
-        "",
+        *report_heading(f"Re-evaluations: {display_name(report['algo'])}, {report['tier']} tier", report),
         "The final weights of each finished benchmark cell, evaluated again with only an inference-time setting "
         "changed: the cell's low-noise final evaluation (same seeds, same repeats), so every variant plays the same "
         "episodes' randomness. *as-trained* reproduces the cell's recorded figure (*recorded* column). Entries are "

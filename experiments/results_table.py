@@ -99,9 +99,10 @@ def _ordered(items: Iterable[str], order: tuple[str, ...]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- collection
-def cell_record(results: dict, cell_dir: str) -> dict:
+def cell_record(results: dict, cell_dir: str, with_config: bool = False) -> dict:
     """The figures of one finished run (its ``results.json``) that the benchmark keeps, plus its protocol so
-    the budget can be stated from what actually ran rather than from what was asked for."""
+    the budget can be stated from what actually ran rather than from what was asked for; ``with_config`` keeps
+    the whole saved config too (not written into the tier's results.json)."""
     record = {key: results.get(key) for key in CELL_FIELDS}
     record["tier"] = results.get("tier")
     record["protocol"] = (results.get("config") or {}).get("protocol")
@@ -109,17 +110,19 @@ def cell_record(results: dict, cell_dir: str) -> dict:
     record["shared_hyperparameters"] = {key: agent[key] for key in SHARED_HYPERPARAMETERS if key in agent}
     record["finished_at"] = results.get("finished_at")
     record["cell_dir"] = cell_dir
+    if with_config:
+        record["config"] = results.get("config") or {}
     return record
 
 
-def collect_cells(tier_dir: Path) -> tuple[list[dict], list[str]]:
+def collect_cells(tier_dir: Path, with_config: bool = False) -> tuple[list[dict], list[str]]:
     """Every finished cell under ``tier_dir/cells``; unreadable ``results.json`` files become notes, not crashes,
     so one corrupt cell never hides the rest of the table."""
     cells, problems = [], []
     for path in sorted(Path(tier_dir, "cells").glob("*/*/*/results.json")):
         try:
             results = read_json(path, what="cell results")
-            cells.append(cell_record(results, str(path.parent.relative_to(tier_dir))))
+            cells.append(cell_record(results, str(path.parent.relative_to(tier_dir)), with_config))
         except (RuntimeError, OSError) as error:
             problems.append(f"skipped unreadable cell {path.parent}: {error}")
     cells.sort(key=lambda c: (c["env"], c["algo"], c["seed"]))
@@ -181,12 +184,14 @@ def format_delta(diffs: list[float], with_count: bool = False) -> str:
             + (f" (n={len(diffs)})" if with_count else ""))
 
 
-def provenance_line(report: dict, extra: str = "") -> str:
-    """``Generated <when> by `<command>` at commit `<commit>` on <cpu> (<cores> cores, torch <version><extra>).``"""
+def report_heading(title: str, report: dict, extra: str = "") -> list[str]:
+    """The opening lines every results report shares: ``# <title>``, then ``Generated <when> by `<command>` at commit
+    `<commit>` on <cpu> (<cores> cores, torch <version><extra>).``"""
     machine = report.get("machine") or {}
-    return (f"Generated {report.get('generated_at', '?')} by `{report.get('command', '?')}` at commit "
-            f"`{report.get('git_commit', '?')}` on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, "
-            f"torch {machine.get('torch', '?')}){extra}.")
+    provenance = (f"Generated {report.get('generated_at', '?')} by `{report.get('command', '?')}` at commit "
+                  f"`{report.get('git_commit', '?')}` on {machine.get('cpu', '?')} ({machine.get('cores', '?')} "
+                  f"cores, torch {machine.get('torch', '?')}){extra}.")
+    return [f"# {title}", "", provenance, ""]
 
 
 def short_commit(commit: str | None) -> str:
@@ -424,10 +429,7 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
     plan = summary.get("plan") or {}
     tier = summary.get("tier", "?")
     parts = [
-        f"# Results: {tier} tier",
-        "",
-        provenance_line(summary),
-        "",
+        *report_heading(f"Results: {tier} tier", summary),
         "## Setup",
         "",
         f"Every method is meta-trained on each environment with seeds {', '.join(map(str, seeds)) or DASH} under "

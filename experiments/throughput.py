@@ -39,7 +39,7 @@ from algos.core.io import atomic_write_json, atomic_write_text, git_commit, mach
 from algos.core.trainer import Trainer, build_config
 from envs_glue import ENV_SPECS
 from experiments.benchmark import unsupported_reason
-from experiments.results_table import provenance_line
+from experiments.results_table import report_heading
 
 DEFAULT_CONTEXT_SIZES = (10, 100, 1000)
 
@@ -169,11 +169,8 @@ def _f(value: float | None, digits: int = 1) -> str:
 def render_markdown(report: dict) -> str:
     sizes = report["context_sizes"]
     parts = [
-        "# Throughput",
-        "",
-        provenance_line(report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
-                                f"**{report['tier']}** tier"),
-        "",
+        *report_heading("Throughput", report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
+                                              f"**{report['tier']}** tier"),
         "Gradient steps/s: `train_step()` after a warm-up (one step = meta_batch tasks × batch_size transitions "
         "through critic, value, policy and encoder updates). Env steps/s: the initial collection (prior, no "
         "inference) and one iteration's collection (with posterior inference). `adapt()`: median latency over "

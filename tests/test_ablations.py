@@ -50,10 +50,11 @@ def test_ablation_cells_run_and_pair_with_the_full_method(tmp_path):
     assert again["results"] == report["results"]
 
 
-def fake_cell(seed: int, value: float, low_noise: float, agent: dict, protocol: dict) -> tuple[dict, dict]:
-    cell = {"env": "point-robot", "algo": "setformer", "seed": seed, "meta_test_return": value,
-            "final_eval": {"meta_test_return": low_noise}, "git_commit": "abcdef0123"}
-    return cell, {"agent": agent, "protocol": protocol, "num_threads": seed}  # threads differ: must be ignored
+def fake_cell(seed: int, value: float, low_noise: float, agent: dict, protocol: dict) -> dict:
+    """A ``collect_cells(..., with_config=True)`` record."""
+    return {"env": "point-robot", "algo": "setformer", "seed": seed, "meta_test_return": value,
+            "final_eval": {"meta_test_return": low_noise}, "git_commit": "abcdef0123",
+            "config": {"agent": agent, "protocol": protocol, "num_threads": seed}}  # threads differ: must be ignored
 
 
 def test_pairing_reads_changes_from_configs_and_flags_unequal_budgets():
@@ -62,8 +63,7 @@ def test_pairing_reads_changes_from_configs_and_flags_unequal_budgets():
     ablated = [fake_cell(42, -9.0, -8.0, {"lr": 0.0003, "aux": {"reward": 1.0}}, base_protocol),
                fake_cell(123, -10.0, -9.2, {"lr": 0.0003, "aux": {"reward": 1.0}}, {"num_iterations": 25}),
                fake_cell(456, -8.0, -8.0, {"lr": 0.0003, "aux": {"reward": 1.0}}, base_protocol)]
-    by_env = ablations.compare_cells([c for c, _ in full], {("point-robot", c["seed"]): cfg for c, cfg in full},
-                                     [c for c, _ in ablated], {("point-robot", c["seed"]): cfg for c, cfg in ablated})
+    by_env = ablations.compare_cells(full, ablated)
     entry = by_env["point-robot"]
     assert entry["config_changes"] == ["`agent.lr` 0.001 → 0.0003", "`protocol.num_iterations` 20 → 25"]
     assert entry["budget_differs"] == [123]

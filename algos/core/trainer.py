@@ -100,10 +100,15 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ checkpoints
+    def eval_seed(self, offset: int) -> int:
+        """The environment seed of an evaluation: the run's seed spread out, plus the evaluation's own offset (the
+        iteration, ``FINAL_EVAL_OFFSET`` for the final one), so no two evaluations or runs share episodes."""
+        return self.config.seed * 1_000_003 + offset
+
     def final_evaluation(self, num_repeats: int | None = None) -> EvalResult:
         """The low-noise evaluation of the final policy: its own seeds, ``final_eval_repeats`` repeats unless told."""
         p = self.config.protocol
-        return self.evaluate(self.config.seed * 1_000_003 + FINAL_EVAL_OFFSET, num_repeats or p.final_eval_repeats)
+        return self.evaluate(self.eval_seed(FINAL_EVAL_OFFSET), num_repeats or p.final_eval_repeats)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -154,7 +159,7 @@ class Trainer:
         for iteration in bar:
             scalars = dict(self.algorithm.train_iteration(iteration))
             if (iteration + 1) % p.eval_interval == 0 or iteration == p.num_iterations - 1:
-                result = self.evaluate(cfg.seed * 1_000_003 + iteration, p.num_evals)
+                result = self.evaluate(self.eval_seed(iteration), p.num_evals)
                 scalars.update(result.scalars())
                 bar.set_postfix(meta_test_return=f"{result.meta_test_return:.3f}")
             self.elapsed = time.perf_counter() - started
