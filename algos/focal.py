@@ -59,7 +59,7 @@ class FocalAgent(MetaAgent):
         self.clear_context()
 
     def prior_z(self, num_tasks: int) -> torch.Tensor:
-        return torch.zeros(num_tasks, self.latent_dim)
+        return torch.zeros(num_tasks, self.latent_dim, device=self.device)
 
     def encode(self, context: torch.Tensor) -> torch.Tensor:
         """Mean of per-transition embeddings: ``(tasks, n, context_dim) -> (tasks, latent)``."""
@@ -85,6 +85,6 @@ class FOCAL(MetaSACAlgorithm):
             return {}
         half = context.shape[1] // 2
         halves = torch.cat([self.agent.encode(context[:, :half]), self.agent.encode(context[:, half:])])  # (2t, d)
-        task_ids = torch.as_tensor(np.concatenate([tasks, tasks]))
+        task_ids = torch.as_tensor(np.concatenate([tasks, tasks]), device=context.device)
         loss = distance_metric_loss(halves, task_ids, c.metric_beta, c.metric_power, c.metric_eps)
         return {"metric_loss": c.metric_loss_weight * loss}

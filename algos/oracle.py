@@ -52,7 +52,7 @@ class Oracle:
     config_class = OracleConfig
 
     def __init__(self, env, protocol: ProtocolConfig, config: OracleConfig, rng: np.random.Generator,
-                 bf16: bool = False):
+                 bf16: bool = False, device: torch.device | str = "cpu"):
         if not hasattr(env.unwrapped, "goals"):
             raise ConfigError("the oracle exists only for the point robots (point-robot, sparse-point-robot)")
         self.env, self.protocol, self.config, self.rng = env, protocol, config, rng

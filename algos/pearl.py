@@ -50,8 +50,8 @@ class PearlAgent(MetaAgent):
         self.clear_context()
 
     def prior_z(self, num_tasks: int) -> torch.Tensor:
-        self.z_means = torch.zeros(num_tasks, self.latent_dim)
-        self.z_vars = torch.ones(num_tasks, self.latent_dim)
+        self.z_means = torch.zeros(num_tasks, self.latent_dim, device=self.device)
+        self.z_vars = torch.ones(num_tasks, self.latent_dim, device=self.device)
         return self.sample_z()
 
     def sample_z(self) -> torch.Tensor:

@@ -22,7 +22,7 @@ class SACNoContextAgent(MetaAgent):
         self.clear_context()
 
     def prior_z(self, num_tasks: int) -> torch.Tensor:
-        return torch.zeros(num_tasks, self.latent_dim)
+        return torch.zeros(num_tasks, self.latent_dim, device=self.device)
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
         self.z = self.prior_z(context.shape[0])  # the context is ignored by design

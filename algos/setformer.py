@@ -104,6 +104,7 @@ class SetFormerConfig(MetaSACConfig):
     min_context_fraction: float = 0.25  # training contexts keep a random n in [fraction * N, N] tokens
     teacher_fraction: float = 0.5    # share of each task's RL batch conditioned on the task's embedding e_j
     teacher_collection: float = 0.5  # share of each posterior collection phase (whole episodes) acted on e_j
+    bounded_latents: bool = False    # squash the encoder's z and the task embeddings e_j into (-1, 1) with tanh
     aux: AuxConfig = field(default_factory=AuxConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
@@ -133,6 +134,7 @@ class SetEncoder(nn.Module):
     def __init__(self, context_dim: int, latent_dim: int, config: SetFormerConfig):
         super().__init__()
         d = config.model_dim
+        self.bounded = config.bounded_latents
         self.token_embedding = build_mlp(context_dim, d, d, 1, small_final_init=False)
         self.blocks = nn.ModuleList(InducedSetAttentionBlock(d, config.num_heads, config.num_inducing)
                                     for _ in range(config.num_blocks))
@@ -148,7 +150,8 @@ class SetEncoder(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
         pooled, weights = self.pooling(tokens)
-        return self.to_latent(rearrange(pooled, "t k d -> t (k d)")).float(), weights
+        z = self.to_latent(rearrange(pooled, "t k d -> t (k d)")).float()
+        return (torch.tanh(z) if self.bounded else z), weights
 
 
 class SetFormerAgent(MetaAgent):
@@ -179,10 +182,16 @@ class SetFormerAgent(MetaAgent):
         self.clear_context()
 
     # ------------------------------------------------------------------ belief over hypotheses
+    def embedding(self, tasks: torch.Tensor | int | None = None) -> torch.Tensor:
+        """The learned embedding ``e_j`` of training task(s) ``tasks`` (all of them for ``None``), in the encoder's
+        latent range: squashed like ``z`` with ``bounded_latents``. Differentiable."""
+        raw = self.task_embeddings if tasks is None else self.task_embeddings[tasks]
+        return torch.tanh(raw) if self.config.bounded_latents else raw
+
     @property
     def hypotheses(self) -> torch.Tensor:
         """``(num_train_tasks, latent)``: the task embeddings, or the encoder latents without a teacher."""
-        return (self.task_embeddings if self.config.teacher_fraction > 0 else self.task_latents).detach()
+        return (self.embedding() if self.config.teacher_fraction > 0 else self.task_latents).detach()
 
     def belief_scores(self) -> torch.Tensor:
         """Log-likelihood of every hypothesis, ``-inf`` for unusable ones (unless none is usable)."""
@@ -236,15 +245,15 @@ class SetFormerAgent(MetaAgent):
     def prior_z(self, num_tasks: int) -> torch.Tensor:
         self.exploring = True
         self.acting_on_encoder = False
-        self.hypothesis_log_likelihood = torch.zeros(self.task_latents.shape[0])
+        self.hypothesis_log_likelihood = torch.zeros(self.task_latents.shape[0], device=self.device)
         if self.teacher_task is not None:
-            return repeat(self.task_embeddings[self.teacher_task].detach(), "d -> t d", t=num_tasks).clone()
+            return repeat(self.embedding(self.teacher_task).detach(), "d -> t d", t=num_tasks).clone()
         if self.config.exploration.thompson and num_tasks == 1:
             return self.sample_hypothesis()
-        return torch.zeros(num_tasks, self.latent_dim)
+        return torch.zeros(num_tasks, self.latent_dim, device=self.device)
 
     def clear_context(self, num_tasks: int = 1) -> None:
-        self._tokens.reset(num_tasks)
+        self._tokens.reset(num_tasks, self.device)
         super().clear_context(num_tasks)
 
     @torch.no_grad()
@@ -272,7 +281,7 @@ class SetFormerAgent(MetaAgent):
         """End exploration and set ``z`` from embedded tokens ``(tasks, n, model_dim)``; zeros for no tokens."""
         self.exploring = False
         if tokens.shape[1] == 0:
-            self.z = torch.zeros(tokens.shape[0], self.latent_dim)
+            self.z = tokens.new_zeros(tokens.shape[0], self.latent_dim)
             return self.z
         self.z, weights = self.context_encoder.pool(tokens)
         self.attention_weights = weights.detach()
@@ -359,7 +368,7 @@ class SetFormer(MetaSACAlgorithm):
         num_teacher = int(round(self.config.teacher_fraction * batch_size))
         if num_teacher == 0:
             return batch_z
-        embeddings = self.agent.task_embeddings[torch.as_tensor(tasks)]                   # (t, latent)
+        embeddings = self.agent.embedding(torch.as_tensor(tasks, device=self.device))     # (t, latent)
         return torch.cat([repeat(embeddings, "t d -> t b d", b=num_teacher), batch_z[:, num_teacher:]], dim=1)
 
     def training_context(self, context: torch.Tensor) -> torch.Tensor:
@@ -371,12 +380,12 @@ class SetFormer(MetaSACAlgorithm):
 
     def encoder_losses(self, tasks, context, task_z, batch_z, batch):
         aux, sparse = self.config.aux, self.protocol.sparse_rewards
-        task_index = torch.as_tensor(tasks)
+        task_index = torch.as_tensor(tasks, device=self.device)
         with torch.no_grad():
             self.agent.task_latents[task_index] = task_z.detach().float()
         losses = {}
         if aux.align > 0 and self.config.teacher_fraction > 0:
-            teacher = self.agent.task_embeddings[task_index].detach()
+            teacher = self.agent.embedding(task_index).detach()
             losses["align_loss"] = aux.align * F.mse_loss(task_z.float(), teacher)
         head_input = torch.cat([batch["obs"], batch["actions"], batch_z], dim=-1)
         if aux.reward > 0:

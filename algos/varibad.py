@@ -65,8 +65,8 @@ class VariBADAgent(MetaAgent):
         self.clear_context()
 
     def prior_z(self, num_tasks: int) -> torch.Tensor:
-        self.z_means = torch.zeros(num_tasks, self.latent_dim)
-        self.z_log_vars = torch.zeros(num_tasks, self.latent_dim)
+        self.z_means = torch.zeros(num_tasks, self.latent_dim, device=self.device)
+        self.z_log_vars = torch.zeros(num_tasks, self.latent_dim, device=self.device)
         return self.z_means
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:

@@ -113,26 +113,6 @@ def algo_name(agent: MetaAgent) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- replaying
-class _IsolatedRandomness:
-    """Run analysis rollouts with their own seed without shifting the trainer's random streams: torch's global
-    generator is forked and the env's generator is saved and restored, exactly as ``Trainer.evaluate`` does."""
-
-    def __init__(self, trainer: Trainer, seed: int):
-        self.trainer, self.seed = trainer, seed
-
-    def __enter__(self) -> None:
-        meta_env = self.trainer.env.unwrapped
-        self._env_state = meta_env.np_random.bit_generator.state
-        self._fork = torch.random.fork_rng(devices=[])
-        self._fork.__enter__()
-        torch.manual_seed(self.seed)
-        self.trainer.env.reset(seed=self.seed)
-
-    def __exit__(self, *exc_info) -> None:
-        self._fork.__exit__(*exc_info)
-        self.trainer.env.unwrapped.np_random.bit_generator.state = self._env_state
-
-
 def _last_attention(agent: MetaAgent, num_tokens: int) -> np.ndarray | None:
     """The agent's last pooling weights for task 0, ``(heads, seeds, n)``, or ``None`` if it has none or they
     do not belong to the current context (e.g. left over from a training batch)."""
@@ -173,7 +153,7 @@ def record_episodes(trainer: Trainer, task_id: int, num_episodes: int | None = N
     record: dict[str, Any] = {key: [] for key in ("obs", "next_obs", "actions", "rewards", "dense_rewards",
                                                   "exploring", "adapted", "attention", "z")}
 
-    with _IsolatedRandomness(trainer, seed), torch.no_grad():
+    with trainer.isolated_randomness(seed), torch.no_grad():
         meta_env.reset_task(task_id)
         agent.clear_context()
         for episode in range(num_episodes):
@@ -314,7 +294,7 @@ def task_latents(trainer: Trainer, task_ids: Sequence[int], context_size: int | 
             raise ValueError(f"source='buffer' needs training tasks; {foreign} are held out (use source='rollout')")
 
     latents = []
-    with _IsolatedRandomness(trainer, seed), torch.no_grad():
+    with trainer.isolated_randomness(seed), torch.no_grad():
         rng = np.random.default_rng(seed)  # the buffer's sampler gets its own stream, not the trainer's
         for task_id in task_ids:
             if source == "rollout":

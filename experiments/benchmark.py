@@ -151,7 +151,7 @@ def config_mismatch(cell: Cell, tier: str, overrides: list[str]) -> list[str]:
 
 
 # Keys that say where and how fast a run ran, not what it computed.
-NON_SEMANTIC_CONFIG_KEYS = frozenset({"num_threads", "run_dir", "run_root"})
+NON_SEMANTIC_CONFIG_KEYS = frozenset({"num_threads", "run_dir", "run_root", "device"})
 
 
 def flatten_config(data: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS, prefix: str = "") -> dict:

@@ -271,7 +271,7 @@ def test_diverged_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, mon
     def train_step(self):
         losses = original(self)
         if self.grad_steps > self.protocol.num_train_steps_per_itr + 1:  # second step of iteration 1
-            losses["qf_loss"] = float("nan")
+            losses["qf_loss"] = torch.tensor(float("nan"))
         return losses
 
     monkeypatch.setattr(MetaSACAlgorithm, "train_step", train_step)
@@ -280,7 +280,7 @@ def test_diverged_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, mon
                      "--set", "num_iterations=3", "--run-dir", str(run_dir), "--no-progress"])
     assert code == 3
     error = capsys.readouterr().err
-    assert "training diverged: train/qf_loss became nan" in error and "(iteration 1)" in error
+    assert "training diverged: train/qf_loss became nan at gradient step 5 (iteration 1)" in error
     assert [row["iteration"] for row in read_metrics(run_dir)] == [0]
     assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 0
     assert not (run_dir / "results.json").exists()

@@ -25,15 +25,16 @@ class ContextBuffer:
         self._data = torch.zeros(1, capacity, context_dim)
         self.length = 0
 
-    def reset(self, num_tasks: int = 1) -> None:
-        if self._data.shape[0] != num_tasks:
-            self._data = torch.zeros(num_tasks, self._data.shape[1], self.context_dim)
+    def reset(self, num_tasks: int = 1, device: torch.device | None = None) -> None:
+        device = self._data.device if device is None else torch.device(device)
+        if self._data.shape[0] != num_tasks or self._data.device != device:
+            self._data = torch.zeros(num_tasks, self._data.shape[1], self.context_dim, device=device)
         self.length = 0
 
     def append(self, row: torch.Tensor) -> None:
         """Append one row, ``(context_dim,)`` shared by all tasks or ``(num_tasks, context_dim)``."""
         if self.length == self._data.shape[1]:  # double the storage: amortised constant cost
-            grown = torch.zeros(self._data.shape[0], 2 * self._data.shape[1], self.context_dim)
+            grown = self._data.new_zeros(self._data.shape[0], 2 * self._data.shape[1], self.context_dim)
             grown[:, : self.length] = self._data
             self._data = grown
         self._data[:, self.length] = row
@@ -54,6 +55,8 @@ class MetaAgent(nn.Module):
         self.context_dim = obs_dim + action_dim + 1 + (obs_dim if use_next_obs else 0)
         self._context = ContextBuffer(self.context_dim)
         self.policy: TanhGaussianPolicy | None = None
+        # moves with .to(device) like the weights: tensors the agent makes itself are made where it lives
+        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
         self.z = torch.zeros(1, latent_dim)
 
     # ------------------------------------------------------------------ to implement
@@ -70,8 +73,12 @@ class MetaAgent(nn.Module):
         """Called by the path sampler after every episode; posterior-sampling agents resample ``z`` here."""
 
     # ------------------------------------------------------------------ shared behaviour
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
+
     def clear_context(self, num_tasks: int = 1) -> None:
-        self._context.reset(num_tasks)
+        self._context.reset(num_tasks, self.device)
         self.z = self.prior_z(num_tasks)
 
     def make_context_row(self, transition: Transition) -> torch.Tensor:
@@ -80,7 +87,7 @@ class MetaAgent(nn.Module):
                  np.asarray([reward], dtype=np.float32)]
         if self.use_next_obs:
             parts.append(np.asarray(next_obs, dtype=np.float32).ravel())
-        return torch.from_numpy(np.concatenate(parts))
+        return torch.from_numpy(np.concatenate(parts)).to(self.device)
 
     def update_context(self, transition: Transition) -> None:
         self._context.append(self.make_context_row(transition))
@@ -96,9 +103,9 @@ class MetaAgent(nn.Module):
 
     @torch.no_grad()
     def get_action(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, dict]:
-        obs_tensor = torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1)
+        obs_tensor = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device).reshape(1, -1)
         out = self.policy(obs_tensor, self.z[:1], deterministic=deterministic)
-        return out.action[0].numpy(), {}
+        return out.action[0].cpu().numpy(), {}
 
     @property
     def networks(self) -> list[nn.Module]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
@@ -118,7 +119,9 @@ class RunConfig:
     protocol: ProtocolConfig
     agent: Any                         # the algorithm's own typed config (e.g. PearlConfig)
     num_threads: int = 1               # torch intra-op threads
-    bf16: bool = True                  # bfloat16 autocast for gradient steps (AVX512-BF16 CPUs: ~2.7x faster)
+    bf16: bool | str = "auto"          # bfloat16 autocast for gradient steps: true, false or auto (on where native:
+                                       # AVX512-BF16/AMX CPUs, ~2.7x faster; emulated and slower elsewhere)
+    device: str = "auto"               # auto | cpu | cuda; networks, batches and evaluation run there
     run_root: str = "runs"
     run_dir: str = ""                  # set when the run starts; --resume takes it
 
@@ -126,6 +129,10 @@ class RunConfig:
         self.protocol.validate()
         if self.num_threads <= 0:
             raise ConfigError(f"num_threads must be positive, got {self.num_threads}")
+        if not (isinstance(self.bf16, bool) or self.bf16 == "auto"):
+            raise ConfigError(f"config key 'bf16' must be true, false or auto, got {self.bf16!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"config key 'device' must be one of auto, cpu, cuda, got {self.device!r}")
         if hasattr(self.agent, "validate"):
             self.agent.validate()
 
@@ -135,6 +142,14 @@ IDENTITY_FIELDS = ("env", "algo", "tier", "seed", "run_dir")
 
 def _coerce(value: str, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):  # e.g. ``bool | str``: the first member the text parses as
+        members = typing.get_args(annotation)
+        for member in sorted(members, key=lambda m: m is str):  # str accepts anything: try it last
+            try:
+                return _coerce(value, member, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r} expects one of {[m.__name__ for m in members]}, got {value!r}")
     if annotation is bool:
         lowered = value.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

@@ -91,7 +91,11 @@ def git_commit() -> str:
         return "unknown"
 
 
-def machine_description() -> dict:
+def machine_description(device: torch.device | str = "cpu") -> dict:
+    """What a result was computed on: CPU, cores, the CPU's native bf16 support, the GPU if one was used, and the
+    versions of the libraries that decide the numbers."""
+    from algos.core.device import cpu_has_native_bf16
+
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -100,5 +104,21 @@ def machine_description() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__}
+    out = {"cpu": cpu, "cores": os.cpu_count(), "cpu_native_bf16": cpu_has_native_bf16(),
+           "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+           "versions": _library_versions()}
+    if torch.device(device).type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return out
+
+
+def _library_versions() -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("torch", "numpy", "gymnasium", "mujoco", "einops"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions

@@ -12,7 +12,8 @@ losses below are written once:
 from __future__ import annotations
 
 import copy
-import math
+import functools
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,8 +84,9 @@ class MetaSACAlgorithm:
     inference_time_config: tuple[str, ...] = ()
 
     def __init__(self, env, protocol: ProtocolConfig, config: MetaSACConfig, rng: np.random.Generator,
-                 bf16: bool = False):
+                 bf16: bool = False, device: torch.device | str = "cpu"):
         self.env, self.protocol, self.config, self.rng, self.bf16 = env, protocol, config, rng, bf16
+        self.device = torch.device(device)
         meta_env = env.unwrapped
         self.obs_dim = env.observation_space.shape[0]
         self.action_dim = env.action_space.shape[0]
@@ -93,12 +95,15 @@ class MetaSACAlgorithm:
         buffer_args = (len(self.train_tasks), protocol.replay_buffer_size, self.obs_dim, self.action_dim)
         self.rl_buffer = MultiTaskReplayBuffer(*buffer_args)
         self.enc_buffer = MultiTaskReplayBuffer(*buffer_args)
-        self.agent = self.make_agent()
+        # every use of the agent starts with clear_context(), which makes its context and prior latent on its device
+        self.agent = self.make_agent().to(self.device)
         self.critic = TwinCritic(self.obs_dim, self.action_dim, config.latent_dim, config.hidden_dim,
-                                 config.num_hidden_layers)
+                                 config.num_hidden_layers).to(self.device)
         self.optimizers = self.make_optimizers()
         self.env_steps = 0
         self.grad_steps = 0
+        # wall time by phase, summed over the run (checkpointed): where a run's time goes
+        self.timings = {"collection_s": 0.0, "gradient_s": 0.0}
 
     # ------------------------------------------------------------------ to implement
     def make_agent(self) -> MetaAgent:
@@ -129,15 +134,16 @@ class MetaSACAlgorithm:
 
     # ------------------------------------------------------------------ construction helpers
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        lr = self.config.lr
+        # on a GPU, one fused kernel per optimiser step instead of a few per parameter (the CPU keeps the default)
+        adam = functools.partial(torch.optim.Adam, lr=self.config.lr, fused=True if self.device.type == "cuda" else None)
         optimizers = {
-            "policy": torch.optim.Adam(self.agent.policy.parameters(), lr=lr),
-            "qf": torch.optim.Adam([*self.critic.qf1.parameters(), *self.critic.qf2.parameters()], lr=lr),
-            "vf": torch.optim.Adam(self.critic.vf.parameters(), lr=lr),
+            "policy": adam(self.agent.policy.parameters()),
+            "qf": adam([*self.critic.qf1.parameters(), *self.critic.qf2.parameters()]),
+            "vf": adam(self.critic.vf.parameters()),
         }
         encoder_params = self.encoder_parameters()
         if encoder_params:
-            optimizers["encoder"] = torch.optim.Adam(encoder_params, lr=lr)
+            optimizers["encoder"] = adam(encoder_params)
         return optimizers
 
     @property
@@ -154,15 +160,17 @@ class MetaSACAlgorithm:
         return sample_context(self.enc_buffer, tasks, self.protocol.embedding_batch_size, self.rng,
                               use_sparse_rewards=self.protocol.sparse_rewards,
                               use_next_obs=self.protocol.use_next_obs_in_context,
-                              sequential=self.sequential_context)
+                              sequential=self.sequential_context).to(self.device)
 
     # ------------------------------------------------------------------ data collection
     def collect(self, task: int, num_samples: int, update_posterior: bool, add_to_enc_buffer: bool) -> int:
         if num_samples <= 0:
             return 0
+        started = time.perf_counter()
         steps = collect_data(self.env, self.agent, task, num_samples, self.max_path_length, self.rl_buffer,
                              self.enc_buffer, update_posterior, add_to_enc_buffer, self.sample_task_context)
         self.env_steps += steps
+        self.timings["collection_s"] += time.perf_counter() - started
         return steps
 
     def collect_initial_data(self) -> None:
@@ -186,27 +194,43 @@ class MetaSACAlgorithm:
     # ------------------------------------------------------------------ training
     def train_iteration(self, iteration_idx: int) -> dict[str, float]:
         self.collect_iteration_data()
+        started = time.perf_counter()
+        num_steps = self.protocol.num_train_steps_per_itr
+        names, rows = None, []
+        for _ in range(num_steps):
+            losses = self.train_step()
+            names = names or list(losses)
+            # one (num_losses,) tensor per step, read back once per iteration: no device sync per step
+            rows.append(torch.stack([losses[name].detach().double() for name in names]))
         totals: dict[str, float] = {}
-        for _ in range(self.protocol.num_train_steps_per_itr):
-            for key, value in self.train_step().items():
-                if not math.isfinite(value):
-                    # stop before the trainer checkpoints broken weights: the last checkpoint stays usable
-                    raise TrainingDivergedError(
-                        f"train/{key} became {value} at gradient step {self.grad_steps} (iteration {iteration_idx}); "
-                        f"the run stops here and its last checkpoint, from before this iteration, is intact. "
-                        f"Resuming would repeat the same steps: start a new run with a lower agent.lr instead.")
-                totals[key] = totals.get(key, 0.0) + value
-        n = max(1, self.protocol.num_train_steps_per_itr)
+        if rows:
+            table = torch.stack(rows).cpu().numpy()                                  # (steps, num_losses)
+            finite = np.isfinite(table)
+            if not finite.all():
+                step, column = map(int, np.argwhere(~finite)[0])
+                # stop before the trainer checkpoints broken weights: the last checkpoint stays usable
+                raise TrainingDivergedError(
+                    f"train/{names[column]} became {table[step, column]} at gradient step "
+                    f"{self.grad_steps - num_steps + step + 1} (iteration {iteration_idx}); the run stops here and its "
+                    f"last checkpoint, from before this iteration, is intact. Resuming would repeat the same steps: "
+                    f"start a new run with a lower agent.lr instead.")
+            for column, name in enumerate(names):
+                total = 0.0
+                for value in table[:, column]:  # summed in step order, as floats: the logged means are exact
+                    total += float(value)
+                totals[name] = total
+        self.timings["gradient_s"] += time.perf_counter() - started
+        n = max(1, num_steps)
         return {f"train/{k}": v / n for k, v in totals.items()}
 
     def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, torch.Tensor]:
         p, c = self.protocol, self.config
         tasks = self.rng.choice(self.train_tasks, size=p.meta_batch)  # with replacement, as the reference
         context = self.training_context(self.sample_task_context(tasks))  # (tasks, n, context_dim)
-        batch = sample_rl_batch(self.rl_buffer, tasks, p.batch_size, self.rng)
+        batch = {k: v.to(self.device) for k, v in sample_rl_batch(self.rl_buffer, tasks, p.batch_size, self.rng).items()}
         flat = {k: rearrange(v, "t b d -> (t b) d") for k, v in batch.items()}
         obs, actions, next_obs, terminals = flat["obs"], flat["actions"], flat["next_obs"], flat["terminals"]
         rewards = flat["rewards"] if (c.critic_uses_dense_reward or not p.sparse_rewards) else flat["sparse_rewards"]
@@ -235,6 +259,10 @@ class MetaSACAlgorithm:
         if "encoder" in self.optimizers:
             self.optimizers["encoder"].step()
 
+        # The policy and V losses differentiate through Q only with respect to the action: freezing Q's weights
+        # for this pass skips their weight gradients (which the next Q step would zero unused). Same math.
+        critic.qf1.requires_grad_(False)
+        critic.qf2.requires_grad_(False)
         with self.autocast():
             z_detached = z.detach()
             pi = policy(obs, z_detached)
@@ -256,12 +284,15 @@ class MetaSACAlgorithm:
         self.optimizers["policy"].zero_grad(set_to_none=True)
         policy_loss.backward()
         self.optimizers["policy"].step()
+        critic.qf1.requires_grad_(True)
+        critic.qf2.requires_grad_(True)
         self.grad_steps += 1
 
-        out = {"qf_loss": qf_loss.item(), "vf_loss": vf_loss.item(), "policy_loss": policy_loss.item(),
-               "q_mean": q1_pred.mean().item(), "log_pi": pi.log_prob.mean().item()}
-        out.update({k: v.item() for k, v in encoder_losses.items()})
-        return out
+        # tensors, not floats: reading them back would wait for the device every step
+        out = {"qf_loss": qf_loss, "vf_loss": vf_loss, "policy_loss": policy_loss,
+               "q_mean": q1_pred.mean(), "log_pi": pi.log_prob.mean()}
+        out.update(encoder_losses)
+        return {k: v.detach() for k, v in out.items()}
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
@@ -270,7 +301,7 @@ class MetaSACAlgorithm:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "rl_buffer": self.rl_buffer.state_dict(), "enc_buffer": self.enc_buffer.state_dict(),
             "rng": self.rng.bit_generator.state, "env_rng": self.env.unwrapped.np_random.bit_generator.state,
-            "env_steps": self.env_steps, "grad_steps": self.grad_steps,
+            "env_steps": self.env_steps, "grad_steps": self.grad_steps, "timings": dict(self.timings),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -283,3 +314,4 @@ class MetaSACAlgorithm:
         self.rng.bit_generator.state = state["rng"]
         self.env.unwrapped.np_random.bit_generator.state = state["env_rng"]
         self.env_steps, self.grad_steps = state["env_steps"], state["grad_steps"]
+        self.timings.update(state.get("timings", {}))

@@ -6,8 +6,10 @@ at the end, ``results.json``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +21,7 @@ from tqdm import tqdm
 import envs_glue
 from algos import algorithm_class
 from algos.core.config import ConfigError, ProtocolConfig, RunConfig, apply_overrides, protocol_for, to_dict
+from algos.core.device import resolve_bf16, resolve_device, warn_if_slow
 from algos.core.evaluation import EvalResult, evaluate
 from algos.core.io import (CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit,
                            load_checkpoint, machine_description, read_json)
@@ -31,7 +34,14 @@ def build_config(env: str, algo: str, tier: str, seed: int, overrides: list[str]
     protocol = protocol_for(env, tier)
     algo_cls = algorithm_class(algo)
     config = RunConfig(env=env, algo=algo, tier=tier, seed=seed, protocol=protocol, agent=algo_cls.config_class())
-    return apply_overrides(config, overrides or [])
+    return resolve_hardware(apply_overrides(config, overrides or []))
+
+
+def resolve_hardware(config: RunConfig) -> RunConfig:
+    """Resolve ``device`` and ``bf16`` from ``auto`` to what this machine runs, so config.json records them."""
+    config.device = resolve_device(config.device)
+    config.bf16 = resolve_bf16(config.bf16, config.device)
+    return config
 
 
 def config_from_dict(data: dict) -> RunConfig:
@@ -62,7 +72,15 @@ def _dataclass_from_dict(cls, data: dict):
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path | None = None, progress: bool = True):
         config.validate()
+        if config.device == "cuda" and not torch.cuda.is_available():
+            # a run started on a GPU continues on the CPU (its math is the same); config.json will say so
+            print(f"warning: this run was started on CUDA, which this machine does not have: it continues on the CPU",
+                  file=sys.stderr)
+            config.device = "cpu"
+        resolve_hardware(config)  # configs saved before these settings existed say neither
+        warn_if_slow(config.bf16, config.device)
         self.config = config
+        self.device = torch.device(config.device)
         self.progress = progress
         torch.set_num_threads(config.num_threads)
         if run_dir is None:
@@ -76,28 +94,46 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.env = envs_glue.make_env(config.env, seed=config.seed)
         self.algorithm = algorithm_class(config.algo)(self.env, config.protocol, config.agent, self.rng,
-                                                      bf16=config.bf16)
+                                                      bf16=config.bf16, device=self.device)
         self.start_iteration = 0
         self.learning_curve: list[dict] = []
         self.elapsed = 0.0
+        self.evaluation_s = 0.0  # wall time spent in meta-test evaluations, summed over segments
         # the code this process runs: read now, since the tree may move on before the run finishes; a resumed run
         # keeps the commits of all its segments
         self.git_commits = [git_commit()]
 
     # ------------------------------------------------------------------ evaluation
+    @contextlib.contextmanager
+    def isolated_randomness(self, seed: int):
+        """Run rollouts with their own ``seed`` without shifting the training random streams: torch's generators
+        (the GPU's too) are forked and the env's generator is saved and restored. Evaluation and the analysis
+        notebooks use it, so they replay the same episodes and never change what training does next."""
+        meta_env = self.env.unwrapped
+        env_rng_state = meta_env.np_random.bit_generator.state
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                self.env.reset(seed=seed)
+                yield
+        finally:
+            meta_env.np_random.bit_generator.state = env_rng_state
+
     def evaluate(self, eval_seed: int, num_repeats: int) -> EvalResult:
         p = self.config.protocol
         meta_env = self.env.unwrapped
-        # Evaluation runs in the training env (an oracle reads its task there) with its own seeds, and never
-        # shifts the training random streams: torch's is forked, the env's is saved and restored.
-        env_rng_state = meta_env.np_random.bit_generator.state
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(eval_seed)
-            self.env.reset(seed=eval_seed)
-            result = evaluate(self.env, self.algorithm.agent, meta_env.test_task_ids, p.num_steps_per_eval,
-                              p.num_exp_traj_eval, num_repeats, meta_env.max_episode_steps, p.sparse_rewards)
-        meta_env.np_random.bit_generator.state = env_rng_state
-        return result
+        # evaluation runs in the training env (an oracle reads its task there) with its own seeds
+        with self.isolated_randomness(eval_seed):
+            return evaluate(self.env, self.algorithm.agent, meta_env.test_task_ids, p.num_steps_per_eval,
+                            p.num_exp_traj_eval, num_repeats, meta_env.max_episode_steps, p.sparse_rewards)
+
+    def wall_time_split(self) -> dict[str, float]:
+        """``wall_time_s`` by phase: collection, gradient steps, the per-iteration evaluations, and the rest
+        (checkpoints, logging). The low-noise final evaluation comes after and is timed on its own."""
+        split = {"collection_s": 0.0, "gradient_s": 0.0, **getattr(self.algorithm, "timings", {}),
+                 "evaluation_s": self.evaluation_s}
+        split["other_s"] = max(0.0, self.elapsed - sum(split.values()))
+        return split
 
     # ------------------------------------------------------------------ checkpoints
     def eval_seed(self, offset: int) -> int:
@@ -118,6 +154,8 @@ class Trainer:
         atomic_torch_save(self.checkpoint_path, {
             "iteration": iteration, "algorithm": self.algorithm.state_dict(), "torch_rng": torch.get_rng_state(),
             "learning_curve": self.learning_curve, "elapsed": self.elapsed, "git_commits": self.git_commits,
+            "evaluation_s": self.evaluation_s,
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         })
 
     def load_checkpoint(self, for_resume: bool = True) -> None:
@@ -127,11 +165,14 @@ class Trainer:
         self.algorithm.load_state_dict(state["algorithm"])
         self.learning_curve = state["learning_curve"]
         self.elapsed = state["elapsed"]
+        self.evaluation_s = state.get("evaluation_s", 0.0)
         self.start_iteration = state["iteration"] + 1
         if for_resume:
             earlier = list(state.get("git_commits", []))
             self.git_commits = earlier + [c for c in self.git_commits if c not in earlier]
             torch.set_rng_state(state["torch_rng"])
+            if self.device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
             # the checkpoint's learning curve is the complete record: rewrite the metrics file from it, which drops
             # rows written after the checkpoint and repairs a line cut short or lost by a kill between the writes
             atomic_write_text(self.run_dir / "metrics.jsonl",
@@ -159,7 +200,9 @@ class Trainer:
         for iteration in bar:
             scalars = dict(self.algorithm.train_iteration(iteration))
             if (iteration + 1) % p.eval_interval == 0 or iteration == p.num_iterations - 1:
+                evaluation_started = time.perf_counter()
                 result = self.evaluate(self.eval_seed(iteration), p.num_evals)
+                self.evaluation_s += time.perf_counter() - evaluation_started
                 scalars.update(result.scalars())
                 bar.set_postfix(meta_test_return=f"{result.meta_test_return:.3f}")
             self.elapsed = time.perf_counter() - started
@@ -181,8 +224,12 @@ class Trainer:
         cfg, p = self.config, self.config.protocol
         last = next((row for row in reversed(self.learning_curve) if "meta_test_return" in row), {})
         final_eval = None
+        # phases of wall_time_s, and the low-noise final evaluation that follows it
+        wall_time_split = self.wall_time_split()
         if p.final_eval_repeats > 0:
+            started = time.perf_counter()
             result = self.final_evaluation()
+            wall_time_split["final_evaluation_s"] = time.perf_counter() - started
             final_eval = {"meta_test_return": result.meta_test_return, "num_repeats": p.final_eval_repeats,
                           "online_returns": result.online_returns,
                           "per_task_final_returns": result.per_task_final_returns}
@@ -195,10 +242,11 @@ class Trainer:
             "learning_curve": [{k: row[k] for k in ("iteration", "env_steps", "grad_steps", "wall_time_s",
                                                      "meta_test_return") if k in row} for row in self.learning_curve],
             "env_steps": self.algorithm.env_steps, "grad_steps": self.algorithm.grad_steps,
-            "wall_time_s": self.elapsed, "parameter_count": self.algorithm.parameter_count(),
+            "wall_time_s": self.elapsed, "wall_time_split_s": wall_time_split,
+            "parameter_count": self.algorithm.parameter_count(),
             # the commit the run started at; ``git_commits`` lists more when resumed at other ones
             "git_commit": self.git_commits[0], "git_commits": self.git_commits,
-            "machine": machine_description(), "config": to_dict(cfg),
+            "machine": machine_description(self.device), "config": to_dict(cfg),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(self.run_dir / "results.json", results)

@@ -1,0 +1,129 @@
+"""The ``device`` and ``bf16`` run settings: resolution, recording, the device-agnostic paths on the CPU, and (where
+torch sees a GPU) every method on CUDA with a checkpoint that resumes on the CPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from algos import ALGORITHMS
+from algos.core import device as device_module
+from algos.core.config import ConfigError
+from algos.core.meta_sac import MetaSACAlgorithm
+from algos.core.trainer import Trainer, build_config, resume_trainer
+from tests.conftest import make_trainer, read_metrics, strip_nondeterministic
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def test_auto_resolves_to_what_the_machine_has_and_is_recorded(tmp_path):
+    config = build_config("point-robot", "pearl", "smoke", 0)
+    assert config.device == ("cuda" if HAS_CUDA else "cpu")
+    assert config.bf16 is device_module.native_bf16(config.device)
+    trainer = Trainer(config, run_dir=tmp_path / "run", progress=False)
+    results = trainer.run()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["device"] == config.device and saved["bf16"] is config.bf16
+    assert results["config"]["bf16"] is config.bf16
+    assert results["machine"]["cpu_native_bf16"] is device_module.cpu_has_native_bf16()
+    assert set(results["machine"]["versions"]) >= {"torch", "numpy", "gymnasium", "mujoco"}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_follows_native_support_and_explicit_values_win(monkeypatch, native):
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+    assert build_config("point-robot", "pearl", "smoke", 0, ["device=cpu"]).bf16 is native
+    assert build_config("point-robot", "pearl", "smoke", 0, ["device=cpu", "bf16=true"]).bf16 is True
+    assert build_config("point-robot", "pearl", "smoke", 0, ["device=cpu", "bf16=false"]).bf16 is False
+
+
+@pytest.mark.parametrize("override, key", [("device=tpu", "device"), ("bf16=sometimes", "bf16")])
+def test_bad_device_or_precision_is_a_clear_error(override, key):
+    with pytest.raises(ConfigError, match=key):
+        build_config("point-robot", "pearl", "smoke", 0, [override])
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="device.*cuda.*no CUDA GPU"):
+        build_config("point-robot", "pearl", "smoke", 0, ["device=cuda"])
+
+
+def test_resumed_run_keeps_its_precision_and_warns_where_it_is_emulated(tmp_path, monkeypatch, capsys):
+    trainer = make_trainer("point-robot", tmp_path / "run", "sac-no-context", overrides=["bf16=true", "device=cpu"])
+    trainer.run()
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    resumed = resume_trainer(tmp_path / "run", progress=False)
+    assert resumed.config.bf16 is True
+    assert "bf16 autocast, which this CPU only emulates" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algo", [a for a in ALGORITHMS if a != "oracle"])
+def test_agent_tensors_live_on_the_agent_device(tmp_path, algo):
+    trainer = make_trainer("point-robot", tmp_path / algo, algo, overrides=["device=cpu"])
+    agent = trainer.algorithm.agent
+    assert agent.device == torch.device("cpu")
+    agent.clear_context()
+    assert agent.z.device == agent.device and agent.context.device == agent.device
+
+
+def test_policy_step_leaves_q_weights_trainable_and_without_policy_gradients(tmp_path):
+    """The policy/V pass freezes Q's weights (their gradients were never used): afterwards Q is trainable again
+    and its gradients are exactly those of the Q loss."""
+    trainer = make_trainer("point-robot", tmp_path / "run", "pearl", overrides=["device=cpu", "bf16=false"])
+    algorithm = trainer.algorithm
+    algorithm.collect_initial_data()
+    q_losses = []
+    original = algorithm.optimizers["qf"].step
+
+    def recording_step(*args, **kwargs):
+        q_losses.append([p.grad.clone() for p in algorithm.critic.qf1.parameters()])
+        return original(*args, **kwargs)
+
+    algorithm.optimizers["qf"].step = recording_step
+    algorithm.train_step()
+    assert all(p.requires_grad for p in algorithm.critic.qf1.parameters())
+    assert all(p.grad is not None for p in algorithm.critic.qf1.parameters())
+    # no policy-loss gradient was added to Q after its step
+    assert all(torch.equal(a, p.grad) for a, p in zip(q_losses[0], algorithm.critic.qf1.parameters()))
+
+
+def test_wall_time_is_split_by_phase(tmp_path):
+    results = make_trainer("point-robot", tmp_path / "run", "pearl").run()
+    split = dict(results["wall_time_split_s"])
+    assert set(split) == {"collection_s", "gradient_s", "evaluation_s", "other_s", "final_evaluation_s"}
+    assert all(value >= 0 for value in split.values())
+    assert split["collection_s"] > 0 and split["gradient_s"] > 0 and split["evaluation_s"] > 0
+    assert split.pop("final_evaluation_s") > 0  # after the loop: not part of wall_time_s
+    assert sum(split.values()) == pytest.approx(results["wall_time_s"], rel=1e-6)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("algo", [a for a in ALGORITHMS if a != "oracle"])
+def test_every_method_trains_on_cuda_and_resumes_on_the_cpu(tmp_path, algo, monkeypatch):
+    run_dir = tmp_path / algo
+    config = build_config("point-robot", algo, "smoke", 0, ["device=cuda", "num_iterations=1"])
+    trainer = Trainer(config, run_dir=run_dir, progress=False)
+    trainer.run()
+    assert next(trainer.algorithm.critic.parameters()).device.type == "cuda"
+    # the same checkpoint continues on a machine without a GPU
+    saved = json.loads((run_dir / "config.json").read_text())
+    saved["protocol"]["num_iterations"] = 2
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    (run_dir / "results.json").unlink()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    resumed = resume_trainer(run_dir, progress=False)
+    assert resumed.device.type == "cpu"
+    resumed.run(resume=True)
+    assert [row["iteration"] for row in read_metrics(run_dir)] == [0, 1]
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_cuda_runs_are_deterministic(tmp_path):
+    rows = []
+    for name in ("a", "b"):
+        trainer = make_trainer("point-robot", tmp_path / name, "pearl", overrides=["device=cuda", "bf16=false"])
+        trainer.run()
+        rows.append(strip_nondeterministic(read_metrics(tmp_path / name)))
+    assert rows[0] == rows[1]
