@@ -309,6 +309,8 @@ class MetaSACAlgorithm:
         self.critic.load_state_dict(state["critic"])
         for key, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][key])
+            for group in optimizer.param_groups:  # a checkpoint from a GPU run continues on this device's Adam
+                group["fused"] = True if self.device.type == "cuda" else None
         self.rl_buffer.load_state_dict(state["rl_buffer"])
         self.enc_buffer.load_state_dict(state["enc_buffer"])
         self.rng.bit_generator.state = state["rng"]
