@@ -78,6 +78,10 @@ def _json_default(value):
 
 
 def git_commit() -> str:
+    """The commit this code is at (``-dirty`` with uncommitted code changes). Where the tree travelled without its
+    git metadata (a cluster node, a lent GPU machine), the driver states it in ``META_RL_GIT_COMMIT``."""
+    if os.environ.get("META_RL_GIT_COMMIT") and not (Path(__file__).resolve().parents[2] / ".git").exists():
+        return os.environ["META_RL_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parents[2])
