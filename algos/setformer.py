@@ -71,6 +71,19 @@ from models.policy import build_policy
 from models.set_transformer import InducedSetAttentionBlock, PoolingByMultiheadAttention
 
 
+LATENT_NORMS = ("none", "tanh", "sphere")
+
+
+def normalise_latent(z: torch.Tensor, how: str) -> torch.Tensor:
+    """Bound latents ``(..., latent_dim)``: ``tanh`` squashes each coordinate (and saturates); ``sphere`` keeps the
+    direction and fixes the norm at ``sqrt(latent_dim)`` (entries of order 1, no saturation)."""
+    if how == "tanh":
+        return torch.tanh(z)
+    if how == "sphere":
+        return F.normalize(z, dim=-1, eps=1e-6) * math.sqrt(z.shape[-1])
+    return z
+
+
 @dataclass
 class AuxConfig:
     reward: float = 1.0       # weight of the reward head's loss; 0 switches it off
@@ -104,7 +117,8 @@ class SetFormerConfig(MetaSACConfig):
     min_context_fraction: float = 0.25  # training contexts keep a random n in [fraction * N, N] tokens
     teacher_fraction: float = 0.5    # share of each task's RL batch conditioned on the task's embedding e_j
     teacher_collection: float = 0.5  # share of each posterior collection phase (whole episodes) acted on e_j
-    bounded_latents: bool = False    # squash the encoder's z and the task embeddings e_j into (-1, 1) with tanh
+    latent_norm: str = "none"        # how z and the embeddings e_j are kept bounded: none | tanh (squash each
+                                     # coordinate into (-1, 1)) | sphere (rescale to norm sqrt(latent_dim))
     aux: AuxConfig = field(default_factory=AuxConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
@@ -123,6 +137,8 @@ class SetFormerConfig(MetaSACConfig):
             raise ConfigError(f"agent.teacher_fraction must lie in [0, 1), got {self.teacher_fraction}")
         if not 0.0 <= self.teacher_collection <= 1.0:
             raise ConfigError(f"agent.teacher_collection must lie in [0, 1], got {self.teacher_collection}")
+        if self.latent_norm not in LATENT_NORMS:
+            raise ConfigError(f"agent.latent_norm must be one of {list(LATENT_NORMS)}, got {self.latent_norm!r}")
         if self.exploration.reward_noise_std <= 0:
             raise ConfigError("agent.exploration.reward_noise_std must be positive")
         if not 0.0 <= self.exploration.min_evidence <= 1.0:
@@ -134,7 +150,7 @@ class SetEncoder(nn.Module):
     def __init__(self, context_dim: int, latent_dim: int, config: SetFormerConfig):
         super().__init__()
         d = config.model_dim
-        self.bounded = config.bounded_latents
+        self.latent_norm = config.latent_norm
         self.token_embedding = build_mlp(context_dim, d, d, 1, small_final_init=False)
         self.blocks = nn.ModuleList(InducedSetAttentionBlock(d, config.num_heads, config.num_inducing)
                                     for _ in range(config.num_blocks))
@@ -151,7 +167,7 @@ class SetEncoder(nn.Module):
             tokens = block(tokens)
         pooled, weights = self.pooling(tokens)
         z = self.to_latent(rearrange(pooled, "t k d -> t (k d)")).float()
-        return (torch.tanh(z) if self.bounded else z), weights
+        return normalise_latent(z, self.latent_norm), weights
 
 
 class SetFormerAgent(MetaAgent):
@@ -184,9 +200,9 @@ class SetFormerAgent(MetaAgent):
     # ------------------------------------------------------------------ belief over hypotheses
     def embedding(self, tasks: torch.Tensor | int | None = None) -> torch.Tensor:
         """The learned embedding ``e_j`` of training task(s) ``tasks`` (all of them for ``None``), in the encoder's
-        latent range: squashed like ``z`` with ``bounded_latents``. Differentiable."""
+        latent range: normalised like ``z`` (``latent_norm``). Differentiable."""
         raw = self.task_embeddings if tasks is None else self.task_embeddings[tasks]
-        return torch.tanh(raw) if self.config.bounded_latents else raw
+        return normalise_latent(raw, self.config.latent_norm)
 
     @property
     def hypotheses(self) -> torch.Tensor:
