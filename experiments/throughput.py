@@ -8,7 +8,12 @@ Each measurement builds the method exactly as a run would (``build_config`` + ``
 batch sizes and the same thread count a benchmark cell gets), so the numbers predict the benchmark's cost:
 
 - gradient steps/s: ``algorithm.train_step()`` after ``collect_initial_data()`` and a warm-up, timed over N
-  steps (one step = one meta-batch of ``meta_batch`` tasks × ``batch_size`` transitions);
+  steps (one step = one meta-batch of ``meta_batch`` tasks × ``batch_size`` transitions), on the same weights
+  and buffers at three settings: the run's default (bf16 as resolved for this machine), bf16 forced on and off,
+  and the *naive* fp32 step (fp32, and Q's weight gradients computed in the policy pass as a plain
+  implementation does: the same math, more work). FLOPs per step are counted by torch's ``FlopCounterMode``
+  on one step, so each rate also reads as achieved GFLOP/s, beside the matrix-multiply peak this process
+  reaches at the critic's shapes (``meta_batch * batch_size`` × hidden × hidden) in fp32 and bf16;
 - env steps/s: ``collect_initial_data()`` (prior only) and ``collect_iteration_data()`` (with posterior
   inference), the environment steps they took divided by their time;
 - ``update_context`` cost per transition and ``adapt()`` latency (median over repeats) after feeding 10, 100
@@ -92,14 +97,66 @@ def collection_rate(algorithm, collect) -> dict | None:
     return {"env_steps": int(steps), "seconds": seconds, "env_steps_per_s": steps / seconds}
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def gradient_rate(algorithm, steps: int, warmup: int) -> dict:
     for _ in range(warmup):  # first steps pay for allocation and autocast set-up
         algorithm.train_step()
-    seconds = _timed(lambda: [algorithm.train_step() for _ in range(steps)])
+    _synchronize(algorithm.device)
+    seconds = _timed(lambda: ([algorithm.train_step() for _ in range(steps)], _synchronize(algorithm.device)))
     protocol = algorithm.protocol
     samples = protocol.meta_batch * protocol.batch_size
     return {"steps": steps, "seconds": seconds, "grad_steps_per_s": steps / seconds,
             "rl_samples_per_s": steps * samples / seconds}
+
+
+def flops_per_step(algorithm) -> float:
+    """Floating-point operations of one ``train_step()`` (matrix products and convolutions, as torch counts them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        algorithm.train_step()
+    return float(counter.get_total_flops())
+
+
+# the settings a gradient step is timed at: (name, bf16, Q frozen in the policy pass)
+STEP_VARIANTS = (("bf16", True, True), ("fp32", False, True), ("naive_fp32", False, False))
+
+
+def gradient_rates(algorithm, steps: int, warmup: int) -> dict:
+    """Gradient steps/s at the run's default precision and at every ``STEP_VARIANTS`` setting, on the same state;
+    each with its achieved GFLOP/s."""
+    default_bf16 = algorithm.bf16
+    flops = flops_per_step(algorithm)
+    out = {"flops_per_step": flops, "default": gradient_rate(algorithm, steps, warmup)}
+    for name, bf16, freeze in STEP_VARIANTS:
+        algorithm.bf16, algorithm.freeze_q_in_policy_step = bf16, freeze
+        try:
+            out[name] = gradient_rate(algorithm, steps, warmup)
+        finally:
+            algorithm.bf16, algorithm.freeze_q_in_policy_step = default_bf16, True
+    for name in ("default", *(v[0] for v in STEP_VARIANTS)):
+        out[name]["gflop_per_s"] = flops * out[name]["grad_steps_per_s"] / 1e9
+    out["speedup_default_vs_naive_fp32"] = (out["default"]["grad_steps_per_s"]
+                                            / out["naive_fp32"]["grad_steps_per_s"])
+    return out
+
+
+def matmul_peak(rows: int, width: int, device: torch.device, repeats: int = 20) -> dict:
+    """GFLOP/s of ``(rows × width) @ (width × width)`` in fp32 and bf16: the ceiling a step's layers can reach here."""
+    out = {"shape": [rows, width, width]}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(rows, width, device=device).to(dtype)
+        b = torch.randn(width, width, device=device).to(dtype)
+        for _ in range(3):
+            a @ b
+        _synchronize(device)
+        seconds = _timed(lambda: ([a @ b for _ in range(repeats)], _synchronize(device)))
+        out[f"{name}_gflop_per_s"] = 2 * rows * width * width * repeats / seconds / 1e9
+    return out
 
 
 def random_transition(rng: np.random.Generator, obs_dim: int, action_dim: int, step: int, episode_length: int):
@@ -141,7 +198,8 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
         meta_env = trainer.env.unwrapped
         obs_dim = trainer.env.observation_space.shape[0]
         action_dim = trainer.env.action_space.shape[0]
-        result = {"env": env, "algo": algo, "status": "ok", "bf16": config.bf16, "threads": torch.get_num_threads(),
+        result = {"env": env, "algo": algo, "status": "ok", "bf16": config.bf16, "device": config.device,
+                  "threads": torch.get_num_threads(),
                   "meta_batch": config.protocol.meta_batch, "batch_size": config.protocol.batch_size,
                   "parameter_count": algorithm.parameter_count(), "notes": []}
         result["initial_collection"] = collection_rate(algorithm, algorithm.collect_initial_data)
@@ -151,7 +209,7 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
             result["iteration_collection"] = None
             result["notes"].append("collects no data per iteration")
         if hasattr(algorithm, "train_step"):
-            result["gradient"] = gradient_rate(algorithm, args.grad_steps, args.warmup)
+            result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup)
         else:
             result["gradient"] = None
             result["notes"].append("takes no gradient steps")
@@ -172,15 +230,27 @@ def render_markdown(report: dict) -> str:
         *report_heading("Throughput", report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
                                               f"**{report['tier']}** tier"),
         "Gradient steps/s: `train_step()` after a warm-up (one step = meta_batch tasks × batch_size transitions "
-        "through critic, value, policy and encoder updates). Env steps/s: the initial collection (prior, no "
-        "inference) and one iteration's collection (with posterior inference). `adapt()`: median latency over "
-        f"{report['adapt_repeats']} calls after feeding N random transitions with `update_context` (whose mean "
-        "cost per transition is given too).",
+        "through critic, value, policy and encoder updates), on the same weights and buffers at the run's default "
+        "settings (*default*: bf16 as `bf16=auto` resolves on this machine), with bf16 autocast forced on and off, "
+        "and as a *naive* fp32 step (fp32, and Q's weight gradients also computed in the policy pass, as a plain "
+        "implementation does: the same math, more work); *default / naive* is their ratio. GFLOP/step is counted "
+        "by torch's `FlopCounterMode` over one step; *GFLOP/s* is that times the default rate. Env steps/s: the "
+        "initial collection (prior, no inference) and one iteration's collection (with posterior inference). "
+        f"`adapt()`: median latency over {report['adapt_repeats']} calls after feeding N random transitions with "
+        "`update_context` (whose mean cost per transition is given too).",
         "",
     ]
+    peak = report.get("matmul_peak")
+    if peak:
+        rows, width, _ = peak["shape"]
+        parts += [f"**Matrix-multiply peak in this process** ({rows} × {width} @ {width} × {width}, the critic's "
+                  f"layer shape at this tier): fp32 {_f(peak['fp32_gflop_per_s'])} GFLOP/s, bf16 "
+                  f"{_f(peak['bf16_gflop_per_s'])} GFLOP/s.", ""]
     for env in report["envs"]:
         rows = [r for r in report["results"] if r["env"] == env]
-        header = ["method", "params", "meta_batch × batch", "bf16", "grad steps/s", "env steps/s (initial)",
+        header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
+                  "grad steps/s (bf16)", "grad steps/s (fp32)", "grad steps/s (naive fp32)", "default / naive",
+                  "GFLOP/step", "GFLOP/s (default)", "env steps/s (initial)",
                   "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
                   *(f"update_context µs @ {n}" for n in sizes)]
         lines = [f"## {env}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -191,8 +261,14 @@ def render_markdown(report: dict) -> str:
             initial = r.get("initial_collection") or {}
             iteration = r.get("iteration_collection") or {}
             adapt = r.get("adapt") or {}
+            rate = lambda name: (gradient.get(name) or {}).get("grad_steps_per_s")  # noqa: E731
+            ratio = gradient.get("speedup_default_vs_naive_fp32")
+            flops = gradient.get("flops_per_step")
             cells = [r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
-                     "yes" if r.get("bf16") else "no", _f(gradient.get("grad_steps_per_s"), 2),
+                     "yes" if r.get("bf16") else "no", _f(rate("default"), 2), _f(rate("bf16"), 2),
+                     _f(rate("fp32"), 2), _f(rate("naive_fp32"), 2), "—" if ratio is None else f"{ratio:.2f}x",
+                     _f(None if flops is None else flops / 1e9, 2),
+                     _f((gradient.get("default") or {}).get("gflop_per_s"), 1),
                      _f(initial.get("env_steps_per_s"), 0), _f(iteration.get("env_steps_per_s"), 0),
                      *(_f((adapt.get(str(n)) or {}).get("adapt_ms_median"), 3) for n in sizes),
                      *(_f((adapt.get(str(n)) or {}).get("update_context_us"), 1) for n in sizes)]
@@ -208,6 +284,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "experiments.throughput", *(sys.argv[1:] if argv is None else argv)])
     results, failed = [], False
+    torch.set_num_threads(args.threads)
+    peak_config = build_config(args.envs[0], "pearl", args.tier, args.seed, list(args.overrides))
+    matmul = matmul_peak(peak_config.protocol.meta_batch * peak_config.protocol.batch_size,
+                         peak_config.agent.hidden_dim, torch.device(peak_config.device))
+    print(f"matmul peak: fp32 {matmul['fp32_gflop_per_s']:.1f} GFLOP/s, bf16 {matmul['bf16_gflop_per_s']:.1f} GFLOP/s")
     for env in args.envs:
         for algo in args.algos:
             try:
@@ -231,7 +312,7 @@ def main(argv=None) -> int:
                 results.append({"env": env, "algo": algo, "status": "failed", "notes": [last]})
                 continue
             gradient = result["gradient"] or {}
-            print(f"  grad steps/s {_f(gradient.get('grad_steps_per_s'), 2)}, adapt ms "
+            print(f"  grad steps/s {_f((gradient.get('default') or {}).get('grad_steps_per_s'), 2)}, adapt ms "
                   + ", ".join(f"@{n}: {_f(result['adapt'][str(n)]['adapt_ms_median'], 3)}"
                               for n in args.context_sizes))
             results.append(result)
@@ -239,7 +320,7 @@ def main(argv=None) -> int:
         "command": command, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(), "machine": machine_description(), "threads": args.threads, "tier": args.tier,
         "envs": args.envs, "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
-        "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "results": results,
+        "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "matmul_peak": matmul, "results": results,
     }
     out = Path(args.out)
     atomic_write_json(out / "throughput.json", report)

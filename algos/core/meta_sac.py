@@ -82,6 +82,8 @@ class MetaSACAlgorithm:
     # config groups (of ``config_class``) that only change how the trained agent acts, not what it learns from a
     # given batch: ``experiments.reevaluate`` may override them on finished weights
     inference_time_config: tuple[str, ...] = ()
+    # skip Q's weight gradients in the policy/V pass (identical math); False only to time the naive step
+    freeze_q_in_policy_step = True
 
     def __init__(self, env, protocol: ProtocolConfig, config: MetaSACConfig, rng: np.random.Generator,
                  bf16: bool = False, device: torch.device | str = "cpu"):
@@ -261,8 +263,8 @@ class MetaSACAlgorithm:
 
         # The policy and V losses differentiate through Q only with respect to the action: freezing Q's weights
         # for this pass skips their weight gradients (which the next Q step would zero unused). Same math.
-        critic.qf1.requires_grad_(False)
-        critic.qf2.requires_grad_(False)
+        critic.qf1.requires_grad_(not self.freeze_q_in_policy_step)
+        critic.qf2.requires_grad_(not self.freeze_q_in_policy_step)
         with self.autocast():
             z_detached = z.detach()
             pi = policy(obs, z_detached)
