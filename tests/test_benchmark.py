@@ -276,7 +276,13 @@ def test_throughput_measures_and_skips_unimportable_methods(tmp_path, monkeypatc
     assert report["threads"] == 1 and report["git_commit"] and report["machine"]["cores"]
     by_algo = {r["algo"]: r for r in report["results"]}
     sac = by_algo["sac-no-context"]
-    assert sac["status"] == "ok" and sac["gradient"]["grad_steps_per_s"] > 0
+    assert sac["status"] == "ok"
+    gradient = sac["gradient"]
+    assert all(gradient[name]["grad_steps_per_s"] > 0 for name in ("default", "bf16", "fp32", "naive_fp32"))
+    assert gradient["flops_per_step"] > 0 and gradient["default"]["gflop_per_s"] > 0
+    assert gradient["speedup_default_vs_naive_fp32"] == pytest.approx(
+        gradient["default"]["grad_steps_per_s"] / gradient["naive_fp32"]["grad_steps_per_s"])
+    assert report["matmul_peak"]["fp32_gflop_per_s"] > 0 and report["matmul_peak"]["bf16_gflop_per_s"] > 0
     assert sac["initial_collection"]["env_steps_per_s"] > 0 and sac["iteration_collection"]["env_steps"] > 0
     assert set(sac["adapt"]) == {"10", "100"} and sac["adapt"]["100"]["adapt_ms_median"] >= 0
     assert by_algo["oracle"]["status"] == "skipped"
