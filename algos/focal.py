@@ -32,6 +32,9 @@ class FocalConfig(MetaSACConfig):
         super().validate()
         if self.metric_loss_weight < 0 or self.metric_eps <= 0:
             raise ConfigError("agent.metric_loss_weight must be >= 0 and agent.metric_eps > 0")
+        if self.metric_beta < 0 or self.metric_power <= 0:
+            raise ConfigError(f"agent.metric_beta must be >= 0 and agent.metric_power > 0 (an inverse power of the "
+                              f"distance); got beta={self.metric_beta}, power={self.metric_power}")
 
 
 def distance_metric_loss(latents: torch.Tensor, task_ids: torch.Tensor, beta: float, power: float,

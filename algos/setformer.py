@@ -124,6 +124,9 @@ class SetFormerConfig(MetaSACConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.model_dim <= 0 or self.num_heads <= 0 or self.head_num_hidden_layers < 0:
+            raise ConfigError(f"agent.model_dim and agent.num_heads must be positive and agent.head_num_hidden_layers "
+                              f">= 0; got {self.model_dim}, {self.num_heads}, {self.head_num_hidden_layers}")
         if self.model_dim % self.num_heads:
             raise ConfigError(f"agent.model_dim ({self.model_dim}) must be divisible by agent.num_heads "
                               f"({self.num_heads})")

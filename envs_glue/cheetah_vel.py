@@ -5,6 +5,10 @@ the standard reset noise) through the official ``mujoco`` bindings.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
+import mujoco
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
@@ -14,6 +18,27 @@ from envs_glue.base import MetaEnv
 TASK_SEED = 1337
 NUM_TASKS = 40
 CTRL_COST_WEIGHT = 0.05
+
+
+# gymnasium's half_cheetah.xml sets the total mass with a compiler attribute MuJoCo 3.3+ deprecates; the model it
+# compiles is unchanged, so this one message is dropped instead of printed (and logged to ./MUJOCO_LOG.TXT) per env
+KNOWN_MODEL_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+@contextlib.contextmanager
+def known_model_warnings_silenced():
+    """While the model compiles: drop ``KNOWN_MODEL_WARNINGS``; anything else MuJoCo warns becomes a Python warning."""
+    previous = mujoco.get_mju_user_warning()
+
+    def on_warning(message: str) -> None:
+        if not message.startswith(KNOWN_MODEL_WARNINGS):
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(on_warning)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 def cheetah_velocities(num_tasks: int = NUM_TASKS) -> np.ndarray:
@@ -32,7 +57,8 @@ class CheetahVelEnv(HalfCheetahEnv, MetaEnv):
         self.velocities = cheetah_velocities()
         self._goal_velocity = float(self.velocities[0])
         self.task_idx = 0
-        super().__init__(render_mode=render_mode)
+        with known_model_warnings_silenced():
+            super().__init__(render_mode=render_mode)
         # The reference observation keeps the torso position, so 8 + 9 + 3 = 20 dims.
         self.observation_space = spaces.Box(low=-np.inf, high=np.inf, shape=(20,), dtype=np.float64)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from algos import ALGORITHMS
-from algos.core.config import SEEDS, TIERS
+from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, TIERS
 from envs_glue import ENV_SPECS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -150,8 +150,7 @@ def config_mismatch(cell: Cell, tier: str, overrides: list[str]) -> list[str]:
     return config_differences(saved, wanted)
 
 
-# Keys that say where and how fast a run ran, not what it computed.
-NON_SEMANTIC_CONFIG_KEYS = frozenset({"num_threads", "run_dir", "run_root", "device"})
+NON_SEMANTIC_CONFIG_KEYS = NON_SEMANTIC_KEYS  # where and how fast a run ran, not what it computed
 
 
 def flatten_config(data: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS, prefix: str = "") -> dict:
@@ -241,7 +240,8 @@ class CellRunner:
             shutil.rmtree(cell.run_dir)  # killed before its first checkpoint: nothing worth keeping
         cell.run_dir.mkdir(parents=True, exist_ok=True)
         command = self.command(cell)
-        stderr = open(cell.run_dir / "stderr.log", "wb")
+        # a resumed cell keeps the log of its earlier segments
+        stderr = open(cell.run_dir / "stderr.log", "ab" if cell.resumable else "wb")
         stderr.write(f"$ {shlex.join(command)}\n".encode())
         stderr.flush()
         process = subprocess.Popen(command, cwd=cell.run_dir, env=self.child_env, stdout=subprocess.DEVNULL,

@@ -46,8 +46,12 @@ def main(argv=None) -> int:
             trainer = Trainer(config, run_dir=args.run_dir, progress=not args.no_progress)
             resume = False
         results = trainer.run(resume=resume)
-    except (ConfigError, ValueError, FileNotFoundError, CheckpointError) as error:
+    except (ConfigError, CheckpointError) as error:  # the project's own errors: one line; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the outside world: a path that is missing, read-only, full or not a folder
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except TrainingDivergedError as error:
         print(f"error: training diverged: {error}", file=sys.stderr)

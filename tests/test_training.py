@@ -280,7 +280,28 @@ def test_diverged_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, mon
                      "--set", "num_iterations=3", "--run-dir", str(run_dir), "--no-progress"])
     assert code == 3
     error = capsys.readouterr().err
-    assert "training diverged: train/qf_loss became nan at gradient step 5 (iteration 1)" in error
+    assert "training diverged: train/qf_loss became nan at gradient step 5 (iteration 1; that step's losses: " in error
+    assert "qf_loss=nan" in error and "the last checkpoint (after iteration 0) is intact" in error
     assert [row["iteration"] for row in read_metrics(run_dir)] == [0]
     assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 0
     assert not (run_dir / "results.json").exists()
+
+
+def test_divergence_in_the_first_iteration_says_no_checkpoint_exists(tmp_path, monkeypatch, capsys):
+    from algos.core.meta_sac import MetaSACAlgorithm
+    original = MetaSACAlgorithm.train_step
+
+    def train_step(self):
+        losses = original(self)
+        losses["vf_loss"] = torch.tensor(float("inf"))
+        return losses
+
+    monkeypatch.setattr(MetaSACAlgorithm, "train_step", train_step)
+    run_dir = tmp_path / "diverged"
+    code = cli.main(["--env", "point-robot", "--algo", "sac-no-context", "--tier", "smoke", "--run-dir", str(run_dir),
+                     "--no-progress"])
+    assert code == 3
+    error = capsys.readouterr().err
+    assert "train/vf_loss became inf at gradient step 1 (iteration 0" in error
+    assert "no checkpoint was written" in error and "is intact" not in error
+    assert not (run_dir / "checkpoint.pt").exists()

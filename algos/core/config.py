@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
@@ -25,6 +26,22 @@ QUICK_BATCH_SIZE = 64
 
 class ConfigError(ValueError):
     """A bad configuration key or value; the message names it."""
+
+
+# keys that say where and how fast a run computes, not what it computes
+NON_SEMANTIC_KEYS = frozenset({"num_threads", "run_dir", "run_root", "device"})
+MAX_ITERATIONS = 1_000_000  # the protocol runs 20; anything near this is a typo, not an experiment
+
+
+def check_finite(obj: Any, prefix: str = "") -> None:
+    """Every float of a (nested) config dataclass is finite: NaN passes every ``x < 0`` check, so it is refused
+    here once instead of slipping past each bound."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{prefix}{f.name}' must be a finite number, got {value}")
 
 
 @dataclass
@@ -64,6 +81,8 @@ class ProtocolConfig:
         for name in nonnegative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"protocol.{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_iterations > MAX_ITERATIONS:
+            raise ConfigError(f"protocol.num_iterations must be at most {MAX_ITERATIONS:,}, got {self.num_iterations:,}")
         if not 0.0 <= self.discount <= 1.0:
             raise ConfigError(f"protocol.discount must lie in [0, 1], got {self.discount}")
 
@@ -126,6 +145,9 @@ class RunConfig:
     run_dir: str = ""                  # set when the run starts; --resume takes it
 
     def validate(self) -> None:
+        check_finite(self.protocol, "protocol.")
+        if is_dataclass(self.agent):
+            check_finite(self.agent, "agent.")
         self.protocol.validate()
         if self.num_threads <= 0:
             raise ConfigError(f"num_threads must be positive, got {self.num_threads}")
@@ -225,11 +247,18 @@ def set_value(config: RunConfig, key: str, value: str) -> None:
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    seen: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        set_value(config, key.strip(), value.strip())
+        key = key.strip()
+        # ``lr`` and ``agent.lr`` are one key: a second value would silently win
+        canonical = key.removeprefix("agent.").removeprefix("protocol.")
+        if canonical in seen:
+            raise ConfigError(f"config key {key!r} is set twice ({seen[canonical]!r} and {item!r}); set it once")
+        seen[canonical] = item
+        set_value(config, key, value.strip())
     config.validate()
     return config
 

@@ -48,10 +48,13 @@ class MetaSACConfig:
 
     def validate(self) -> None:
         for name in ("latent_dim", "hidden_dim", "num_hidden_layers"):
-            if getattr(self, name) < 0 or (name != "latent_dim" and getattr(self, name) == 0):
+            if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 < self.tau <= 1:
             raise ConfigError(f"agent.lr must be > 0 and agent.tau in (0, 1]; got lr={self.lr}, tau={self.tau}")
+        for name in ("policy_mean_reg", "policy_std_reg", "policy_pre_tanh_reg"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"agent.{name} must be >= 0, got {getattr(self, name)}")
 
 
 class TwinCritic(nn.Module):
@@ -210,12 +213,11 @@ class MetaSACAlgorithm:
             finite = np.isfinite(table)
             if not finite.all():
                 step, column = map(int, np.argwhere(~finite)[0])
-                # stop before the trainer checkpoints broken weights: the last checkpoint stays usable
+                values = ", ".join(f"{name}={value:.4g}" for name, value in zip(names, table[step]))
+                # raised before the trainer checkpoints the broken weights
                 raise TrainingDivergedError(
                     f"train/{names[column]} became {table[step, column]} at gradient step "
-                    f"{self.grad_steps - num_steps + step + 1} (iteration {iteration_idx}); the run stops here and its "
-                    f"last checkpoint, from before this iteration, is intact. Resuming would repeat the same steps: "
-                    f"start a new run with a lower agent.lr instead.")
+                    f"{self.grad_steps - num_steps + step + 1} (iteration {iteration_idx}; that step's losses: {values})")
             for column, name in enumerate(names):
                 total = 0.0
                 for value in table[:, column]:  # summed in step order, as floats: the logged means are exact

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
+import threading
 import sys
 import time
 from datetime import datetime, timezone
@@ -20,9 +22,12 @@ from tqdm import tqdm
 
 import envs_glue
 from algos import algorithm_class
-from algos.core.config import ConfigError, ProtocolConfig, RunConfig, apply_overrides, protocol_for, to_dict
+from algos.core.config import (NON_SEMANTIC_KEYS, ConfigError, ProtocolConfig, RunConfig, apply_overrides,
+                               protocol_for, to_dict)
 from algos.core.device import resolve_bf16, resolve_device, warn_if_slow
 from algos.core.evaluation import EvalResult, evaluate
+from algos.core.sampler import num_eval_episodes
+from algos.core.meta_sac import TrainingDivergedError
 from algos.core.io import (CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit,
                            load_checkpoint, machine_description, read_json)
 
@@ -30,11 +35,109 @@ FINAL_EVAL_OFFSET = 999_983  # eval seeds: seed * 1_000_003 + iteration (final: 
 
 
 def build_config(env: str, algo: str, tier: str, seed: int, overrides: list[str] | None = None) -> RunConfig:
-    envs_glue.env_spec(env)
+    try:
+        envs_glue.env_spec(env)
+        algo_cls = algorithm_class(algo)
+    except ValueError as error:  # unknown names: a one-line configuration error
+        raise ConfigError(str(error)) from None
     protocol = protocol_for(env, tier)
-    algo_cls = algorithm_class(algo)
     config = RunConfig(env=env, algo=algo, tier=tier, seed=seed, protocol=protocol, agent=algo_cls.config_class())
     return resolve_hardware(apply_overrides(config, overrides or []))
+
+
+BYTES_PER_FLOAT = 4
+ACTIVATION_COPIES = 12  # a gradient step keeps about this many hidden activations per RL sample (twin Q, V, target
+                        # V, policy, Q on the policy's action, forward and backward)
+
+
+def memory_estimate(config: RunConfig, num_train_tasks: int, obs_dim: int, action_dim: int) -> dict[str, int]:
+    """Bytes a run will hold at its peak, roughly: the two replay buffers as far as the run can fill them, and the
+    activations of one gradient step."""
+    p, agent = config.protocol, config.agent
+    per_task = p.num_initial_steps + p.num_iterations * (p.num_steps_prior + p.num_steps_posterior
+                                                         + p.num_extra_rl_steps_posterior)
+    row = (2 * obs_dim + action_dim + 4) * BYTES_PER_FLOAT + 1  # obs, next obs, action, 4 scalars, episode start
+    buffers = 2 * num_train_tasks * min(p.replay_buffer_size, per_task) * row
+    hidden = getattr(agent, "hidden_dim", 0) * getattr(agent, "num_hidden_layers", 0)
+    samples = p.meta_batch * p.batch_size
+    batch = samples * (hidden * ACTIVATION_COPIES + 2 * obs_dim + action_dim + 4) * BYTES_PER_FLOAT
+    context = p.meta_batch * p.embedding_batch_size * max(hidden, 256) * ACTIVATION_COPIES * BYTES_PER_FLOAT
+    return {"buffers": buffers, "gradient_step": batch + context}
+
+
+def available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits(config: RunConfig, env) -> None:
+    """What only the environment can tell: settings that cannot apply to it, and whether the run fits in memory.
+    Raised before anything is written."""
+    spec, meta_env, p = envs_glue.env_spec(config.env), env.unwrapped, config.protocol
+    if p.sparse_rewards != spec.sparse_reward:
+        raise ConfigError(f"protocol.sparse_rewards={str(p.sparse_rewards).lower()} does not apply to {config.env}, "
+                          f"whose reward is {'sparse' if spec.sparse_reward else 'dense'}: leave it at its default")
+    if p.replay_buffer_size < meta_env.max_episode_steps:
+        raise ConfigError(f"protocol.replay_buffer_size ({p.replay_buffer_size}) must hold at least one episode "
+                          f"({meta_env.max_episode_steps} steps on {config.env})")
+    episodes = num_eval_episodes(p.num_steps_per_eval, meta_env.max_episode_steps)
+    if not p.num_exp_traj_eval < episodes:
+        raise ConfigError(f"protocol.num_steps_per_eval={p.num_steps_per_eval} makes {episodes} evaluation episode(s) "
+                          f"of {meta_env.max_episode_steps} steps on {config.env}, which leaves none to score after "
+                          f"num_exp_traj_eval={p.num_exp_traj_eval} exploration episode(s)")
+    estimate = memory_estimate(config, len(meta_env.train_task_ids), env.observation_space.shape[0],
+                               env.action_space.shape[0])
+    available = available_memory()
+    if available is not None and sum(estimate.values()) > available:
+        raise ConfigError(f"this run needs about {sum(estimate.values()) / 2**30:.1f} GiB (replay buffers "
+                          f"{estimate['buffers'] / 2**30:.1f} GiB, one gradient step {estimate['gradient_step'] / 2**30:.1f}"
+                          f" GiB) but this machine has {available / 2**30:.1f} GiB available: lower "
+                          f"protocol.batch_size, meta_batch, embedding_batch_size or replay_buffer_size")
+
+
+def semantic_config(config: RunConfig) -> dict:
+    """The resolved config as a flat ``{dotted key: value}`` dict, without ``NON_SEMANTIC_KEYS``, through JSON (as
+    config.json holds it)."""
+    def flatten(data: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                out.update(flatten(value, f"{prefix}{key}."))
+            elif key not in NON_SEMANTIC_KEYS:
+                out[f"{prefix}{key}"] = value
+        return out
+    return flatten(json.loads(json.dumps(to_dict(config))))
+
+
+def run_identity(config: RunConfig) -> dict:
+    """What a checkpoint belongs to: env, algo, tier, seed and a hash of everything else that decides its numbers."""
+    semantic = semantic_config(config)
+    digest = hashlib.sha256(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:16]
+    return {"env": config.env, "algo": config.algo, "tier": config.tier, "seed": config.seed, "config_sha256": digest}
+
+
+def check_identity(state: dict, config: RunConfig, path: Path) -> None:
+    """Refuse a checkpoint that is not this run's: another env, algo, tier or seed, or a config.json edited since
+    the run started (checkpoints written before identities existed are trusted)."""
+    saved = state.get("identity")
+    if saved is None:
+        return
+    mine = run_identity(config)
+    for key in ("env", "algo", "tier", "seed"):
+        if saved[key] != mine[key]:
+            raise CheckpointError(f"checkpoint {path} belongs to another run: {key} {saved[key]!r} in the checkpoint, "
+                                  f"{mine[key]!r} in {path.parent / 'config.json'}")
+    if saved["config_sha256"] != mine["config_sha256"]:
+        before, now = state.get("config", {}), semantic_config(config)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        detail = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5]) or "hash differs"
+        raise CheckpointError(f"{path.parent / 'config.json'} was edited after the run started ({detail}); the "
+                              f"checkpoint was trained with the original: restore it, or start a new run with --set")
 
 
 def resolve_hardware(config: RunConfig) -> RunConfig:
@@ -69,6 +172,38 @@ def _dataclass_from_dict(cls, data: dict):
     return cls(**kwargs)
 
 
+class WallClock:
+    """Keeps a run's elapsed wall time in a small file every ``interval`` seconds, from a background thread, so a
+    run killed between checkpoints still counts the time of its lost partial iteration when it resumes."""
+
+    def __init__(self, path: Path, interval: float = 10.0):
+        self.path, self.interval = Path(path), interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def read(self) -> float:
+        try:
+            return float(json.loads(self.path.read_text())["elapsed_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
+
+    def start(self, started: float) -> None:
+        def tick() -> None:
+            while not self._stop.wait(self.interval):
+                try:
+                    atomic_write_json(self.path, {"elapsed_s": time.perf_counter() - started})
+                except OSError:
+                    return  # the checkpoint write will report a broken disk; the clock only loses precision
+        self._stop.clear()
+        self._thread = threading.Thread(target=tick, name="wall-clock", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path | None = None, progress: bool = True):
         config.validate()
@@ -93,12 +228,14 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.env = envs_glue.make_env(config.env, seed=config.seed)
+        check_fits(config, self.env)
         self.algorithm = algorithm_class(config.algo)(self.env, config.protocol, config.agent, self.rng,
                                                       bf16=config.bf16, device=self.device)
         self.start_iteration = 0
         self.learning_curve: list[dict] = []
         self.elapsed = 0.0
         self.evaluation_s = 0.0  # wall time spent in meta-test evaluations, summed over segments
+        self.wall_clock = WallClock(self.run_dir / "wall_time.json")
         # the code this process runs: read now, since the tree may move on before the run finishes; a resumed run
         # keeps the commits of all its segments
         self.git_commits = [git_commit()]
@@ -154,7 +291,8 @@ class Trainer:
         atomic_torch_save(self.checkpoint_path, {
             "iteration": iteration, "algorithm": self.algorithm.state_dict(), "torch_rng": torch.get_rng_state(),
             "learning_curve": self.learning_curve, "elapsed": self.elapsed, "git_commits": self.git_commits,
-            "evaluation_s": self.evaluation_s,
+            "evaluation_s": self.evaluation_s, "identity": run_identity(self.config),
+            "config": semantic_config(self.config),
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         })
 
@@ -162,9 +300,16 @@ class Trainer:
         """Load the run's last checkpoint. ``for_resume=False`` only restores the algorithm's state (weights,
         buffers, counters) and touches neither the run's files nor torch's global random state: for analysis."""
         state = load_checkpoint(self.checkpoint_path)
-        self.algorithm.load_state_dict(state["algorithm"])
+        check_identity(state, self.config, self.checkpoint_path)
+        try:
+            self.algorithm.load_state_dict(state["algorithm"])
+        except (KeyError, RuntimeError, ValueError) as error:  # shapes or keys of another method's networks
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"checkpoint {self.checkpoint_path} does not fit this run's {self.config.algo} "
+                                  f"networks ({first_line})") from None
         self.learning_curve = state["learning_curve"]
-        self.elapsed = state["elapsed"]
+        # a kill between checkpoints loses the partial iteration's work, not its time: the clock file has it
+        self.elapsed = max(state["elapsed"], self.wall_clock.read() if for_resume else 0.0)
         self.evaluation_s = state.get("evaluation_s", 0.0)
         self.start_iteration = state["iteration"] + 1
         if for_resume:
@@ -187,11 +332,29 @@ class Trainer:
             raise CheckpointError(f"run dir {self.run_dir} already holds a run; continue it with "
                                   f"--resume {self.run_dir} or choose another --run-dir")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.run_dir.glob(".*.tmp"):  # an atomic write cut short by a kill (up to a checkpoint's size)
+            leftover.unlink()
         atomic_write_json(self.run_dir / "config.json", to_dict(cfg))
         if resume:
             self.load_checkpoint()
         writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self.start_iteration)
         started = time.perf_counter() - self.elapsed
+        self.wall_clock.start(started)
+        try:
+            self._train(writer, started)
+        except TrainingDivergedError as error:
+            done = self.learning_curve[-1]["iteration"] if self.learning_curve else None
+            truth = (f"the last checkpoint (after iteration {done}) is intact, but resuming would repeat the same "
+                     f"steps" if done is not None else "no checkpoint was written (the first iteration diverged)")
+            raise TrainingDivergedError(f"{error}. The run stops here; {truth}: start a new run with a lower "
+                                        f"agent.lr instead") from None
+        finally:
+            self.wall_clock.stop()
+            writer.close()
+        return self.finish()
+
+    def _train(self, writer, started: float) -> None:
+        cfg, p = self.config, self.config.protocol
         if self.start_iteration == 0:
             self.algorithm.collect_initial_data()
         bar = tqdm(range(self.start_iteration, p.num_iterations), initial=self.start_iteration,
@@ -217,8 +380,6 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
         bar.close()
-        writer.close()
-        return self.finish()
 
     def finish(self) -> dict:
         cfg, p = self.config, self.config.protocol
@@ -250,6 +411,12 @@ class Trainer:
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(self.run_dir / "results.json", results)
+        self.wall_clock.path.unlink(missing_ok=True)  # only a resume needs it
+        if final_eval is not None:  # the low-noise figure beside the protocol's curve in TensorBoard
+            from torch.utils.tensorboard import SummaryWriter
+            with SummaryWriter(log_dir=str(self.run_dir / "tb")) as writer:
+                writer.add_scalar("final_eval/meta_test_return", final_eval["meta_test_return"],
+                                  global_step=max(0, p.num_iterations - 1))
         return results
 
 
