@@ -19,7 +19,7 @@ from algos.core.agent import MetaAgent
 from algos.core.buffers import sample_context
 from algos.core.io import read_json
 from algos.core.sampler import num_eval_episodes, rollout
-from algos.core.trainer import Trainer, config_from_dict
+from algos.core.trainer import Trainer, build_config, config_from_dict
 from envs_glue.point_robot import SPARSE_GOAL_RADIUS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,23 @@ def find_latest_run(algo: str | None = None, env: str | None = None, root: Path 
     runs = find_runs(algo, env, root)
     with_checkpoint = [run for run in runs if (run / "checkpoint.pt").exists()]
     return (with_checkpoint or runs or [None])[0]
+
+
+def find_or_train_run(algo: str, env: str | None = None, root: Path | str = REPO_ROOT) -> Path:
+    """The newest run of ``algo`` (and ``env``) with its checkpoint; on a fresh clone, where no run has one
+    (checkpoints are not committed), a smoke-tier run trained now (seconds) under ``root/runs``, so a notebook
+    always has weights to show. A smoke run's latents and attention mean little: train a real run for that."""
+    found = find_latest_run(algo, env, root)
+    if found is not None and (found / "checkpoint.pt").exists():
+        return found
+    env = env or "point-robot"
+    print(f"no {algo} run with a checkpoint under {root}: training a smoke-tier run on {env} now (seconds), to "
+          f"show the plots. For meaningful ones: python -m experiments.run --env {env} --algo {algo} --tier quick")
+    config = build_config(env, algo, "smoke", 0)
+    config.run_root = str(Path(root) / "runs")
+    trainer = Trainer(config, progress=False)
+    trainer.run()
+    return trainer.run_dir
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -61,7 +61,11 @@ def main(argv=None) -> int:
     if results["final_eval"]:
         summary["final_eval_meta_test_return"] = results["final_eval"]["meta_test_return"]
     print(json.dumps(summary))
-    print(f"run saved in {trainer.run_dir}")
+    run_dir = trainer.run_dir
+    print(f"run saved in {run_dir}: results.json (figures), metrics.jsonl (per iteration), config.json, checkpoint.pt\n"
+          f"next: tensorboard --logdir {run_dir / 'tb'}\n"
+          f"      jupyter lab experiments/notebooks/  (set RUN_DIR = \"{run_dir}\" in attention_maps.ipynb or "
+          f"latent_space.ipynb)")
     return 0
 
 

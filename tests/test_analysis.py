@@ -7,7 +7,6 @@ then loads them the way a notebook does. The notebooks' code cells are executed 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -240,25 +239,36 @@ def _code_cells(path: Path) -> list[tuple[list[str], str]]:
     return cells
 
 
-def _without_magics(source: str) -> str:
-    """Drop IPython-only lines (``%matplotlib inline``, ``!pip ...``): they only affect display."""
-    return "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
-
-
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
-def test_notebook_runs_top_to_bottom(name, smoke_runs):
+def test_notebook_runs_under_a_real_kernel(name, smoke_runs, tmp_path, monkeypatch):
+    """Each notebook executed top to bottom by nbclient in a real IPython kernel (magics and all), with the run
+    injected papermill-style right after the cell tagged ``parameters``."""
+    import nbformat
+    from nbclient import NotebookClient
+
     cells = _code_cells(NOTEBOOKS[name])
     assert cells and any("parameters" in tags for tags, _ in cells), "a cell tagged 'parameters' sets RUN_DIR"
     assert "import experiments.analysis" in cells[0][1], "the notebooks' logic lives in experiments.analysis"
-    # papermill-style: the injected values run right after the parameters cell
+    notebook = nbformat.read(NOTEBOOKS[name], as_version=4)
+    position = next(i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", []))
     injected = f"RUN_DIR = {str(smoke_runs['setformer'])!r}\nNUM_SAMPLES = 2\nSEED = 0\n"
-    namespace: dict = {"__name__": "__main__"}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*non-interactive.*")  # plt.show() under Agg
-        for index, (tags, source) in enumerate(cells):
-            code = compile(_without_magics(source), f"{name}.ipynb[code cell {index}]", "exec")
-            exec(code, namespace)  # noqa: S102
-            if "parameters" in tags:
-                exec(injected, namespace)  # noqa: S102
-    assert Path(namespace["run_dir"]) == smoke_runs["setformer"].resolve()
-    assert plt.get_fignums(), "the notebook drew no figure"  # Agg keeps them open; the fixture closes them
+    notebook.cells.insert(position + 1, nbformat.v4.new_code_cell(injected))
+    notebook.cells.append(nbformat.v4.new_code_cell("print('RUN_DIR_USED', run_dir)\nprint('FIGURES', len(plt.get_fignums()))"))
+    # the kernel starts in a scratch folder, as a notebook opened from anywhere: its first cell finds the repository
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    NotebookClient(notebook, timeout=240, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    output = "".join(out.get("text", "") for out in notebook.cells[-1].outputs)
+    assert f"RUN_DIR_USED {smoke_runs['setformer'].resolve()}" in output
+    figures = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs
+               if "image/png" in out.get("data", {})]
+    assert figures or int(output.split("FIGURES")[1].split()[0]) > 0, "the notebook drew no figure"
+
+
+def test_fresh_clone_notebook_trains_a_smoke_run(tmp_path, capsys):
+    """With no run that has a checkpoint (a fresh clone), the notebooks' finder trains a smoke run to show."""
+    run_dir = analysis.find_or_train_run("setformer", None, root=tmp_path)
+    assert (run_dir / "checkpoint.pt").exists() and run_dir.is_relative_to(tmp_path / "runs")
+    assert "training a smoke-tier run" in capsys.readouterr().out
+    assert analysis.find_or_train_run("setformer", None, root=tmp_path) == run_dir  # found, not trained again
