@@ -231,7 +231,8 @@ class CellRunner:
             # a resumed run keeps its saved config (experiments.run refuses --set with --resume)
             return [*base, "--resume", str(cell.run_dir), "--no-progress"]
         own = self.overrides if cell.overrides is None else cell.overrides
-        sets = [f"num_threads={self.threads}", *own]  # the user's own num_threads wins
+        user_sets_threads = any(item.split("=", 1)[0].strip() == "num_threads" for item in own)
+        sets = [*([] if user_sets_threads else [f"num_threads={self.threads}"]), *own]  # the user's num_threads wins
         return [*base, "--env", cell.env, "--algo", cell.algo, "--tier", self.tier, "--seed", str(cell.seed),
                 "--run-dir", str(cell.run_dir), "--no-progress", *(arg for s in sets for arg in ("--set", s))]
 

@@ -239,3 +239,18 @@ def test_final_figure_is_in_tensorboard_and_the_clock_file_goes_away(tmp_path):
     (value,) = [e.value for e in events.Scalars("final_eval/meta_test_return")]
     assert value == pytest.approx(results["final_eval"]["meta_test_return"])
     assert not (run_dir / "wall_time.json").exists()
+
+
+def test_runner_passes_the_users_thread_count_once():
+    """The runner gives each cell its thread share unless the user set num_threads, which then wins (passing both
+    would be a duplicate key)."""
+    from pathlib import Path
+
+    from experiments.benchmark import Cell, CellRunner
+
+    cell = Cell("point-robot", "pearl", 0, Path("/tmp/nowhere"))
+    for overrides, expected in ((["lr=0.001"], ["num_threads=2", "lr=0.001"]), (["num_threads=1"], ["num_threads=1"])):
+        command = CellRunner([cell], 0, 1, "smoke", overrides, 2, progress=False).command(cell)
+        sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
+        assert sets == expected
+        build_config("point-robot", "pearl", "smoke", 0, sets)  # no duplicate
