@@ -48,9 +48,11 @@ What each exploration rule is worth on the trained weights (switched off one at 
 are worth (retrained with one switch flipped, paired by seed): ``benchmarks/ablations/ABLATIONS_quick.md``, made
 by ``python -m experiments.ablations``.
 
-Known weakness: nothing bounds ``z`` or the embeddings (PEARL has its KL to a unit prior). In the one
-benchmark-tier run (``benchmarks/benchmark``: batch 256, 20k gradient steps) the latents blew up once
-(iteration 6), and afterwards the encoder's reading lost to the hypothesis set on most steps.
+Bounded latents. ``z`` and every ``e_j`` live on the sphere of radius ``sqrt(latent_dim)`` (``latent_norm``):
+the encoder's raw output and the raw embeddings are rescaled to that norm, so the critic, the policy and the heads
+always see latents of order one. Unbounded latents let the critic's gradient grow them without limit at the
+benchmark tier's gradient budget (the Q loss then explodes); squashing each coordinate with ``tanh`` bounds them
+too but saturates, and the encoder stops fitting. The runs that show both are in ``benchmarks/dev`` (README there).
 """
 from __future__ import annotations
 
@@ -117,8 +119,8 @@ class SetFormerConfig(MetaSACConfig):
     min_context_fraction: float = 0.25  # training contexts keep a random n in [fraction * N, N] tokens
     teacher_fraction: float = 0.5    # share of each task's RL batch conditioned on the task's embedding e_j
     teacher_collection: float = 0.5  # share of each posterior collection phase (whole episodes) acted on e_j
-    latent_norm: str = "none"        # how z and the embeddings e_j are kept bounded: none | tanh (squash each
-                                     # coordinate into (-1, 1)) | sphere (rescale to norm sqrt(latent_dim))
+    latent_norm: str = "sphere"      # how z and the embeddings e_j are kept bounded: sphere (rescale to norm
+                                     # sqrt(latent_dim)) | tanh (squash each coordinate into (-1, 1)) | none
     aux: AuxConfig = field(default_factory=AuxConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 

@@ -84,8 +84,8 @@ def test_context_revealing_the_goal_moves_z_and_reward_prediction():
     agent = make_agent(num_blocks=1)
     goal_a, goal_b = np.array([0.7, 0.7]), np.array([-0.7, -0.7])
     params = [*agent.context_encoder.parameters(), *agent.reward_head.parameters()]
-    optimizer = torch.optim.Adam(params, lr=3e-3)
-    for step in range(400):
+    optimizer = torch.optim.Adam(params, lr=2e-3)
+    for step in range(600):
         contexts, queries, targets = [], [], []
         for g, goal in enumerate((goal_a, goal_b)):
             obs, actions, rewards, _ = point_robot_transitions(goal, 24, seed=1000 * step + g)
@@ -141,7 +141,7 @@ def test_thompson_sampling_acts_on_hypotheses_and_drops_falsified_ones():
     belief = torch.softmax(agent.hypothesis_log_likelihood, 0)
     assert int(belief.argmax()) == 4 and belief[4] > 0.99
     assert agent.hypothesis == 4            # falsified hypotheses were dropped within the episode
-    assert torch.equal(agent.z[0], agent.task_embeddings[4])
+    assert torch.equal(agent.z[0], agent.embedding(4))
     agent.end_episode()
     assert agent.hypothesis == 4            # the belief is concentrated: the next episode commits to it again
     agent.adapt()
@@ -150,8 +150,9 @@ def test_thompson_sampling_acts_on_hypotheses_and_drops_falsified_ones():
 
 
 def linear_hypothesis_agent(**overrides) -> SetFormerAgent:
-    """Hypothesis k predicts reward k everywhere: the reward head reads the first latent coordinate."""
-    agent = make_agent(**overrides)
+    """Hypothesis k predicts reward k everywhere: the reward head reads the first latent coordinate (raw latents:
+    on the sphere all these embeddings would point the same way)."""
+    agent = make_agent(**{"latent_norm": "none", **overrides})
     with torch.no_grad():
         embeddings = torch.zeros_like(agent.task_embeddings)
         embeddings[:, 0] = torch.arange(6, dtype=torch.float32)
@@ -176,7 +177,7 @@ def test_adapt_falls_back_to_the_belief_when_the_context_refutes_the_encoder(fal
     assert torch.equal(agent.encoder_z, torch.zeros(1, agent.latent_dim))
     if fallback:
         assert not agent.acting_on_encoder and agent.hypothesis == 4
-        assert torch.equal(agent.z[0], agent.task_embeddings[4])
+        assert torch.equal(agent.z[0], agent.embedding(4))
     else:
         assert torch.equal(agent.z, agent.encoder_z)
     # once the encoder reads the context right, adapt() acts on its reading
@@ -207,7 +208,7 @@ def test_teacher_collection_keeps_the_env_steps_and_acts_on_the_task_embedding(t
             collected = original(task, num_samples, update_posterior, add_to_enc_buffer)
             if algorithm.agent.teacher_task is not None:  # z stayed on e_task through every teacher episode
                 assert not update_posterior
-                assert torch.equal(algorithm.agent.z[0], algorithm.agent.task_embeddings[task].detach())
+                assert torch.equal(algorithm.agent.z[0], algorithm.agent.embedding(task).detach())
             return collected
 
         algorithm.collect = spy
@@ -239,3 +240,26 @@ def test_tasks_whose_data_never_showed_a_reward_are_not_hypotheses(tmp_path):
         algorithm.rl_buffer.sparse_rewards[0] = 0.5
     algorithm.refresh_hypothesis_set()
     assert bool(algorithm.agent.hypothesis_usable[0])
+
+
+@pytest.mark.parametrize("how", ["sphere", "tanh", "none"])
+def test_latents_and_embeddings_are_normalised_alike(how):
+    agent = make_agent(latent_norm=how)
+    context = torch.randn(3, 7, agent.context_dim) * 100.0
+    z = agent.infer_posterior(context)
+    embeddings = agent.embedding()
+    if how == "sphere":
+        expected = torch.full((3,), agent.latent_dim ** 0.5)
+        assert torch.allclose(z.norm(dim=-1), expected, atol=1e-4)
+        assert torch.allclose(embeddings.norm(dim=-1), torch.full((6,), agent.latent_dim ** 0.5), atol=1e-4)
+    elif how == "tanh":
+        assert z.abs().max() < 1 and embeddings.abs().max() < 1
+    else:
+        assert torch.equal(embeddings, agent.task_embeddings)
+    assert torch.equal(agent.hypotheses, embeddings.detach())
+
+
+def test_unknown_latent_norm_is_refused():
+    from algos.core.config import ConfigError
+    with pytest.raises(ConfigError, match="latent_norm"):
+        SetFormerConfig(latent_norm="cube").validate()
