@@ -74,6 +74,7 @@ from models.set_transformer import InducedSetAttentionBlock, PoolingByMultiheadA
 
 
 LATENT_NORMS = ("none", "tanh", "sphere")
+ENCODER_POOLINGS = ("attention", "mean")
 
 
 def normalise_latent(z: torch.Tensor, how: str) -> torch.Tensor:
@@ -114,6 +115,8 @@ class SetFormerConfig(MetaSACConfig):
     num_blocks: int = 2              # induced-set attention blocks
     num_inducing: int = 16
     num_seeds: int = 2               # pooling seed queries
+    encoder_pooling: str = "attention"  # attention: induced-set attention blocks + pooling by attention; mean: the
+                                        # same token embedding and read-out over a plain mean of the tokens (ablation)
     head_hidden_dim: int = 128       # reward / next-state heads
     head_num_hidden_layers: int = 2
     min_context_fraction: float = 0.25  # training contexts keep a random n in [fraction * N, N] tokens
@@ -142,6 +145,9 @@ class SetFormerConfig(MetaSACConfig):
             raise ConfigError(f"agent.teacher_fraction must lie in [0, 1), got {self.teacher_fraction}")
         if not 0.0 <= self.teacher_collection <= 1.0:
             raise ConfigError(f"agent.teacher_collection must lie in [0, 1], got {self.teacher_collection}")
+        if self.encoder_pooling not in ENCODER_POOLINGS:
+            raise ConfigError(f"agent.encoder_pooling must be one of {list(ENCODER_POOLINGS)}, got "
+                              f"{self.encoder_pooling!r}")
         if self.latent_norm not in LATENT_NORMS:
             raise ConfigError(f"agent.latent_norm must be one of {list(LATENT_NORMS)}, got {self.latent_norm!r}")
         if self.exploration.reward_noise_std <= 0:
@@ -156,7 +162,11 @@ class SetEncoder(nn.Module):
         super().__init__()
         d = config.model_dim
         self.latent_norm = config.latent_norm
+        self.mean_pooling = config.encoder_pooling == "mean"
         self.token_embedding = build_mlp(context_dim, d, d, 1, small_final_init=False)
+        if self.mean_pooling:  # no attention at all: a DeepSets-style mean of the token embeddings
+            self.to_latent = nn.Linear(d, latent_dim)
+            return
         self.blocks = nn.ModuleList(InducedSetAttentionBlock(d, config.num_heads, config.num_inducing)
                                     for _ in range(config.num_blocks))
         self.pooling = PoolingByMultiheadAttention(d, config.num_heads, config.num_seeds)
@@ -167,7 +177,12 @@ class SetEncoder(nn.Module):
         return self.token_embedding(context)
 
     def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(tasks, n, model_dim)`` -> ``z (tasks, latent)`` and pooling weights ``(tasks, heads, seeds, n)``."""
+        """``(tasks, n, model_dim)`` -> ``z (tasks, latent)`` and pooling weights ``(tasks, heads, seeds, n)``
+        (uniform ``1 / n`` with one head and one seed for mean pooling)."""
+        if self.mean_pooling:
+            z = self.to_latent(tokens.mean(dim=1)).float()
+            weights = tokens.new_full((tokens.shape[0], 1, 1, tokens.shape[1]), 1.0 / tokens.shape[1]).float()
+            return normalise_latent(z, self.latent_norm), weights
         for block in self.blocks:
             tokens = block(tokens)
         pooled, weights = self.pooling(tokens)

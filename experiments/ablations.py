@@ -48,6 +48,10 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "no-reward-head": (("aux.reward=0",), "z shaped without reward prediction (the untrained head then also "
                                           "scores the hypotheses)"),
     "no-next-state-head": (("aux.next_state=0",), "z shaped without next-state prediction"),
+    "no-aux-heads": (("aux.reward=0", "aux.next_state=0"), "z shaped by the critic and the alignment only (the "
+                                                           "untrained reward head then also scores the hypotheses)"),
+    "mean-pool-encoder": (("encoder_pooling=mean",), "no attention: the same token embedding and read-out over a "
+                                                     "plain mean of the tokens"),
     "no-align": (("aux.align=0",), "the encoder is not pulled onto the task embeddings"),
     "no-thompson": (("exploration.thompson=false",), "no hypotheses: collect and act on the encoder's z"),
     "no-fallback": (("exploration.fallback=false",), "after adapt(), always act on the encoder's z"),

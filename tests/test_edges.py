@@ -254,3 +254,23 @@ def test_runner_passes_the_users_thread_count_once():
         sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
         assert sets == expected
         build_config("point-robot", "pearl", "smoke", 0, sets)  # no duplicate
+
+
+def test_a_setting_added_to_the_code_later_at_its_default_does_not_block_resume(tmp_path, monkeypatch, capsys):
+    """Campaign cells resume across sessions while the code gains settings: a new field at its default is the
+    same run; the same field at another value is not."""
+    import torch as torch_module
+
+    run_dir = finished_run(tmp_path, "run", algo="pearl")
+    checkpoint = torch_module.load(run_dir / "checkpoint.pt", weights_only=False)
+    del checkpoint["config"]["agent.encoder_hidden_dim"]  # as if written before the field existed
+    from algos.core.trainer import run_identity  # noqa: F401  (the hash itself is rewritten below)
+    checkpoint["identity"]["config_sha256"] = "0" * 16
+    torch_module.save(checkpoint, run_dir / "checkpoint.pt")
+    code, err = resume_as_cli(run_dir, capsys, more_iterations=False)
+    assert code == 0, err
+    config = json.loads((run_dir / "config.json").read_text())
+    config["agent"]["encoder_hidden_dim"] = 64
+    (run_dir / "config.json").write_text(json.dumps(config))
+    code, err = resume_as_cli(run_dir, capsys, more_iterations=False)
+    assert code == 2 and "agent.encoder_hidden_dim: None -> 64" in err

@@ -263,3 +263,16 @@ def test_unknown_latent_norm_is_refused():
     from algos.core.config import ConfigError
     with pytest.raises(ConfigError, match="latent_norm"):
         SetFormerConfig(latent_norm="cube").validate()
+
+
+def test_mean_pool_encoder_is_a_permutation_invariant_mean_with_uniform_weights():
+    agent = make_agent(encoder_pooling="mean")
+    assert not hasattr(agent.context_encoder, "blocks") and not hasattr(agent.context_encoder, "pooling")
+    context = torch.randn(2, 9, agent.context_dim)
+    z = agent.infer_posterior(context)
+    assert torch.allclose(agent.infer_posterior(context[:, torch.randperm(9)]), z, atol=1e-5)
+    assert agent.attention_weights.shape == (2, 1, 1, 9)
+    assert torch.allclose(agent.attention_weights, torch.full((2, 1, 1, 9), 1 / 9))
+    tokens = agent.context_encoder.embed(context)
+    raw = agent.context_encoder.to_latent(tokens.mean(dim=1))
+    assert torch.allclose(z, F.normalize(raw, dim=-1) * agent.latent_dim ** 0.5, atol=1e-5)

@@ -135,6 +135,11 @@ def check_identity(state: dict, config: RunConfig, path: Path) -> None:
     if saved["config_sha256"] != mine["config_sha256"]:
         before, now = state.get("config", {}), semantic_config(config)
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        # a setting added to the code since the checkpoint was written, at its default, changes nothing
+        defaults = semantic_config(build_config(config.env, config.algo, config.tier, config.seed))
+        changed = [k for k in changed if not (k not in before and k in defaults and now[k] == defaults[k])]
+        if before and not changed:
+            return
         detail = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5]) or "hash differs"
         raise CheckpointError(f"{path.parent / 'config.json'} was edited after the run started ({detail}); the "
                               f"checkpoint was trained with the original: restore it, or start a new run with --set")
