@@ -405,10 +405,13 @@ def command_line(argv) -> str:
 
 def render(tier_dir: Path, tier: str, plan: dict, command: str, notes: list[str]) -> Path:
     from algos.core.io import git_commit, machine_description
-    from experiments.results_table import build_summary, collect_cells, write_report
+    from experiments.results_table import FINDINGS_FILE, build_summary, collect_cells, write_report
 
     cells, problems = collect_cells(tier_dir)
     summary = build_summary(tier, cells, plan, command, machine_description(), git_commit(), [*notes, *problems])
+    findings = tier_dir / FINDINGS_FILE
+    if findings.exists():
+        summary["findings"] = findings.read_text()
     _results, markdown = write_report(tier_dir, summary)
     return markdown
 

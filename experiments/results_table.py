@@ -42,6 +42,8 @@ REFERENCE_LABEL_SAME_BUDGET = ("reference's own runs, mean of three seeds, on th
 REFERENCE_BUDGET_TIER = "benchmark"
 
 
+FINDINGS_FILE = "FINDINGS.md"  # hand-written analysis of a tier's results, included in its RESULTS.md
+
 def reference_label(tier: str) -> str:
     return REFERENCE_LABEL_SAME_BUDGET if tier == REFERENCE_BUDGET_TIER else REFERENCE_LABEL
 
@@ -472,6 +474,10 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
     notes += summary.get("notes", [])
     if notes:
         parts += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    if summary.get("findings"):
+        parts += ["## Findings", "", f"*Written by hand in `{FINDINGS_FILE}` beside this file and included as it is; "
+                  "every figure it quotes is in the tables above or in the files it names.*", "",
+                  summary["findings"].strip(), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -308,3 +308,11 @@ def test_renderer_names_hyperparameters_that_differ_between_methods(synthetic_su
     line = next(l for l in render_markdown(synthetic_summary).splitlines() if "Hyperparameters that differ" in l)
     assert "`lr`: PEARL 0.0003; setformer (ours) 0.001" in line
     assert "tau" not in line  # the same everywhere: not listed
+
+
+def test_hand_written_findings_are_included_and_labelled(synthetic_summary):
+    assert "## Findings" not in render_markdown(synthetic_summary)
+    synthetic_summary["findings"] = "PEARL lands below its reference on sparse-point-robot.\n"
+    markdown = render_markdown(synthetic_summary)
+    assert "## Findings" in markdown and "Written by hand in `FINDINGS.md`" in markdown
+    assert markdown.rstrip().endswith("PEARL lands below its reference on sparse-point-robot.")
