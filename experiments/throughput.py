@@ -25,7 +25,6 @@ skipped with a note; a method that crashes while measured is reported and the sc
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import sys
@@ -43,17 +42,10 @@ from algos.core.config import TIERS
 from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description
 from algos.core.trainer import Trainer, build_config
 from envs_glue import ENV_SPECS
-from experiments.benchmark import unsupported_reason
+from experiments.benchmark import available_cpus, unsupported_reason
 from experiments.results_table import report_heading
 
 DEFAULT_CONTEXT_SIZES = (10, 100, 1000)
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:

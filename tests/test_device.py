@@ -10,7 +10,6 @@ import torch
 from algos import ALGORITHMS
 from algos.core import device as device_module
 from algos.core.config import ConfigError
-from algos.core.meta_sac import MetaSACAlgorithm
 from algos.core.trainer import Trainer, build_config, resume_trainer
 from tests.conftest import make_trainer, read_metrics, strip_nondeterministic
 

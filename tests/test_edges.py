@@ -264,7 +264,6 @@ def test_a_setting_added_to_the_code_later_at_its_default_does_not_block_resume(
     run_dir = finished_run(tmp_path, "run", algo="pearl")
     checkpoint = torch_module.load(run_dir / "checkpoint.pt", weights_only=False)
     del checkpoint["config"]["agent.encoder_hidden_dim"]  # as if written before the field existed
-    from algos.core.trainer import run_identity  # noqa: F401  (the hash itself is rewritten below)
     checkpoint["identity"]["config_sha256"] = "0" * 16
     torch_module.save(checkpoint, run_dir / "checkpoint.pt")
     code, err = resume_as_cli(run_dir, capsys, more_iterations=False)

@@ -214,7 +214,7 @@ class Trainer:
         config.validate()
         if config.device == "cuda" and not torch.cuda.is_available():
             # a run started on a GPU continues on the CPU (its math is the same); config.json will say so
-            print(f"warning: this run was started on CUDA, which this machine does not have: it continues on the CPU",
+            print("warning: this run was started on CUDA, which this machine does not have: it continues on the CPU",
                   file=sys.stderr)
             config.device = "cpu"
         resolve_hardware(config)  # configs saved before these settings existed say neither
@@ -332,7 +332,7 @@ class Trainer:
     def run(self, resume: bool = False) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
-        cfg, p = self.config, self.config.protocol
+        cfg = self.config
         if not resume and any((self.run_dir / name).exists() for name in ("checkpoint.pt", "metrics.jsonl")):
             raise CheckpointError(f"run dir {self.run_dir} already holds a run; continue it with "
                                   f"--resume {self.run_dir} or choose another --run-dir")
