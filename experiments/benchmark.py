@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from algos import ALGORITHMS
-from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, TIERS
+from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, TIERS, flatten_config
 from envs_glue import ENV_SPECS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -151,17 +151,6 @@ def config_mismatch(cell: Cell, tier: str, overrides: list[str]) -> list[str]:
 
 
 NON_SEMANTIC_CONFIG_KEYS = NON_SEMANTIC_KEYS  # where and how fast a run ran, not what it computed
-
-
-def flatten_config(data: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS, prefix: str = "") -> dict:
-    """``{"agent": {"aux": {"reward": 1.0}}}`` -> ``{"agent.aux.reward": 1.0}``, leaving out ``ignored`` keys."""
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flatten_config(value, ignored, f"{prefix}{key}."))
-        elif key not in ignored:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def config_changes(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> dict:

@@ -265,3 +265,14 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
 
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
+
+
+def flatten_config(data: dict, ignored: frozenset[str] = NON_SEMANTIC_KEYS, prefix: str = "") -> dict:
+    """``{"agent": {"aux": {"reward": 1.0}}}`` -> ``{"agent.aux.reward": 1.0}``, leaving out ``ignored`` keys."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, ignored, f"{prefix}{key}."))
+        elif key not in ignored:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import envs_glue
 from algos import algorithm_class
-from algos.core.config import (NON_SEMANTIC_KEYS, ConfigError, ProtocolConfig, RunConfig, apply_overrides,
+from algos.core.config import (ConfigError, ProtocolConfig, RunConfig, apply_overrides, flatten_config,
                                protocol_for, to_dict)
 from algos.core.device import resolve_bf16, resolve_device, warn_if_slow
 from algos.core.evaluation import EvalResult, evaluate
@@ -103,15 +103,7 @@ def check_fits(config: RunConfig, env) -> None:
 def semantic_config(config: RunConfig) -> dict:
     """The resolved config as a flat ``{dotted key: value}`` dict, without ``NON_SEMANTIC_KEYS``, through JSON (as
     config.json holds it)."""
-    def flatten(data: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in data.items():
-            if isinstance(value, dict):
-                out.update(flatten(value, f"{prefix}{key}."))
-            elif key not in NON_SEMANTIC_KEYS:
-                out[f"{prefix}{key}"] = value
-        return out
-    return flatten(json.loads(json.dumps(to_dict(config))))
+    return flatten_config(json.loads(json.dumps(to_dict(config))))
 
 
 def run_identity(config: RunConfig) -> dict:
