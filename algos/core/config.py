@@ -30,6 +30,7 @@ class ConfigError(ValueError):
 
 # keys that say where and how fast a run computes, not what it computes
 NON_SEMANTIC_KEYS = frozenset({"num_threads", "run_dir", "run_root", "device"})
+DEVICES = ("auto", "cpu", "cuda")
 MAX_ITERATIONS = 1_000_000  # the protocol runs 20; anything near this is a typo, not an experiment
 
 
@@ -153,8 +154,8 @@ class RunConfig:
             raise ConfigError(f"num_threads must be positive, got {self.num_threads}")
         if not (isinstance(self.bf16, bool) or self.bf16 == "auto"):
             raise ConfigError(f"config key 'bf16' must be true, false or auto, got {self.bf16!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"config key 'device' must be one of auto, cpu, cuda, got {self.device!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"config key 'device' must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if hasattr(self.agent, "validate"):
             self.agent.validate()
 

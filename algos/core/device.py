@@ -14,9 +14,7 @@ from pathlib import Path
 
 import torch
 
-from algos.core.config import ConfigError
-
-DEVICES = ("auto", "cpu", "cuda")
+from algos.core.config import DEVICES, ConfigError
 
 
 def cpu_has_native_bf16() -> bool:
