@@ -71,12 +71,12 @@ def test_pairing_reads_changes_from_configs_and_flags_unequal_budgets():
 
     report = {"tier": "quick", "command": "cmd", "generated_at": "now", "git_commit": "abc",
               "machine": {"cpu": "cpu", "cores": 2, "torch": "x"}, "full_dir": "benchmarks/quick",
-              "ablations": ["baseline-lr"], "envs": ["point-robot"], "seeds": [42, 123, 456],
+              "ablations": ["high-lr"], "envs": ["point-robot"], "seeds": [42, 123, 456],
               "full": {"point-robot": {42: {"meta_test_return": -7.0, "low_noise": -6.5},
                                        123: {"meta_test_return": -6.0, "low_noise": -6.2}}},
-              "results": {"baseline-lr": by_env}, "notes": []}
+              "results": {"high-lr": by_env}, "notes": []}
     markdown = ablations.render_markdown(report)
-    row = next(line for line in markdown.splitlines() if line.startswith("| baseline-lr |") and "n=" in line)
+    row = next(line for line in markdown.splitlines() if line.startswith("| high-lr |") and "n=" in line)
     # paired over seeds 42 and 123 only: -2.0 and -4.0
     assert "-3.00 ± 1.41 (n=2)" in row
     assert "-9.00 ± 1.00 (n=3)" in row  # the ablation's own mean uses every seed it has
