@@ -61,7 +61,7 @@ class FocalAgent(MetaAgent):
         self.policy = build_policy(obs_dim, config.latent_dim, action_dim, config.hidden_dim, config.num_hidden_layers)
         self.clear_context()
 
-    def prior_z(self, num_tasks: int) -> torch.Tensor:
+    def reset_to_prior(self, num_tasks: int) -> torch.Tensor:
         return torch.zeros(num_tasks, self.latent_dim, device=self.device)
 
     def encode(self, context: torch.Tensor) -> torch.Tensor:
@@ -69,18 +69,20 @@ class FocalAgent(MetaAgent):
         return self.context_encoder(context).float().mean(dim=1)
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
-        self.z = self.prior_z(context.shape[0]) if context.shape[1] == 0 else self.encode(context)
+        self.z = self.reset_to_prior(context.shape[0]) if context.shape[1] == 0 else self.encode(context)
         return self.z
 
 
 class FOCAL(MetaSACAlgorithm):
+    name = "focal"
+    display_name = "FOCAL (online SAC variant)"  # SPEC section 6: the reference's online adaptation
+    role = "baseline"
+    reference_row = "FOCAL"
+    report_rank = 2
     config_class = FocalConfig
 
     def make_agent(self) -> FocalAgent:
         return FocalAgent(self.obs_dim, self.action_dim, self.config, self.protocol.use_next_obs_in_context)
-
-    def encoder_parameters(self):
-        return list(self.agent.context_encoder.parameters())
 
     def encoder_losses(self, tasks, context, task_z, batch_z, batch):
         c = self.config

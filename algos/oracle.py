@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from algos.core.agent import MetaAgent
+from algos.core.algorithm import Algorithm
 from algos.core.config import ConfigError, ProtocolConfig
 
 POINT_ROBOT_MAX_STEP = 0.1
@@ -32,11 +33,11 @@ class OracleAgent(MetaAgent):
         self.env = env
         self.clear_context()
 
-    def prior_z(self, num_tasks: int) -> torch.Tensor:
+    def reset_to_prior(self, num_tasks: int) -> torch.Tensor:
         return torch.as_tensor(np.tile(self.env.unwrapped.task, (num_tasks, 1)), dtype=torch.float32)
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
-        self.z = self.prior_z(context.shape[0])
+        self.z = self.reset_to_prior(context.shape[0])
         return self.z
 
     @torch.no_grad()
@@ -46,9 +47,14 @@ class OracleAgent(MetaAgent):
         return np.clip(gap / POINT_ROBOT_MAX_STEP, -1.0, 1.0).astype(np.float32), {}
 
 
-class Oracle:
+class Oracle(Algorithm):
     """Does no training: every iteration only evaluates (the harness does that)."""
 
+    name = "oracle"
+    display_name = "oracle (true task)"
+    role = "reference"
+    supported_envs = ("point-robot", "sparse-point-robot")
+    unsupported_reason = "the oracle exists only for the point robots; cheetah-vel has no closed-form optimum"
     config_class = OracleConfig
 
     def __init__(self, env, protocol: ProtocolConfig, config: OracleConfig, rng: np.random.Generator,

@@ -2,7 +2,7 @@
 
 A per-transition MLP encoder emits a Gaussian factor ``N(mu_i, sigma_i^2)`` for every context transition; the
 task belief is their product. ``z`` is sampled from the belief (posterior sampling) and held for an episode;
-a KL term to ``N(0, I)`` weighted ``kl_lambda`` (0.1; 1.0 on the sparse task, from the protocol) is the
+a KL term to ``N(0, I)`` weighted ``kl_lambda`` (0.1; 1.0 on the sparse task: ``default_config``) is the
 information bottleneck. The encoder learns from the critic's Q loss and the KL, stepped with the critic.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from algos.core.agent import MetaAgent
 from algos.core.config import ConfigError
 from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig
+from envs_glue import env_spec
 from models.mlp import build_mlp
 from models.policy import build_policy
 
@@ -25,9 +26,12 @@ MIN_VARIANCE = 1e-7
 class PearlConfig(MetaSACConfig):
     encoder_hidden_dim: int = 200
     encoder_num_hidden_layers: int = 3
+    kl_lambda: float = 0.1           # weight of the KL to the prior; 1.0 on the sparse task (SPEC section 6)
 
     def validate(self) -> None:
         super().validate()
+        if self.kl_lambda < 0:
+            raise ConfigError(f"agent.kl_lambda must be >= 0, got {self.kl_lambda}")
         if self.encoder_hidden_dim <= 0 or self.encoder_num_hidden_layers <= 0:
             raise ConfigError("agent.encoder_hidden_dim and agent.encoder_num_hidden_layers must be positive")
 
@@ -49,7 +53,7 @@ class PearlAgent(MetaAgent):
         self.policy = build_policy(obs_dim, config.latent_dim, action_dim, config.hidden_dim, config.num_hidden_layers)
         self.clear_context()
 
-    def prior_z(self, num_tasks: int) -> torch.Tensor:
+    def reset_to_prior(self, num_tasks: int) -> torch.Tensor:
         self.z_means = torch.zeros(num_tasks, self.latent_dim, device=self.device)
         self.z_vars = torch.ones(num_tasks, self.latent_dim, device=self.device)
         return self.sample_z()
@@ -61,7 +65,7 @@ class PearlAgent(MetaAgent):
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
         if context.shape[1] == 0:
-            return self.prior_z(context.shape[0])
+            return self.reset_to_prior(context.shape[0])
         params = self.context_encoder(context).float()                    # (tasks, n, 2 * latent)
         means, raw_variances = params.chunk(2, dim=-1)
         self.z_means, self.z_vars = product_of_gaussians(means, F.softplus(raw_variances))
@@ -77,14 +81,20 @@ class PearlAgent(MetaAgent):
 
 
 class PEARL(MetaSACAlgorithm):
+    name = "pearl"
+    display_name = "PEARL"
+    role = "baseline"
+    reference_row = "PEARL"
+    report_rank = 1
     config_class = PearlConfig
+
+    @classmethod
+    def default_config(cls, env: str) -> PearlConfig:
+        return PearlConfig(kl_lambda=1.0 if env_spec(env).sparse_reward else 0.1)
 
     def make_agent(self) -> PearlAgent:
         return PearlAgent(self.obs_dim, self.action_dim, self.config, self.protocol.use_next_obs_in_context)
 
-    def encoder_parameters(self):
-        return list(self.agent.context_encoder.parameters())
-
     def encoder_losses(self, tasks, context, task_z, batch_z, batch):
         # infer_posterior has just set the belief of this meta-batch
-        return {"kl_loss": self.protocol.kl_lambda * self.agent.kl_divergence()}
+        return {"kl_loss": self.config.kl_lambda * self.agent.kl_divergence()}

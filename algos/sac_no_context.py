@@ -21,15 +21,18 @@ class SACNoContextAgent(MetaAgent):
         self.policy = build_policy(obs_dim, config.latent_dim, action_dim, config.hidden_dim, config.num_hidden_layers)
         self.clear_context()
 
-    def prior_z(self, num_tasks: int) -> torch.Tensor:
+    def reset_to_prior(self, num_tasks: int) -> torch.Tensor:
         return torch.zeros(num_tasks, self.latent_dim, device=self.device)
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
-        self.z = self.prior_z(context.shape[0])  # the context is ignored by design
+        self.z = self.reset_to_prior(context.shape[0])  # the context is ignored by design
         return self.z
 
 
 class SACNoContext(MetaSACAlgorithm):
+    name = "sac-no-context"
+    display_name = "SAC (no context)"
+    role = "floor"
     config_class = SACNoContextConfig
 
     def make_agent(self) -> SACNoContextAgent:

@@ -190,6 +190,48 @@ class SetEncoder(nn.Module):
         return normalise_latent(z, self.latent_norm), weights
 
 
+class HypothesisBelief:
+    """The belief over a fixed set of ``k`` task hypotheses given the context so far: each hypothesis's summed
+    log-likelihood of the observed rewards, which hypotheses may be believed at all (``usable``), the one acted on
+    (``current``), and the refutation rule (the best hypothesis explains the context ``exp(switch_log_ratio)``
+    times better). It only keeps books; the agent computes the likelihoods with its reward head."""
+
+    def __init__(self, num_hypotheses: int):
+        self.log_likelihood = torch.zeros(num_hypotheses)                      # (k,)
+        self.usable = torch.ones(num_hypotheses, dtype=torch.bool)             # (k,)
+        self.switch_log_ratio = math.inf
+        self.current = 0
+
+    def reset(self, usable: torch.Tensor, switch_log_ratio: float) -> None:
+        """No evidence yet. ``usable`` is read live (the agent's mask, refreshed in place as data arrives)."""
+        self.log_likelihood = torch.zeros(usable.shape[0], device=usable.device)
+        self.usable, self.switch_log_ratio = usable, switch_log_ratio
+
+    def scores(self) -> torch.Tensor:
+        """Log-likelihood of every hypothesis, ``-inf`` for unusable ones (unless none is usable)."""
+        if not self.usable.any():
+            return self.log_likelihood
+        return self.log_likelihood.masked_fill(~self.usable, float("-inf"))
+
+    def observe(self, log_likelihoods: torch.Tensor) -> None:
+        """Add the log-likelihood ``(k,)`` of new evidence."""
+        self.log_likelihood += log_likelihoods
+
+    def sample(self) -> int:
+        """Thompson sampling: draw ``current`` from the belief."""
+        scores = self.scores()
+        self.current = int(torch.multinomial((scores - scores.max()).exp(), 1))
+        return self.current
+
+    def refutes(self, log_likelihood: torch.Tensor | float) -> bool:
+        """Whether the best hypothesis explains the context ``exp(switch_log_ratio)`` times better than something
+        whose log-likelihood is ``log_likelihood``."""
+        return bool(self.scores().max() - log_likelihood > self.switch_log_ratio)
+
+    def current_refuted(self) -> bool:
+        return self.refutes(self.log_likelihood[self.current])
+
+
 class SetFormerAgent(MetaAgent):
     def __init__(self, obs_dim: int, action_dim: int, config: SetFormerConfig, num_train_tasks: int,
                  use_next_obs: bool = False):
@@ -209,8 +251,7 @@ class SetFormerAgent(MetaAgent):
         self._tokens = ContextBuffer(config.model_dim)          # embedded online context, preallocated
         self.attention_weights: torch.Tensor | None = None     # (tasks, heads, seeds, n) of the last pooling
         self.exploring = True
-        self.hypothesis_log_likelihood = torch.zeros(num_train_tasks)
-        self.hypothesis = 0
+        self.belief = HypothesisBelief(num_train_tasks)
         self.encoder_z: torch.Tensor | None = None    # the encoder's reading at the last adapt()
         self.encoder_log_likelihood = 0.0               # of the context under encoder_z
         self.acting_on_encoder = False
@@ -229,18 +270,10 @@ class SetFormerAgent(MetaAgent):
         """``(num_train_tasks, latent)``: the task embeddings, or the encoder latents without a teacher."""
         return (self.embedding() if self.config.teacher_fraction > 0 else self.task_latents).detach()
 
-    def belief_scores(self) -> torch.Tensor:
-        """Log-likelihood of every hypothesis, ``-inf`` for unusable ones (unless none is usable)."""
-        if not self.hypothesis_usable.any():
-            return self.hypothesis_log_likelihood
-        return self.hypothesis_log_likelihood.masked_fill(~self.hypothesis_usable, float("-inf"))
-
     def sample_hypothesis(self) -> torch.Tensor:
-        scores = self.belief_scores()
-        belief = (scores - scores.max()).exp()
-        self.hypothesis = int(torch.multinomial(belief, 1))
+        """Act on a hypothesis drawn from the belief."""
         self.acting_on_encoder = False
-        self.z = self.hypotheses[self.hypothesis][None].clone()
+        self.z = self.hypotheses[self.belief.sample()][None].clone()
         return self.z
 
     def act_on(self, latent: torch.Tensor) -> None:
@@ -272,16 +305,11 @@ class SetFormerAgent(MetaAgent):
         sigma = self.config.exploration.reward_noise_std
         return -((reward - predicted) ** 2).sum(-1) / (2 * sigma ** 2)
 
-    def falsified(self, log_likelihood: torch.Tensor | float) -> bool:
-        """Whether the best hypothesis explains the context ``exp(switch_log_ratio)`` times better."""
-        best = self.belief_scores().max()
-        return bool(best - log_likelihood > self.config.exploration.switch_log_ratio)
-
     # ------------------------------------------------------------------ MetaAgent interface
-    def prior_z(self, num_tasks: int) -> torch.Tensor:
+    def reset_to_prior(self, num_tasks: int) -> torch.Tensor:
         self.exploring = True
         self.acting_on_encoder = False
-        self.hypothesis_log_likelihood = torch.zeros(self.task_latents.shape[0], device=self.device)
+        self.belief.reset(self.hypothesis_usable, self.config.exploration.switch_log_ratio)
         if self.teacher_task is not None:
             return repeat(self.embedding(self.teacher_task).detach(), "d -> t d", t=num_tasks).clone()
         if self.config.exploration.thompson and num_tasks == 1:
@@ -304,14 +332,14 @@ class SetFormerAgent(MetaAgent):
         # transition at a time: one reward-head call, constant cost
         latents = torch.cat([self.hypotheses, self.encoder_z]) if self.acting_on_encoder else self.hypotheses
         scores = self.log_likelihood(row[None], latents)
-        num_hypotheses = self.hypothesis_log_likelihood.shape[0]
-        self.hypothesis_log_likelihood += scores[:num_hypotheses]
+        num_hypotheses = self.belief.log_likelihood.shape[0]
+        self.belief.observe(scores[:num_hypotheses])
         if self.acting_on_encoder:
             self.encoder_log_likelihood += float(scores[num_hypotheses])
-            if self.falsified(self.encoder_log_likelihood):
+            if self.belief.refutes(self.encoder_log_likelihood):
                 self.sample_hypothesis()  # the encoder's reading no longer explains the context
-        elif self.falsified(self.hypothesis_log_likelihood[self.hypothesis]):
-            self.sample_hypothesis()      # the current hypothesis is falsified: commit to a live one
+        elif self.belief.current_refuted():
+            self.sample_hypothesis()      # the current hypothesis is refuted: commit to a live one
 
     def read_out(self, tokens: torch.Tensor) -> torch.Tensor:
         """End exploration and set ``z`` from embedded tokens ``(tasks, n, model_dim)``; zeros for no tokens."""
@@ -332,7 +360,7 @@ class SetFormerAgent(MetaAgent):
         # the encoder's reading is one more hypothesis: act on it unless the context already refutes it
         self.encoder_log_likelihood = float(self.log_likelihood(self.context[0], encoder_z)[0])
         self.acting_on_encoder = True
-        if self.falsified(self.encoder_log_likelihood):
+        if self.belief.refutes(self.encoder_log_likelihood):
             self.sample_hypothesis()
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
@@ -347,6 +375,9 @@ class SetFormerAgent(MetaAgent):
 
 
 class SetFormer(MetaSACAlgorithm):
+    name = "setformer"
+    display_name = "setformer (ours)"
+    role = "ours"
     config_class = SetFormerConfig
     inference_time_config = ("exploration",)
 
@@ -392,11 +423,6 @@ class SetFormer(MetaSACAlgorithm):
                 self.agent.teacher_task = None
         return steps
 
-    def encoder_parameters(self):
-        a = self.agent
-        return [*a.context_encoder.parameters(), *a.reward_head.parameters(), *a.next_state_head.parameters(),
-                a.task_embeddings]
-
     def batch_latents(self, tasks, task_z, batch_size):
         # the first teacher_fraction of every task's RL batch acts on the task's embedding, the rest on the
         # encoder's reading of its context
@@ -415,7 +441,7 @@ class SetFormer(MetaSACAlgorithm):
         return context[:, :keep]
 
     def encoder_losses(self, tasks, context, task_z, batch_z, batch):
-        aux, sparse = self.config.aux, self.protocol.sparse_rewards
+        aux = self.config.aux
         task_index = torch.as_tensor(tasks, device=self.device)
         with torch.no_grad():
             self.agent.task_latents[task_index] = task_z.detach().float()
@@ -423,12 +449,12 @@ class SetFormer(MetaSACAlgorithm):
         if aux.align > 0 and self.config.teacher_fraction > 0:
             teacher = self.agent.embedding(task_index).detach()
             losses["align_loss"] = aux.align * F.mse_loss(task_z.float(), teacher)
-        head_input = torch.cat([batch["obs"], batch["actions"], batch_z], dim=-1)
+        head_input = torch.cat([batch.obs, batch.actions, batch_z], dim=-1)
         if aux.reward > 0:
-            target = batch["sparse_rewards"] if sparse else batch["rewards"]
-            losses["reward_head_loss"] = aux.reward * F.mse_loss(self.agent.reward_head(head_input).float(), target)
+            losses["reward_head_loss"] = aux.reward * F.mse_loss(self.agent.reward_head(head_input).float(),
+                                                                 batch.context_rewards)
         if aux.next_state > 0:
-            target = batch["next_obs"] - batch["obs"]
+            target = batch.next_obs - batch.obs
             predicted = self.agent.next_state_head(head_input).float()
             losses["next_state_head_loss"] = aux.next_state * F.mse_loss(predicted, target)
         return losses

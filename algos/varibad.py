@@ -64,14 +64,14 @@ class VariBADAgent(MetaAgent):
         self.policy = build_policy(obs_dim, config.latent_dim, action_dim, config.hidden_dim, config.num_hidden_layers)
         self.clear_context()
 
-    def prior_z(self, num_tasks: int) -> torch.Tensor:
+    def reset_to_prior(self, num_tasks: int) -> torch.Tensor:
         self.z_means = torch.zeros(num_tasks, self.latent_dim, device=self.device)
         self.z_log_vars = torch.zeros(num_tasks, self.latent_dim, device=self.device)
         return self.z_means
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
         if context.shape[1] == 0:
-            self.z = self.prior_z(context.shape[0])
+            self.z = self.reset_to_prior(context.shape[0])
             return self.z
         self.z_means, self.z_log_vars = self.context_encoder(context)
         if torch.is_grad_enabled():  # training: reparameterised sample through the bottleneck
@@ -85,23 +85,25 @@ class VariBADAgent(MetaAgent):
 
 
 class VariBAD(MetaSACAlgorithm):
+    name = "varibad"
+    display_name = "VariBAD (online SAC variant)"  # SPEC section 6: the reference's online adaptation
+    role = "baseline"
+    reference_row = "VariBAD"
+    report_rank = 3
     config_class = VariBADConfig
     sequential_context = True
 
     def make_agent(self) -> VariBADAgent:
         return VariBADAgent(self.obs_dim, self.action_dim, self.config, self.protocol.use_next_obs_in_context)
 
-    def encoder_parameters(self):
-        return [*self.agent.context_encoder.parameters(), *self.agent.reward_decoder.parameters()]
-
     def encoder_losses(self, tasks, context, task_z, batch_z, batch):
-        c, p = self.config, self.protocol
+        c = self.config
         losses = {}
         if c.kl_weight > 0:
             losses["kl_loss"] = c.kl_weight * self.agent.kl_divergence()
         if c.reward_decoder_weight > 0:
             # the decoder explains the reward the encoder sees (sparse on the sparse task)
-            target = batch["sparse_rewards"] if p.sparse_rewards else batch["rewards"]         # (t, b, 1)
-            predicted = self.agent.reward_decoder(torch.cat([batch["obs"], batch["actions"], batch_z], -1))
-            losses["reward_decoder_loss"] = c.reward_decoder_weight * F.mse_loss(predicted.float(), target)
+            predicted = self.agent.reward_decoder(torch.cat([batch.obs, batch.actions, batch_z], -1))   # (t, b, 1)
+            losses["reward_decoder_loss"] = c.reward_decoder_weight * F.mse_loss(predicted.float(),
+                                                                                  batch.context_rewards)
         return losses

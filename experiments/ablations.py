@@ -25,17 +25,17 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 from algos.core.config import SEEDS, TIERS
-from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description
+from algos.core.config import NON_SEMANTIC_KEYS
 from envs_glue import ENV_SPECS
-from experiments import benchmark
-from experiments.benchmark import REPO_ROOT, Cell, CellRunner, cell_dir, config_changes
-from experiments.results_table import (DASH, ENV_ORDER, _final_eval_value, _join_unique, _ordered, _table,
-                                       collect_cells, fmt, format_delta, format_mean_std, report_heading,
-                                       short_commit)
+from experiments.engine import (Cell, CellRunner, cell_dir, check_available, config_changes, lock_tier_dir,
+                                threads_per_cell)
+from experiments.report import (DASH, ENV_ORDER, display_path, final_eval_value, fmt, format_delta,
+                                format_mean_std, join_unique, ordered, provenance, report_heading, short_commit, table,
+                                write_json_and_markdown)
+from experiments.results_table import collect_cells, render_tier
 
 ALGO = "setformer"
 
@@ -57,7 +57,13 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "no-fallback": (("exploration.fallback=false",), "after adapt(), always act on the encoder's z"),
     "all-hypotheses": (("exploration.min_evidence=0",), "tasks whose data never showed a reward stay hypotheses"),
 }
-IGNORED_IN_DIFF = benchmark.NON_SEMANTIC_CONFIG_KEYS
+# ablations whose cells are kept but which no longer run: the default moved onto them
+RETIRED: dict[str, tuple[tuple[str, ...], str]] = {
+    "baseline-lr": (("lr=0.0003",), "the baselines' learning rate when setformer's default was 1e-3 (retired: 3e-4 "
+                                    "is the default now; `high-lr` is the reverse)"),
+}
+CATALOGUE = {**RETIRED, **ABLATIONS}  # every ablation a report may show, in report order
+IGNORED_IN_DIFF = NON_SEMANTIC_KEYS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,13 +108,13 @@ def plan_cells(out: Path, tier: str, ablations: list[str], envs: list[str], seed
 
 def run(args: argparse.Namespace, out: Path) -> int:
     for name in args.ablations:  # a bad override fails here once, not once per cell
-        error = benchmark.check_available(args.envs[0], ALGO, args.tier, list(ABLATIONS[name][0]))
+        error = check_available(args.envs[0], ALGO, args.tier, list(ABLATIONS[name][0]))
         if error:
             print(f"error: ablation {name} cannot be set up: {error}", file=sys.stderr)
             return 2
     locks = []
     for name in args.ablations:  # the same lock experiments.benchmark takes on each ablation's tier folder
-        lock = benchmark.lock_tier_dir(out / name / args.tier)
+        lock = lock_tier_dir(out / name / args.tier)
         if lock is None:
             print(f"error: another runner is using {out / name / args.tier}", file=sys.stderr)
             return 2
@@ -117,7 +123,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
     total = len(args.ablations) * len(args.envs) * len(args.seeds)
     print(f"{total} ablation cells ({total - len(cells)} already finished, {sum(c.resumable for c in cells)} to "
           f"resume), {args.workers} worker(s), tier {args.tier}, output {out}")
-    threads = benchmark.threads_per_cell(args.workers, [])
+    threads = threads_per_cell(args.workers, [])
     outcome = CellRunner(cells, total - len(cells), args.workers, args.tier, [], threads,
                          progress=not args.no_progress).run()
     if outcome.interrupted:
@@ -144,11 +150,11 @@ def compare_cells(full_cells: list[dict], ablation_cells: list[dict]) -> dict:
         key = (cell["env"], cell["seed"])
         entry = by_env.setdefault(cell["env"], {"seeds": {}, "config_changes": [], "budget_differs": []})
         partner = full.get(key)
-        record = {"meta_test_return": cell["meta_test_return"], "low_noise": _final_eval_value(cell),
+        record = {"meta_test_return": cell["meta_test_return"], "low_noise": final_eval_value(cell),
                   "git_commit": cell.get("git_commit"), "cell_dir": cell.get("cell_dir")}
         if partner is not None:
             record["full_meta_test_return"] = partner["meta_test_return"]
-            record["full_low_noise"] = _final_eval_value(partner)
+            record["full_low_noise"] = final_eval_value(partner)
             differing = config_changes(partner.get("config") or {}, cell.get("config") or {}, IGNORED_IN_DIFF)
             changes = [f"`{k}` {_value_text(full_value)} → {_value_text(ablated_value)}"
                        for k, (full_value, ablated_value) in differing.items()]
@@ -180,10 +186,10 @@ def render_markdown(report: dict) -> str:
         f"the per-seed paired difference, ablation minus full method: negative means the switch mattered. "
         f"*config change* is read from the two cells' saved configs, not from the ablation's name.",
         "",
-        _table(["ablation", "overrides", "why"],
+        table(["ablation", "overrides", "why"],
                [[f"[{name}]({name}/{tier}/RESULTS.md)" if report["results"].get(name) else name,
-                 " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
-                 (ABLATIONS[name][1] if name in ABLATIONS else DASH)
+                 " ".join(f"`{o}`" for o in CATALOGUE[name][0]) if name in CATALOGUE else DASH,
+                 (CATALOGUE[name][1] if name in CATALOGUE else DASH)
                  + ("" if report["results"].get(name) else " (no finished cell yet)")]
                 for name in report["ablations"]]),
         "",
@@ -195,7 +201,7 @@ def render_markdown(report: dict) -> str:
         rows = [["full method", format_mean_std(full_values, len(full)) if full else DASH, DASH,
                  format_mean_std(full_low, len(full)) if full_low else DASH, DASH,
                  " · ".join(f"{s}: {fmt(r['meta_test_return'])}" for s, r in sorted(full.items())) or DASH, DASH,
-                 _join_unique((r.get("git_commit") for r in full.values()), short_commit)]]
+                 join_unique((r.get("git_commit") for r in full.values()), short_commit)]]
         notes = []
         for name in report["ablations"]:
             entry = report["results"].get(name, {}).get(env)
@@ -209,7 +215,7 @@ def render_markdown(report: dict) -> str:
                          format_mean_std(low, planned) if low else DASH, format_delta(low_diffs, with_count=True),
                          " · ".join(f"{s}: {fmt(r['meta_test_return'])}" for s, r in sorted(records.items())),
                          "; ".join(entry["config_changes"]) or "**none**",
-                         _join_unique((r.get("git_commit") for r in records.values()), short_commit)])
+                         join_unique((r.get("git_commit") for r in records.values()), short_commit)])
             unpaired = sorted(s for s, r in records.items() if "full_meta_test_return" not in r)
             if unpaired:
                 notes.append(f"{name}: no full-method cell for seed(s) {', '.join(map(str, unpaired))}, so no Δ "
@@ -220,7 +226,7 @@ def render_markdown(report: dict) -> str:
                              f"comparison.**")
         header = ["variant", "meta-test return", "Δ vs full", "low-noise", "Δ low-noise", "per seed",
                   "config change", "commit"]
-        parts += [f"## {env}", "", _table(header, rows), ""]
+        parts += [f"## {env}", "", table(header, rows), ""]
         if notes:
             parts += [*(f"- {note}" for note in notes), ""]
     return "\n".join(parts).rstrip() + "\n"
@@ -228,37 +234,28 @@ def render_markdown(report: dict) -> str:
 
 def build_report(out: Path, full_root: Path, tier: str, command: str) -> dict:
     full_cells, problems = collect_cells(full_root / tier, with_config=True)
-    ablations = _ordered([p.parent.name for p in sorted(out.glob(f"*/{tier}")) if (p / "cells").is_dir()],
-                         tuple(ABLATIONS))
+    ablations = ordered([p.parent.name for p in sorted(out.glob(f"*/{tier}")) if (p / "cells").is_dir()],
+                         tuple(CATALOGUE))
     results, envs = {}, set()
     for name in ablations:
         cells, more = collect_cells(out / name / tier, with_config=True)
         problems += more
         results[name] = compare_cells(full_cells, cells)
         envs |= set(results[name])
-    full = {env: {c["seed"]: {"meta_test_return": c["meta_test_return"], "low_noise": _final_eval_value(c),
+    full = {env: {c["seed"]: {"meta_test_return": c["meta_test_return"], "low_noise": final_eval_value(c),
                               "git_commit": c.get("git_commit")}
-                  for c in full_cells if c["algo"] == ALGO and c["env"] == env} for env in _ordered(envs, ENV_ORDER)}
+                  for c in full_cells if c["algo"] == ALGO and c["env"] == env} for env in ordered(envs, ENV_ORDER)}
     seeds = sorted({s for by_env in results.values() for entry in by_env.values() for s in entry["seeds"]}
                    | {s for by_seed in full.values() for s in by_seed})
-    return {"tier": tier, "command": command, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "machine": machine_description(), "full_dir": _display_path(full_root / tier),
-            "ablations": ablations, "envs": _ordered(envs, ENV_ORDER), "seeds": seeds, "full": full,
+    return {"tier": tier, **provenance(command), "full_dir": display_path(full_root / tier),
+            "ablations": ablations, "envs": ordered(envs, ENV_ORDER), "seeds": seeds, "full": full,
             "results": results, "notes": problems}
-
-
-def _display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 def write_report(out: Path, report: dict) -> Path:
     tier = report["tier"]
-    atomic_write_json(out / f"ablations_{tier}.json", report)
     markdown = out / f"ABLATIONS_{tier}.md"
-    atomic_write_text(markdown, render_markdown(report))
+    write_json_and_markdown(out / f"ablations_{tier}.json", report, markdown, render_markdown(report))
     return markdown
 
 
@@ -277,9 +274,9 @@ def main(argv=None) -> int:
     for name in report["ablations"]:  # each ablation's own benchmark table and learning curves
         if not report["results"][name]:
             continue  # nothing finished yet
-        envs = _ordered(report["results"][name], ENV_ORDER)
+        envs = ordered(report["results"][name], ENV_ORDER)
         plan = {"envs": envs, "algos": [ALGO], "seeds": report["seeds"], "skipped": []}
-        benchmark.render(out / name / args.tier, args.tier, plan, command, [])
+        render_tier(out / name / args.tier, args.tier, plan, command, [])
     markdown = write_report(out, report)
     print(f"wrote {markdown} and each ablation's {args.tier}/RESULTS.md")
     return code

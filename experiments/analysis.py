@@ -17,12 +17,13 @@ import torch
 
 from algos.core.agent import MetaAgent
 from algos.core.buffers import sample_context
-from algos.core.io import read_json
+from algos.core.io import REPO_ROOT, read_json
+from algos.core.evaluation import meta_test_episodes
 from algos.core.sampler import num_eval_episodes, rollout
-from algos.core.trainer import Trainer, build_config, config_from_dict
-from envs_glue.point_robot import SPARSE_GOAL_RADIUS
+from algos.core.trainer import Trainer, build_config
+from envs_glue import env_spec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 
 # ---------------------------------------------------------------------------------------------- finding runs
@@ -74,29 +75,10 @@ def find_or_train_run(algo: str, env: str | None = None, root: Path | str = REPO
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_run(run_dir: Path | str) -> Trainer:
-    """Rebuild a run's :class:`Trainer` from its ``config.json`` and load the weights (and replay buffers) of
-    its ``checkpoint.pt``, read-only: the run's files and torch's global random state are left alone."""
-    if run_dir is None:
-        raise FileNotFoundError("no run directory given (and no run was found): train one first, e.g. "
-                                "python -m experiments.run --env point-robot --algo setformer --tier quick")
-    run_dir = Path(run_dir).expanduser().resolve()
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    config_path, checkpoint_path = run_dir / "config.json", run_dir / "checkpoint.pt"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{run_dir} holds no config.json: it is not a run directory of this project")
-    if not checkpoint_path.exists():
-        finished = (run_dir / "results.json").exists()
-        why = ("the run finished (results.json is there) but its checkpoint.pt was removed, e.g. by a benchmark "
-               "cleanup; its scalar results are still in results.json, but weights are needed here: rerun it or "
-               "choose another run" if finished else
-               "the run has not completed an iteration yet, or it was interrupted before its first checkpoint")
-        raise FileNotFoundError(f"no checkpoint.pt in {run_dir}: {why}")
-
-    config = config_from_dict(read_json(config_path, what="run config"))
-    trainer = Trainer(config, run_dir=run_dir, progress=False)
-    trainer.load_checkpoint(for_resume=False)
-    return trainer
+    """A run's :class:`Trainer` with the weights (and replay buffers) of its ``checkpoint.pt`` loaded, read-only:
+    the run's files and torch's global random state are left alone."""
+    return Trainer.from_run_dir(Path(run_dir).expanduser().resolve() if run_dir is not None else None,
+                                progress=False, load_weights=True)
 
 
 def describe_run(run_dir: Path | str | None) -> str:
@@ -172,23 +154,17 @@ def record_episodes(trainer: Trainer, task_id: int, num_episodes: int | None = N
 
     with trainer.isolated_randomness(seed), torch.no_grad():
         meta_env.reset_task(task_id)
-        agent.clear_context()
-        for episode in range(num_episodes):
-            exploring = episode < num_exploration
-            path = rollout(trainer.env, agent, max_path_length, deterministic=not exploring, accum_context=True,
-                           context_uses_sparse_reward=p.sparse_rewards)
-            adapted = episode + 1 >= num_exploration
-            if adapted:
-                agent.adapt()
-            record["obs"].append(path["obs"])
-            record["next_obs"].append(path["next_obs"])
-            record["actions"].append(path["actions"])
-            record["rewards"].append(path["sparse_rewards"] if p.sparse_rewards else path["rewards"])
-            record["dense_rewards"].append(path["rewards"])
-            record["exploring"].append(exploring)
-            record["adapted"].append(adapted)
+        for episode in meta_test_episodes(trainer.env, agent, num_episodes, num_exploration, max_path_length,
+                                          p.sparse_rewards):
+            record["obs"].append(episode.path["obs"])
+            record["next_obs"].append(episode.path["next_obs"])
+            record["actions"].append(episode.path["actions"])
+            record["rewards"].append(episode.scored_rewards)
+            record["dense_rewards"].append(episode.path["rewards"])
+            record["exploring"].append(episode.exploring)
+            record["adapted"].append(episode.adapted)
             num_tokens = int(agent.context.shape[1])
-            record["attention"].append(_last_attention(agent, num_tokens) if adapted else None)
+            record["attention"].append(_last_attention(agent, num_tokens) if episode.adapted else None)
             record["z"].append(agent.z[0].detach().float().cpu().numpy().copy())
         record["context"] = agent.context.detach().clone()               # (1, n, context_dim)
 
@@ -394,9 +370,9 @@ def latent_spread(latents: np.ndarray) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------- tasks
-def is_point_robot(trainer: Trainer) -> bool:
-    """Whether the run's tasks are goals on a plane (point-robot, sparse-point-robot)."""
-    return trainer.config.env in ("point-robot", "sparse-point-robot")
+def is_goal_plane(trainer: Trainer) -> bool:
+    """Whether the run's tasks are goals on a plane (the point robots): its env spec says."""
+    return env_spec(trainer.config.env).goal_plane
 
 
 def task_vectors(trainer: Trainer, task_ids: Sequence[int]) -> np.ndarray:
@@ -410,24 +386,24 @@ def task_parameters(trainer: Trainer, task_ids: Sequence[int]) -> np.ndarray:
     (the one parameter of the sparse task, and the direction of the goal on the dense one), the goal velocity
     for cheetah-vel."""
     vectors = task_vectors(trainer, task_ids)
-    if is_point_robot(trainer):
+    if is_goal_plane(trainer):
         return np.arctan2(vectors[:, 1], vectors[:, 0])
     return vectors[:, 0]
 
 
 def task_parameter_label(trainer: Trainer) -> str:
-    return "goal angle (rad)" if is_point_robot(trainer) else "goal velocity"
+    return env_spec(trainer.config.env).task_label
 
 
 def task_parameter_cmap(trainer: Trainer) -> str:
     """A colormap that reads the task parameter right: cyclic (``twilight``) for point-robot's goal angles, which
     wrap around at +-pi, sequential (``viridis``) for the sparse task's half-circle and for velocities."""
-    return "twilight" if trainer.config.env == "point-robot" else "viridis"
+    return "twilight" if env_spec(trainer.config.env).task_wraps_around else "viridis"
 
 
 def goal_radius(trainer: Trainer) -> float | None:
     """The sparse task's reward radius around the goal (drawn on attention maps), ``None`` on dense tasks."""
-    return SPARSE_GOAL_RADIUS if trainer.config.env == "sparse-point-robot" else None
+    return env_spec(trainer.config.env).goal_radius
 
 
 # ---------------------------------------------------------------------------------------------- plotting

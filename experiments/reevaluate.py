@@ -27,7 +27,6 @@ import argparse
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +34,13 @@ import torch
 
 from algos import ALGORITHMS
 from algos.core.config import SEEDS, TIERS, ConfigError, apply_overrides
-from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description, read_json
+from algos.core.io import REPO_ROOT, atomic_write_json, atomic_write_text, read_json
 from algos.core.sampler import rollout
 from envs_glue import ENV_SPECS
-from experiments.analysis import REPO_ROOT, load_run
-from experiments.benchmark import cell_dir
-from experiments.results_table import (DASH, display_name, fmt, format_delta, format_mean_std,
-                                       report_heading)
+from experiments.analysis import load_run
+from experiments.engine import cell_dir
+from experiments.report import (DASH, display_name, fmt, format_delta, format_mean_std, provenance,
+                                report_heading)
 
 SETFORMER_VARIANTS = {
     "as-trained": [],
@@ -252,8 +251,7 @@ def main(argv=None) -> int:
               "cells": cells, "own_embedding": own_embedding}
 
     def save() -> None:
-        report.update(command=command, generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      git_commit=git_commit(), machine=machine_description())
+        report.update(provenance(command))
         atomic_write_json(json_path, report)
 
     for env in args.envs:

@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
-import tempfile
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from algos.core.io import atomic_write_json, atomic_write_text, read_json
+from algos.core.io import atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from algos.core.meta_sac import MetaSACConfig
-
-# Standard deviations over seeds are sample standard deviations (ddof = 1): with three seeds the population
-# formula would understate the spread by a factor sqrt(2/3). A single seed therefore shows no "±".
-STD_DDOF = 1
+from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
+                                display_name, final_eval_value, fmt, format_mean_std, join_unique, known_optimum,
+                                mean_std, ordered, ours, plural, provenance, reference_for, report_heading, short_commit, table,
+                                unique)
 
 # SPEC section 7: the reference benchmark's own runs (20 iterations, full gradient budget, mean of three seeds).
 REFERENCE_LABEL = ("reference's own runs at the benchmark tier (20 iterations × full gradient budget), "
@@ -39,7 +35,7 @@ REFERENCE_LABEL = ("reference's own runs at the benchmark tier (20 iterations ×
 # at the benchmark tier the runs here have the reference's budget: its numbers stand beside them as equals
 REFERENCE_LABEL_SAME_BUDGET = ("reference's own runs, mean of three seeds, on this same protocol and budget "
                                "(the benchmark tier)")
-REFERENCE_BUDGET_TIER = "benchmark"
+REFERENCE_BUDGET_TIER = REFERENCE["tier"]
 
 
 FINDINGS_FILE = "FINDINGS.md"  # hand-written analysis of a tier's results, included in its RESULTS.md
@@ -47,57 +43,11 @@ FINDINGS_FILE = "FINDINGS.md"  # hand-written analysis of a tier's results, incl
 def reference_label(tier: str) -> str:
     return REFERENCE_LABEL_SAME_BUDGET if tier == REFERENCE_BUDGET_TIER else REFERENCE_LABEL
 
-REFERENCE_RESULTS: dict[str, dict[str, float]] = {
-    "point-robot": {"FOCAL": -12.862, "PEARL": -15.468, "VariBAD": -12.494,
-                    "best other designed method seen": -9.803},
-    "cheetah-vel": {"FOCAL": -91.923, "PEARL": -64.634, "VariBAD": -69.431,
-                    "best other designed method seen": -52.637},
-    "sparse-point-robot": {"FOCAL": 0.233, "PEARL": 5.491, "VariBAD": 0.000,
-                           "best other designed method seen": 4.876},
-}
-# which reference row sits beside which of our algorithms
-REFERENCE_ROW_FOR_ALGO = {"pearl": "PEARL", "focal": "FOCAL", "varibad": "VariBAD"}
-
-# SPEC section 7: what the final episode can score at best when the task is known.
-KNOWN_OPTIMUM: dict[str, tuple[float | None, str]] = {
-    "point-robot": (-4.60, "known-goal optimum -4.60 (random starts; a 10-task mean has std ≈ 1.2 from the starts "
-                           "alone); standing still scores -19.67, heading for the origin -14.08"),
-    "sparse-point-robot": (13.07, "known-goal optimum from (0, 0) 13.07; one blind search episode earns at most "
-                                  "≈ 6.7"),
-    "cheetah-vel": (None, "no closed form; open-loop gaits found by search reach ≈ -31, and the optimum is no "
-                          "higher than ≈ -5"),
-}
-
-# Names of SPEC section 6: the baselines are the reference benchmark's online SAC adaptations, not the originals.
-DISPLAY_NAMES = {
-    "sac-no-context": "SAC (no context)",
-    "pearl": "PEARL",
-    "focal": "FOCAL (online SAC variant)",
-    "varibad": "VariBAD (online SAC variant)",
-    "setformer": "setformer (ours)",
-    "oracle": "oracle (true task)",
-}
-ALGO_ORDER = ("sac-no-context", "pearl", "focal", "varibad", "setformer", "oracle")
-ENV_ORDER = ("point-robot", "sparse-point-robot", "cheetah-vel")
-OUR_METHOD = "setformer"
-# methods the project's own one is compared against at equal budget (the oracle is a reference line, not a method)
-BASELINES = ("sac-no-context", "pearl", "focal", "varibad")
 # MetaSACConfig's fields: every SAC-based method has them, so differing values are worth a line in the table
 SHARED_HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(MetaSACConfig))
-DASH = "—"
 
 CELL_FIELDS = ("env", "algo", "seed", "meta_test_return", "final_eval", "online_returns", "learning_curve",
                "env_steps", "grad_steps", "wall_time_s", "parameter_count", "git_commit", "git_commits", "machine")
-
-
-def display_name(algo: str) -> str:
-    return DISPLAY_NAMES.get(algo, algo)
-
-
-def _ordered(items: Iterable[str], order: tuple[str, ...]) -> list[str]:
-    """Known names in the paper's order first, then any others (a new method in the registry) alphabetically."""
-    unique = set(items)
-    return [x for x in order if x in unique] + sorted(unique - set(order))
 
 
 # ---------------------------------------------------------------------- collection
@@ -131,16 +81,12 @@ def collect_cells(tier_dir: Path, with_config: bool = False) -> tuple[list[dict]
     return cells, problems
 
 
-def build_summary(tier: str, cells: list[dict], plan: dict, command: str, machine: dict, commit: str,
-                  notes: list[str] | None = None) -> dict:
+def build_summary(tier: str, cells: list[dict], plan: dict, command: str, notes: list[str] | None = None) -> dict:
     """The aggregated ``results.json``: what was asked for (``plan``: envs, algos, seeds and combinations that were
     skipped), what finished (``cells``) and the provenance of the rendering."""
     return {
         "tier": tier,
-        "command": command,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
-        "git_commit": commit,
+        **provenance(command),
         "std_ddof": STD_DDOF,
         "plan": plan,
         "notes": list(notes or []),
@@ -148,93 +94,18 @@ def build_summary(tier: str, cells: list[dict], plan: dict, command: str, machin
     }
 
 
-# ---------------------------------------------------------------------- statistics and formatting
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample std (``STD_DDOF``); the std is ``None`` when it is undefined (fewer than two values)."""
-    array = np.asarray(values, dtype=np.float64)
-    std = float(array.std(ddof=STD_DDOF)) if len(array) > STD_DDOF else None
-    return float(array.mean()), std
-
-
-def fmt(value: float | None, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return DASH
-    return f"{value:.{digits}f}"
-
-
-def format_mean_std(values: list[float], planned: int) -> str:
-    """``mean ± std (n=k)``; ``(n=k/planned)`` while seeds are missing; "—" with the count when none finished."""
-    if not values:
-        return f"{DASH} (0/{planned} seeds)"
-    mean, std = mean_std(values)
-    count = f"n={len(values)}" if len(values) >= planned else f"n={len(values)}/{planned}"
-    spread = f" ± {fmt(std)}" if std is not None else ""
-    return f"{fmt(mean)}{spread} ({count})"
-
-
-def _final_eval_value(cell: dict) -> float | None:
-    final = cell.get("final_eval") or {}
-    return final.get("meta_test_return")
-
-
-def format_delta(diffs: list[float], with_count: bool = False) -> str:
-    """A paired difference: ``+1.23 ± 0.45`` (sample std over pairs), optionally ``(n=k)``; "—" for none."""
-    if not diffs:
-        return DASH
-    mean, std = mean_std(diffs)
-    return (f"{mean:+.2f}" + (f" ± {std:.2f}" if std is not None else "")
-            + (f" (n={len(diffs)})" if with_count else ""))
-
-
-def report_heading(title: str, report: dict, extra: str = "") -> list[str]:
-    """The opening lines every results report shares: ``# <title>``, then ``Generated <when> by `<command>` at commit
-    `<commit>` on <cpu> (<cores> cores, torch <version><extra>).``"""
-    machine = report.get("machine") or {}
-    provenance = (f"Generated {report.get('generated_at', '?')} by `{report.get('command', '?')}` at commit "
-                  f"`{report.get('git_commit', '?')}` on {machine.get('cpu', '?')} ({machine.get('cores', '?')} "
-                  f"cores, torch {machine.get('torch', '?')}){extra}.")
-    return [f"# {title}", "", provenance, ""]
-
-
-def short_commit(commit: str | None) -> str:
-    """``abc1234`` or ``abc1234-dirty`` from a full ``git rev-parse`` hash as runs record it."""
-    full = str(commit or "?")
-    return full[:7] + ("-dirty" if full.endswith("-dirty") else "")
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _unique(values: Iterable[Any]) -> list[Any]:
-    out = []
-    for value in values:
-        if value not in out:
-            out.append(value)
-    return out
-
-
-def _join_unique(values: Iterable[Any], render=str) -> str:
-    unique = _unique(v for v in values if v is not None)
-    if not unique:
-        return DASH
-    if len(unique) == 1:
-        return render(unique[0])
-    return " / ".join(render(v) for v in unique) + " (differs between cells!)"
-
-
 # ---------------------------------------------------------------------- layout helpers
 def _plan_lists(summary: dict) -> tuple[list[str], dict[str, list[str]], list[int]]:
     """Environments, the methods shown per environment, and the planned seeds: the plan's, plus anything found."""
     plan = summary.get("plan") or {}
     cells = summary.get("cells") or []
-    envs = _ordered([*plan.get("envs", []), *(c["env"] for c in cells)], ENV_ORDER)
+    envs = ordered([*plan.get("envs", []), *(c["env"] for c in cells)], ENV_ORDER)
     skipped = {(s["env"], s["algo"]) for s in plan.get("skipped", [])}
     algos_by_env = {}
     for env in envs:
         found = [c["algo"] for c in cells if c["env"] == env]
         wanted = [a for a in plan.get("algos", []) if (env, a) not in skipped]
-        algos_by_env[env] = _ordered([*wanted, *found], ALGO_ORDER)
+        algos_by_env[env] = ordered([*wanted, *found], ALGO_ORDER)
     seeds = sorted(set(plan.get("seeds", [])) | {c["seed"] for c in cells})
     return envs, algos_by_env, seeds
 
@@ -244,12 +115,6 @@ def _cells_by(summary: dict) -> dict[tuple[str, str], dict[int, dict]]:
     for cell in summary.get("cells") or []:
         grouped[(cell["env"], cell["algo"])][cell["seed"]] = cell
     return grouped
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- rendering
@@ -263,18 +128,18 @@ def _budget_section(summary: dict, envs: list[str], grouped) -> str:
         trained = [c for c in cells if (c.get("grad_steps") or 0) > 0]  # the oracle neither collects nor trains
 
         def proto(key: str) -> str:
-            return _join_unique((p.get(key) for p in protocols))
+            return join_unique((p.get(key) for p in protocols))
 
         def per_run(key: str) -> str:
-            return _join_unique((c.get(key) for c in trained), render=lambda v: f"{v:,}")
+            return join_unique((c.get(key) for c in trained), render=lambda v: f"{v:,}")
 
-        batches = _join_unique((f"{p['meta_batch']} × {p['batch_size']}" for p in protocols
+        batches = join_unique((f"{p['meta_batch']} × {p['batch_size']}" for p in protocols
                                 if "meta_batch" in p and "batch_size" in p))
-        evaluation = _join_unique(
+        evaluation = join_unique(
             (f"{p['num_steps_per_eval']} steps, {p['num_exp_traj_eval']} exploring ep., "
-             f"{_plural(p['num_evals'], 'repeat')}"
+             f"{plural(p['num_evals'], 'repeat')}"
              for p in protocols if {"num_steps_per_eval", "num_exp_traj_eval", "num_evals"} <= set(p)))
-        final_repeats = _join_unique(((c.get("final_eval") or {}).get("num_repeats") for c in cells))
+        final_repeats = join_unique(((c.get("final_eval") or {}).get("num_repeats") for c in cells))
         rows.append([env, proto("num_iterations"), proto("num_train_steps_per_itr"), batches,
                      proto("embedding_batch_size"), per_run("env_steps"), per_run("grad_steps"), evaluation,
                      final_repeats])
@@ -285,15 +150,15 @@ def _budget_section(summary: dict, envs: list[str], grouped) -> str:
                                 f"({', '.join(f'{display_name(a)} {v:,}' for a, v in sorted(by_algo.items()))}).")
     header = ["env", "iterations", "gradient steps / iteration", "meta_batch × batch_size", "context size",
               "env steps / run", "gradient steps / run", "meta-test evaluation", "low-noise repeats"]
-    return _table(header, rows) + ("\n\n" + "\n".join(warnings) if warnings else "")
+    return table(header, rows) + ("\n\n" + "\n".join(warnings) if warnings else "")
 
 
 def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_file: str | None, tier: str) -> str:
     planned = len(seeds)
-    final_repeats = _unique((cell.get("final_eval") or {}).get("num_repeats")
+    final_repeats = unique((cell.get("final_eval") or {}).get("num_repeats")
                             for a in algos for cell in grouped.get((env, a), {}).values())
     final_repeats = [r for r in final_repeats if r is not None]
-    low_noise_header = (f"low-noise final eval ({_plural(final_repeats[0], 'repeat')})" if len(final_repeats) == 1
+    low_noise_header = (f"low-noise final eval ({plural(final_repeats[0], 'repeat')})" if len(final_repeats) == 1
                         else "low-noise final eval")
     header = ["method", "meta-test return (protocol)", low_noise_header, "per seed (protocol)",
               "online return per episode", "parameters", "wall time (min)", "reference†"]
@@ -302,7 +167,7 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
         by_seed = grouped.get((env, algo), {})
         done = [by_seed[s] for s in seeds if s in by_seed]
         protocol_values = [c["meta_test_return"] for c in done if c.get("meta_test_return") is not None]
-        final_values = [v for v in (_final_eval_value(c) for c in done) if v is not None]
+        final_values = [v for v in (final_eval_value(c) for c in done) if v is not None]
         figures[algo] = (protocol_values, final_values)
         per_seed = " · ".join(
             f"{s}: {fmt(by_seed[s].get('meta_test_return')) if s in by_seed else DASH}" for s in seeds)
@@ -311,19 +176,18 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
             online_text = " / ".join(fmt(v, 1) for v in np.mean(np.asarray(online, dtype=np.float64), axis=0))
         else:
             online_text = DASH
-        params = _join_unique((c.get("parameter_count") for c in done), render=lambda v: f"{v:,}")
+        params = join_unique((c.get("parameter_count") for c in done), render=lambda v: f"{v:,}")
         wall = [c["wall_time_s"] for c in done if c.get("wall_time_s") is not None]
         wall_text = fmt(float(np.mean(wall)) / 60.0) if wall else DASH
-        reference_row = REFERENCE_ROW_FOR_ALGO.get(algo)
-        reference = REFERENCE_RESULTS.get(env, {}).get(reference_row) if reference_row else None
+        reference = reference_for(algo, env)
         reference_text = f"{reference:.3f}†" if reference is not None else ""
         rows.append([display_name(algo), format_mean_std(protocol_values, planned),
                      format_mean_std(final_values, planned), per_seed, online_text, params, wall_text,
                      reference_text])
 
-    parts = [f"## {env}", "", _table(header, rows), ""]
+    parts = [f"## {env}", "", table(header, rows), ""]
     # reference lines: the optimum (and the oracle's own figure), then the reference benchmark's numbers
-    optimum, optimum_text = KNOWN_OPTIMUM.get(env, (None, "no known optimum"))
+    optimum, optimum_text = known_optimum(env)
     oracle_line = ""
     if figures.get("oracle") and figures["oracle"][0]:
         protocol_values, final_values = figures["oracle"]
@@ -350,22 +214,26 @@ def _margin_text(env: str, figures: dict[str, tuple[list[float], list[float]]], 
     """How far the project's method is above the strongest baseline run here (equal budget), and above the
     best reference number (only indicative below the benchmark tier, whose budget it has). Empty until both
     sides have data."""
-    ours = figures.get(OUR_METHOD)
-    if not ours or not ours[0]:
+    return " ".join(text for algo in ours() if (text := _margin_of(algo, env, figures, tier)))
+
+
+def _margin_of(algo: str, env: str, figures: dict[str, tuple[list[float], list[float]]], tier: str) -> str:
+    mine = figures.get(algo)
+    if not mine or not mine[0]:
         return ""
-    ours_protocol = float(np.mean(ours[0]))
-    ours_final = float(np.mean(ours[1])) if ours[1] else None
+    mine_protocol = float(np.mean(mine[0]))
+    mine_final = float(np.mean(mine[1])) if mine[1] else None
     sentences = []
-    baselines = {a: f for a, f in figures.items() if a in BASELINES and f[0]}
-    if baselines:
-        best = max(baselines, key=lambda a: np.mean(baselines[a][0]))
-        text = (f"{display_name(OUR_METHOD)} minus the strongest baseline run here at equal budget "
-                f"({display_name(best)}): {ours_protocol - float(np.mean(baselines[best][0])):+.2f} on the protocol "
+    compared = {a: f for a, f in figures.items() if a in baselines() and f[0]}
+    if compared:
+        best = max(compared, key=lambda a: np.mean(compared[a][0]))
+        text = (f"{display_name(algo)} minus the strongest baseline run here at equal budget "
+                f"({display_name(best)}): {mine_protocol - float(np.mean(compared[best][0])):+.2f} on the protocol "
                 f"figure")
-        best_final = [a for a in baselines if baselines[a][1]]
-        if ours_final is not None and best_final:
-            best_f = max(best_final, key=lambda a: np.mean(baselines[a][1]))
-            text += (f", {ours_final - float(np.mean(baselines[best_f][1])):+.2f} on the low-noise figure "
+        best_final = [a for a in compared if compared[a][1]]
+        if mine_final is not None and best_final:
+            best_f = max(best_final, key=lambda a: np.mean(compared[a][1]))
+            text += (f", {mine_final - float(np.mean(compared[best_f][1])):+.2f} on the low-noise figure "
                      f"(vs {display_name(best_f)})")
         sentences.append(text + ".")
     references = REFERENCE_RESULTS.get(env)
@@ -373,7 +241,7 @@ def _margin_text(env: str, figures: dict[str, tuple[list[float], list[float]]], 
         best_ref = max(references.values())
         budget = "same budget" if tier == REFERENCE_BUDGET_TIER else "not comparable budget"
         sentences.append(f"Against the best reference number ({best_ref:.3f}, {budget}): "
-                         f"{ours_protocol - best_ref:+.2f} (protocol figure, means over seeds).")
+                         f"{mine_protocol - best_ref:+.2f} (protocol figure, means over seeds).")
     return " ".join(sentences)
 
 
@@ -391,7 +259,7 @@ def _hyperparameter_text(summary: dict) -> str:
         if len({json.dumps(v) for vs in by_algo.values() for v in vs}) <= 1:
             continue
         groups: dict[str, list[str]] = defaultdict(list)
-        for algo in _ordered(by_algo, ALGO_ORDER):
+        for algo in ordered(by_algo, ALGO_ORDER):
             groups[" / ".join(map(str, by_algo[algo]))].append(display_name(algo))
         lines.append(f"`{key}`: " + "; ".join(f"{', '.join(names)} {value}" for value, names in groups.items()))
     if not lines:
@@ -517,7 +385,7 @@ def plot_learning_curves(summary: dict, out_dir: Path) -> dict[str, str]:
             line, = ax.plot(iterations, means, label=f"{display_name(algo)} (n={n})", marker=".",
                             linestyle="--" if algo == "oracle" else "-")
             ax.fill_between(iterations, means - stds, means + stds, color=line.get_color(), alpha=0.2)
-        optimum = KNOWN_OPTIMUM.get(env, (None, ""))[0]
+        optimum = known_optimum(env)[0]
         if optimum is not None:
             ax.axhline(optimum, color="black", linestyle=":", linewidth=1, label=f"known-task optimum ({optimum})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -528,30 +396,17 @@ def plot_learning_curves(summary: dict, out_dir: Path) -> dict[str, str]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         name = f"curves_{env}.png"
-        _atomic_savefig(fig, Path(out_dir) / name)
+        atomic_savefig(fig, Path(out_dir) / name)
         plt.close(fig)
         files[env] = name
     return files
-
-
-def _atomic_savefig(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # other results files a reader of RESULTS.md wants, relative to the tier directory ({tier}: its name)
 COMPANIONS = {
     "REEVALUATIONS.md": "setformer's exploration rules switched off on the same final weights and seeds",
     "../ablations/ABLATIONS_{tier}.md": "setformer retrained with one switch flipped, paired seed by seed",
-    "../baselines-lr1e-3/{tier}/RESULTS.md": "baselines rerun at setformer's learning rate (1e-3), same budget",
+    "../baselines-lr1e-3/{tier}/RESULTS.md": "baselines rerun at lr 1e-3 (setformer's lr until it took the baselines' 3e-4), same budget",
     "../THROUGHPUT.md": "gradient steps/s, environment steps/s and adapt() latency, one controlled run",
 }
 
@@ -566,3 +421,15 @@ def write_report(tier_dir: Path, summary: dict) -> tuple[Path, Path]:
     companions = {link: what for link, what in links.items() if (tier_dir / link).exists()}
     atomic_write_text(markdown_path, render_markdown(summary, curve_files, companions))
     return results_path, markdown_path
+
+
+def render_tier(tier_dir: Path, tier: str, plan: dict, command: str, notes: list[str]) -> Path:
+    """Collect a tier folder's finished cells and write its results.json, curves and RESULTS.md (with the folder's
+    hand-written FINDINGS.md, if any); returns the markdown's path."""
+    cells, problems = collect_cells(tier_dir)
+    summary = build_summary(tier, cells, plan, command, [*notes, *problems])
+    findings = Path(tier_dir) / FINDINGS_FILE
+    if findings.exists():
+        summary["findings"] = findings.read_text()
+    _results, markdown = write_report(tier_dir, summary)
+    return markdown

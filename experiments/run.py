@@ -32,12 +32,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from algos.core.trainer import Trainer, build_config, resume_trainer
+    from algos.core.trainer import Trainer, build_config
     try:
         if args.resume:
             if args.overrides:
                 raise ConfigError("--resume continues a run with its saved config; --set is not allowed with it")
-            trainer = resume_trainer(args.resume, progress=not args.no_progress)
+            trainer = Trainer.from_run_dir(args.resume, progress=not args.no_progress)
             resume = trainer.checkpoint_path.exists()
         else:
             if not args.env or not args.algo:

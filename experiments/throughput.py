@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +38,10 @@ import torch
 
 from algos import ALGORITHMS, algorithm_class
 from algos.core.config import TIERS
-from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description
 from algos.core.trainer import Trainer, build_config
 from envs_glue import ENV_SPECS
-from experiments.benchmark import available_cpus, unsupported_reason
-from experiments.results_table import report_heading
+from experiments.engine import available_cpus, unsupported_reason
+from experiments.report import provenance, report_heading, write_json_and_markdown
 
 DEFAULT_CONTEXT_SIZES = (10, 100, 1000)
 
@@ -309,14 +307,12 @@ def main(argv=None) -> int:
                               for n in args.context_sizes))
             results.append(result)
     report = {
-        "command": command, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(), "machine": machine_description(), "threads": args.threads, "tier": args.tier,
+        **provenance(command), "threads": args.threads, "tier": args.tier,
         "envs": args.envs, "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
         "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "matmul_peak": matmul, "results": results,
     }
     out = Path(args.out)
-    atomic_write_json(out / "throughput.json", report)
-    atomic_write_text(out / "THROUGHPUT.md", render_markdown(report))
+    write_json_and_markdown(out / "throughput.json", report, out / "THROUGHPUT.md", render_markdown(report))
     print(f"wrote {out / 'throughput.json'} and {out / 'THROUGHPUT.md'}")
     return 1 if failed else 0
 

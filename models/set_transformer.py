@@ -11,18 +11,16 @@ from torch import nn
 
 
 class MultiheadAttentionBlock(nn.Module):
-    """``MAB(X, Y) = N(H + FF(H))`` with ``H = N(X + Attention(X, Y, Y))``; ``N`` is a LayerNorm with
-    ``layer_norm`` and the identity otherwise (the set transformer's default)."""
+    """``MAB(X, Y) = H + FF(H)`` with ``H = X + Attention(X, Y, Y)``: the set transformer's default without
+    LayerNorm (with it, setformer's latent collapsed to a constant: benchmarks/dev/README.md, setformer-v1/v2)."""
 
-    def __init__(self, dim: int, num_heads: int, layer_norm: bool = False):
+    def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.norm1 = nn.LayerNorm(dim) if layer_norm else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim) if layer_norm else nn.Identity()
         self.feedforward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,8 +31,8 @@ class MultiheadAttentionBlock(nn.Module):
         scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
         weights = scores.float().softmax(dim=-1)
         attended = torch.einsum("bhqk,bhkd->bhqd", weights.to(v.dtype), v)
-        hidden = self.norm1(queries + self.out(rearrange(attended, "b h n d -> b n (h d)")))
-        return self.norm2(hidden + self.feedforward(hidden)), weights
+        hidden = queries + self.out(rearrange(attended, "b h n d -> b n (h d)"))
+        return hidden + self.feedforward(hidden), weights
 
 
 class InducedSetAttentionBlock(nn.Module):
@@ -50,18 +48,6 @@ class InducedSetAttentionBlock(nn.Module):
         inducing = self.inducing_points.expand(tokens.shape[0], -1, -1)
         summary, _ = self.summarise(inducing, tokens)
         out, _ = self.broadcast(tokens, summary)
-        return out
-
-
-class SelfAttentionBlock(nn.Module):
-    """``SAB(X) = MAB(X, X)``: full self-attention for small sets."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.block = MultiheadAttentionBlock(dim, num_heads)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out, _ = self.block(tokens, tokens)
         return out
 
 

@@ -61,7 +61,7 @@ class RecordingAgent(MetaAgent):
         self.clear_context()
         self.events.clear()
 
-    def prior_z(self, num_tasks: int) -> torch.Tensor:
+    def reset_to_prior(self, num_tasks: int) -> torch.Tensor:
         return torch.zeros(num_tasks, self.latent_dim)
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:

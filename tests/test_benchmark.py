@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from experiments import benchmark
-from experiments.benchmark import Cell, _last_line
+from experiments.engine import Cell, _last_line
 from experiments.results_table import REFERENCE_LABEL, render_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,8 @@
 """Per-task replay buffers and the context / RL-batch samplers (algos/core/buffers.py)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -83,29 +85,49 @@ def test_sample_rl_batch_shapes_and_content():
     for task in range(4):
         buf.add_path(task, make_path(100 * task, 20))
     tasks = np.array([3, 0, 3, 1, 2])
-    batch = sample_rl_batch(buf, tasks, 16, np.random.default_rng(0))
-    assert batch["obs"].shape == (5, 16, OBS)
-    assert batch["next_obs"].shape == (5, 16, OBS)
-    assert batch["actions"].shape == (5, 16, ACT)
-    for key in ("rewards", "sparse_rewards", "terminals"):
-        assert batch[key].shape == (5, 16, 1)
-    assert all(isinstance(v, torch.Tensor) and v.dtype == torch.float32 for v in batch.values())
-    ids = batch["obs"][..., 0].numpy().astype(int)
+    batch = sample_rl_batch(buf, tasks, 16, np.random.default_rng(0), context_uses_sparse_reward=False,
+                            critic_uses_dense_reward=True)
+    assert batch.obs.shape == (5, 16, OBS)
+    assert batch.next_obs.shape == (5, 16, OBS)
+    assert batch.actions.shape == (5, 16, ACT)
+    for key in ("context_rewards", "critic_rewards", "terminals"):
+        assert getattr(batch, key).shape == (5, 16, 1)
+    assert all(isinstance(getattr(batch, f.name), torch.Tensor) and getattr(batch, f.name).dtype == torch.float32
+               for f in dataclasses.fields(batch))
+    ids = batch.obs[..., 0].numpy().astype(int)
     for row, task in zip(ids, tasks):  # each row comes from its own task, fields aligned
         assert np.all((row >= 100 * task) & (row < 100 * task + 20))
-    np.testing.assert_array_equal(batch["rewards"][..., 0].numpy(), -ids)
-    np.testing.assert_array_equal(batch["actions"][..., 1].numpy(), -ids)
-    np.testing.assert_array_equal(batch["next_obs"][..., 0].numpy(), ids + 1000)
+    np.testing.assert_array_equal(batch.context_rewards[..., 0].numpy(), -ids)
+    np.testing.assert_array_equal(batch.critic_rewards[..., 0].numpy(), -ids)
+    np.testing.assert_array_equal(batch.actions[..., 1].numpy(), -ids)
+    np.testing.assert_array_equal(batch.next_obs[..., 0].numpy(), ids + 1000)
+    flat = batch.flatten_tasks()
+    assert flat.obs.shape == (5 * 16, OBS) and flat.critic_rewards.shape == (5 * 16, 1)
+    np.testing.assert_array_equal(flat.obs.numpy(), batch.obs.reshape(-1, OBS).numpy())
+
+
+@pytest.mark.parametrize("context_sparse, critic_dense", [(True, True), (True, False), (False, False)])
+def test_rl_batch_chooses_each_reward_once(context_sparse, critic_dense):
+    """make_path stores the dense reward -id and the sparse reward id % 2: the batch hands each role its own."""
+    buf = MultiTaskReplayBuffer(num_tasks=1, capacity=50, obs_dim=OBS, action_dim=ACT)
+    buf.add_path(0, make_path(0, 20))
+    batch = sample_rl_batch(buf, np.array([0]), 32, np.random.default_rng(1), context_uses_sparse_reward=context_sparse,
+                            critic_uses_dense_reward=critic_dense)
+    ids = batch.obs[..., 0].numpy().astype(int)
+    dense, sparse = -ids, ids % 2
+    np.testing.assert_array_equal(batch.context_rewards[..., 0].numpy(), sparse if context_sparse else dense)
+    np.testing.assert_array_equal(batch.critic_rewards[..., 0].numpy(),
+                                  dense if critic_dense else (sparse if context_sparse else dense))
 
 
 def test_sampling_is_reproducible_with_same_rng():
     buf = MultiTaskReplayBuffer(num_tasks=2, capacity=50, obs_dim=OBS, action_dim=ACT)
     buf.add_path(0, make_path(0, 30))
     buf.add_path(1, make_path(100, 30))
-    a = sample_rl_batch(buf, np.array([0, 1]), 8, np.random.default_rng(5))
-    b = sample_rl_batch(buf, np.array([0, 1]), 8, np.random.default_rng(5))
-    for key in a:
-        assert torch.equal(a[key], b[key])
+    a = sample_rl_batch(buf, np.array([0, 1]), 8, np.random.default_rng(5), True, True)
+    b = sample_rl_batch(buf, np.array([0, 1]), 8, np.random.default_rng(5), True, True)
+    for field in dataclasses.fields(a):
+        assert torch.equal(getattr(a, field.name), getattr(b, field.name))
 
 
 @pytest.mark.parametrize("use_next_obs", [False, True])
@@ -182,7 +204,7 @@ def test_sampling_empty_task_raises_clear_error(sequential):
     with pytest.raises(RuntimeError, match=r"empty replay buffer of task\(s\) \[2, 3\]"):
         sample_context(buf, np.array([0, 3, 2]), 4, np.random.default_rng(0), False, False, sequential=sequential)
     with pytest.raises(RuntimeError, match="empty"):
-        sample_rl_batch(buf, np.array([1]), 4, np.random.default_rng(0))
+        sample_rl_batch(buf, np.array([1]), 4, np.random.default_rng(0), False, True)
 
 
 def test_nonpositive_capacity_rejected():

@@ -35,8 +35,11 @@ def test_benchmark_protocol_matches_spec():
         for key, value in values.items():
             assert getattr(protocol, key) == value, (env, key)
         assert protocol.final_eval_repeats >= 10
-    assert protocol_for("sparse-point-robot", "benchmark").kl_lambda == 1.0
-    assert protocol_for("point-robot", "benchmark").kl_lambda == 0.1
+    # PEARL's KL weight is PEARL's own setting, with a per-environment default (SPEC section 6)
+    assert build_config("sparse-point-robot", "pearl", "benchmark", 0).agent.kl_lambda == 1.0
+    assert build_config("point-robot", "pearl", "benchmark", 0).agent.kl_lambda == 0.1
+    assert build_config("cheetah-vel", "pearl", "benchmark", 0).agent.kl_lambda == 0.1
+    assert not hasattr(protocol_for("point-robot", "benchmark"), "kl_lambda")
 
 
 def test_quick_tier_keeps_collection_and_evaluation():

@@ -10,7 +10,7 @@ import torch
 from algos import ALGORITHMS
 from algos.core import device as device_module
 from algos.core.config import ConfigError
-from algos.core.trainer import Trainer, build_config, resume_trainer
+from algos.core.trainer import Trainer, build_config
 from tests.conftest import make_trainer, read_metrics, strip_nondeterministic
 
 HAS_CUDA = torch.cuda.is_available()
@@ -53,7 +53,7 @@ def test_resumed_run_keeps_its_precision_and_warns_where_it_is_emulated(tmp_path
     trainer = make_trainer("point-robot", tmp_path / "run", "sac-no-context", overrides=["bf16=true", "device=cpu"])
     trainer.run()
     monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
-    resumed = resume_trainer(tmp_path / "run", progress=False)
+    resumed = Trainer.from_run_dir(tmp_path / "run", progress=False)
     assert resumed.config.bf16 is True
     assert "bf16 autocast, which this CPU only emulates" in capsys.readouterr().err
 
@@ -112,7 +112,7 @@ def test_every_method_trains_on_cuda_and_resumes_on_the_cpu(tmp_path, algo, monk
     (run_dir / "config.json").write_text(json.dumps(saved))
     (run_dir / "results.json").unlink()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    resumed = resume_trainer(run_dir, progress=False)
+    resumed = Trainer.from_run_dir(run_dir, progress=False)
     assert resumed.device.type == "cpu"
     resumed.run(resume=True)
     assert [row["iteration"] for row in read_metrics(run_dir)] == [0, 1]

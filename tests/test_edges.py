@@ -197,7 +197,7 @@ def test_stale_temp_files_are_removed_on_resume(tmp_path):
 
 
 def test_time_of_a_killed_partial_iteration_is_counted(tmp_path, monkeypatch):
-    from algos.core.trainer import resume_trainer
+    from algos.core.trainer import Trainer
     from tests.test_training import interrupt_on_call
 
     run_dir = tmp_path / "run"
@@ -208,13 +208,13 @@ def test_time_of_a_killed_partial_iteration_is_counted(tmp_path, monkeypatch):
     (checkpointed,) = read_metrics(run_dir)
     # as if the killed process had worked 500 s past its last checkpoint: its clock file says so
     (run_dir / "wall_time.json").write_text(json.dumps({"elapsed_s": checkpointed["wall_time_s"] + 500.0}))
-    results = resume_trainer(run_dir, progress=False).run(resume=True)
+    results = Trainer.from_run_dir(run_dir, progress=False).run(resume=True)
     assert results["wall_time_s"] > checkpointed["wall_time_s"] + 500.0
     assert read_metrics(run_dir)[-1]["wall_time_s"] > checkpointed["wall_time_s"] + 500.0
 
 
 def test_runner_appends_to_a_resumed_cells_stderr_log(tmp_path):
-    from experiments.benchmark import Cell, CellRunner
+    from experiments.engine import Cell, CellRunner
 
     run_dir = finished_run(tmp_path, "cell")
     (run_dir / "results.json").unlink()
@@ -246,7 +246,7 @@ def test_runner_passes_the_users_thread_count_once():
     would be a duplicate key)."""
     from pathlib import Path
 
-    from experiments.benchmark import Cell, CellRunner
+    from experiments.engine import Cell, CellRunner
 
     cell = Cell("point-robot", "pearl", 0, Path("/tmp/nowhere"))
     for overrides, expected in ((["lr=0.001"], ["num_threads=2", "lr=0.001"]), (["num_threads=1"], ["num_threads=1"])):

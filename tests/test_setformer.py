@@ -138,12 +138,12 @@ def test_thompson_sampling_acts_on_hypotheses_and_drops_falsified_ones():
     agent.clear_context()
     for _ in range(3):
         agent.update_context((np.zeros(2), np.zeros(2), 4.0, np.zeros(2), False, {}))
-    belief = torch.softmax(agent.hypothesis_log_likelihood, 0)
+    belief = torch.softmax(agent.belief.log_likelihood, 0)
     assert int(belief.argmax()) == 4 and belief[4] > 0.99
-    assert agent.hypothesis == 4            # falsified hypotheses were dropped within the episode
+    assert agent.belief.current == 4            # falsified hypotheses were dropped within the episode
     assert torch.equal(agent.z[0], agent.embedding(4))
     agent.end_episode()
-    assert agent.hypothesis == 4            # the belief is concentrated: the next episode commits to it again
+    assert agent.belief.current == 4            # the belief is concentrated: the next episode commits to it again
     agent.adapt()
     assert not agent.exploring              # adapt() ends exploration: z is now the encoder's reading
     assert agent.z.shape == (1, latent_dim)
@@ -176,7 +176,7 @@ def test_adapt_falls_back_to_the_belief_when_the_context_refutes_the_encoder(fal
     agent.adapt()
     assert torch.equal(agent.encoder_z, torch.zeros(1, agent.latent_dim))
     if fallback:
-        assert not agent.acting_on_encoder and agent.hypothesis == 4
+        assert not agent.acting_on_encoder and agent.belief.current == 4
         assert torch.equal(agent.z[0], agent.embedding(4))
     else:
         assert torch.equal(agent.z, agent.encoder_z)
@@ -191,7 +191,7 @@ def test_adapt_falls_back_to_the_belief_when_the_context_refutes_the_encoder(fal
         for _ in range(3):
             agent.update_context((np.zeros(2), np.zeros(2), 2.0, np.zeros(2), False, {}))
         assert not agent.acting_on_encoder
-        assert agent.hypothesis in (2, 3)
+        assert agent.belief.current in (2, 3)
 
 
 def test_teacher_collection_keeps_the_env_steps_and_acts_on_the_task_embedding(tmp_path):
@@ -228,7 +228,7 @@ def test_tasks_whose_data_never_showed_a_reward_are_not_hypotheses(tmp_path):
         agent.update_context((np.zeros(2), np.zeros(2), 4.0, np.zeros(2), False, {}))
     for _ in range(20):
         agent.end_episode()
-        assert agent.hypothesis in (3, 5)    # the best usable ones; 4 would fit best but is no hypothesis
+        assert agent.belief.current in (3, 5)    # the best usable ones; 4 would fit best but is no hypothesis
     # the algorithm derives the mask from the replay data: sparse rewards seen per training task
     trainer = make_trainer("sparse-point-robot", tmp_path, "setformer")
     algorithm = trainer.algorithm

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from algos.core.io import load_checkpoint
-from algos.core.trainer import Trainer, build_config, resume_trainer
+from algos.core.trainer import Trainer, build_config
 from experiments import run as cli
 from tests.conftest import make_trainer, read_metrics, strip_nondeterministic
 
@@ -155,7 +155,7 @@ def test_kill_and_resume_matches_uninterrupted(reference_run, tmp_path, monkeypa
     # a fresh process would know nothing of the old objects: disturb the global torch stream too
     torch.manual_seed(12345)
 
-    resumed = resume_trainer(run_dir, progress=False)
+    resumed = Trainer.from_run_dir(run_dir, progress=False)
     assert resumed.config == trainer.config
     resumed.git_commits = ["commit-of-the-resumed-process"]   # as if the tree had moved on in between
     results = resumed.run(resume=True)
@@ -185,7 +185,7 @@ def test_resume_of_finished_run_adds_nothing(tmp_path):
     run_dir = tmp_path / "done"
     make_trainer("point-robot", run_dir, seed=1, overrides=["num_iterations=1"]).run()
     before = read_metrics(run_dir)
-    results = resume_trainer(run_dir, progress=False).run(resume=True)
+    results = Trainer.from_run_dir(run_dir, progress=False).run(resume=True)
     assert read_metrics(run_dir) == before
     assert results["meta_test_return"] == before[-1]["meta_test_return"]
 
@@ -209,7 +209,7 @@ def test_kill_around_the_metrics_write_loses_nothing(reference_run, tmp_path, mo
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
-    resume_trainer(run_dir, progress=False).run(resume=True)
+    Trainer.from_run_dir(run_dir, progress=False).run(resume=True)
     assert strip_nondeterministic(read_metrics(run_dir)) == strip_nondeterministic(read_metrics(ref_dir))
 
 
@@ -237,7 +237,7 @@ def corrupt_run(tmp_path, monkeypatch):
 
 def test_corrupt_checkpoint_raises_clear_error(corrupt_run):
     with pytest.raises(RuntimeError, match="corrupt"):
-        resume_trainer(corrupt_run, progress=False).run(resume=True)
+        Trainer.from_run_dir(corrupt_run, progress=False).run(resume=True)
 
 
 def test_cli_resume_corrupt_checkpoint_exits_2(corrupt_run, capsys):

@@ -3,7 +3,7 @@
 An agent acts with ``get_action(obs, deterministic)``, collects its context one transition at a time
 with ``update_context``, and turns the context into a task latent ``z`` with ``adapt()`` (online) or
 ``infer_posterior(context)`` (batched over tasks, used in training). A method subclasses
-:class:`MetaAgent` and implements ``infer_posterior`` and ``prior_z``.
+:class:`MetaAgent` and implements ``infer_posterior`` and ``reset_to_prior``.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class ContextBuffer:
 
 
 class MetaAgent(nn.Module):
-    """Base class of every agent. Subclasses set ``self.policy`` and implement ``prior_z`` / ``infer_posterior``."""
+    """Base class of every agent. Subclasses set ``self.policy`` and implement ``reset_to_prior`` / ``infer_posterior``."""
 
     def __init__(self, obs_dim: int, action_dim: int, latent_dim: int, use_next_obs: bool = False):
         super().__init__()
@@ -60,8 +60,9 @@ class MetaAgent(nn.Module):
         self.z = torch.zeros(1, latent_dim)
 
     # ------------------------------------------------------------------ to implement
-    def prior_z(self, num_tasks: int) -> torch.Tensor:
-        """The latent with no evidence, ``(num_tasks, latent_dim)``."""
+    def reset_to_prior(self, num_tasks: int) -> torch.Tensor:
+        """Reset the task belief to the prior (no evidence yet) and return the latent to act on under it,
+        ``(num_tasks, latent_dim)``: zeros, a draw from the prior, or a first hypothesis, as the method decides."""
         raise NotImplementedError
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,7 @@ class MetaAgent(nn.Module):
 
     def clear_context(self, num_tasks: int = 1) -> None:
         self._context.reset(num_tasks, self.device)
-        self.z = self.prior_z(num_tasks)
+        self.z = self.reset_to_prior(num_tasks)
 
     def make_context_row(self, transition: Transition) -> torch.Tensor:
         obs, action, reward, next_obs, _done, _info = transition

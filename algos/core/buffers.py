@@ -6,8 +6,11 @@ buffer are two instances. Sampling is batched over tasks (no Python loop over ta
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 import torch
+from einops import rearrange
 
 FIELDS = ("obs", "actions", "rewards", "sparse_rewards", "next_obs", "terminals", "episode_starts")
 
@@ -125,13 +128,34 @@ def sample_context(buffer: MultiTaskReplayBuffer, tasks: np.ndarray, size: int, 
     return context_from_batch(buffer.gather(tasks, positions), use_sparse_rewards, use_next_obs)
 
 
-def sample_rl_batch(buffer: MultiTaskReplayBuffer, tasks: np.ndarray, batch_size: int,
-                    rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """RL batch with a leading task dimension: ``obs`` is ``(len(tasks), batch_size, obs_dim)`` etc.;
-    scalars (rewards, terminals) come as ``(len(tasks), batch_size, 1)``."""
-    batch = buffer.gather(tasks, buffer.random_positions(tasks, batch_size, rng))
-    out = {}
-    for name, array in batch.items():
-        tensor = torch.from_numpy(array)
-        out[name] = tensor[..., None] if tensor.dim() == 2 else tensor
-    return out
+@dataclass(frozen=True)
+class RLBatch:
+    """One meta-batch of RL samples with a leading task dimension, ``(t, b, d)`` (scalars ``(t, b, 1)``). Which
+    reward plays which part is decided once, when the batch is made: the heads that explain the context predict
+    ``context_rewards`` (the sparse reward on a sparse task), the critic regresses ``critic_rewards``."""
+    obs: torch.Tensor
+    actions: torch.Tensor
+    next_obs: torch.Tensor
+    terminals: torch.Tensor
+    context_rewards: torch.Tensor
+    critic_rewards: torch.Tensor
+
+    def to(self, device: torch.device) -> "RLBatch":
+        return RLBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def flatten_tasks(self) -> "RLBatch":
+        """Every field as ``(t*b, d)``: one row per sample, as the critic and the policy take them."""
+        return RLBatch(**{f.name: rearrange(getattr(self, f.name), "t b d -> (t b) d") for f in fields(self)})
+
+
+def sample_rl_batch(buffer: MultiTaskReplayBuffer, tasks: np.ndarray, batch_size: int, rng: np.random.Generator,
+                    context_uses_sparse_reward: bool, critic_uses_dense_reward: bool) -> RLBatch:
+    """``batch_size`` uniform samples of each task's replay data (:class:`RLBatch`). The critic's reward is the
+    context's unless ``critic_uses_dense_reward`` (on a sparse task the reference trains the critic densely)."""
+    sampled = buffer.gather(tasks, buffer.random_positions(tasks, batch_size, rng))
+    columns = {name: torch.from_numpy(array) for name, array in sampled.items()}
+    columns = {name: tensor[..., None] if tensor.dim() == 2 else tensor for name, tensor in columns.items()}
+    context_rewards = columns["sparse_rewards"] if context_uses_sparse_reward else columns["rewards"]
+    critic_rewards = columns["rewards"] if critic_uses_dense_reward else context_rewards
+    return RLBatch(obs=columns["obs"], actions=columns["actions"], next_obs=columns["next_obs"],
+                   terminals=columns["terminals"], context_rewards=context_rewards, critic_rewards=critic_rewards)

@@ -19,6 +19,8 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
+from envs_glue import env_spec
+
 TIERS = ("benchmark", "quick", "smoke")
 QUICK_STEP_DIVISOR = 5
 QUICK_BATCH_SIZE = 64
@@ -63,7 +65,6 @@ class ProtocolConfig:
     num_steps_per_eval: int
     num_exp_traj_eval: int
     num_evals: int
-    kl_lambda: float = 0.1                # PEARL's KL weight (1.0 on the sparse task)
     sparse_rewards: bool = False          # the encoder's context and every reported return use the sparse reward
     use_next_obs_in_context: bool = False
     replay_buffer_size: int = 1_000_000   # per task; arrays are lazily committed, so only what is written costs
@@ -78,7 +79,7 @@ class ProtocolConfig:
                 raise ConfigError(f"protocol.{name} must be positive, got {getattr(self, name)}")
         nonnegative = ["num_initial_steps", "num_steps_prior", "num_steps_posterior",
                        "num_extra_rl_steps_posterior", "num_train_steps_per_itr", "num_exp_traj_eval",
-                       "final_eval_repeats", "kl_lambda", "reward_scale"]
+                       "final_eval_repeats", "reward_scale"]
         for name in nonnegative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"protocol.{name} must be >= 0, got {getattr(self, name)}")
@@ -93,17 +94,17 @@ BENCHMARK = {
         num_iterations=20, num_initial_steps=200, num_tasks_sample=5, num_steps_prior=200, num_steps_posterior=0,
         num_extra_rl_steps_posterior=200, num_train_steps_per_itr=1000, meta_batch=16, batch_size=256,
         embedding_batch_size=64, discount=0.99, reward_scale=100.0, num_steps_per_eval=60, num_exp_traj_eval=1,
-        num_evals=2, kl_lambda=0.1),
+        num_evals=2),
     "sparse-point-robot": ProtocolConfig(
         num_iterations=20, num_initial_steps=200, num_tasks_sample=10, num_steps_prior=100, num_steps_posterior=900,
         num_extra_rl_steps_posterior=0, num_train_steps_per_itr=1000, meta_batch=16, batch_size=256,
         embedding_batch_size=1024, discount=0.90, reward_scale=100.0, num_steps_per_eval=400, num_exp_traj_eval=5,
-        num_evals=2, kl_lambda=1.0, sparse_rewards=True),
+        num_evals=2),
     "cheetah-vel": ProtocolConfig(
         num_iterations=20, num_initial_steps=2000, num_tasks_sample=5, num_steps_prior=400, num_steps_posterior=0,
         num_extra_rl_steps_posterior=600, num_train_steps_per_itr=2000, meta_batch=16, batch_size=256,
         embedding_batch_size=100, discount=0.99, reward_scale=5.0, num_steps_per_eval=600, num_exp_traj_eval=2,
-        num_evals=1, kl_lambda=0.1),
+        num_evals=1),
 }
 SEEDS = (42, 123, 456)
 
@@ -113,12 +114,14 @@ def protocol_for(env: str, tier: str) -> ProtocolConfig:
         raise ConfigError(f"unknown env {env!r}; choose one of {sorted(BENCHMARK)}")
     if tier not in TIERS:
         raise ConfigError(f"unknown tier {tier!r}; choose one of {list(TIERS)}")
-    protocol = dataclasses.replace(BENCHMARK[env])
+    spec = env_spec(env)
+    # the reward the context and the reported returns use is the environment's fact, not a protocol choice
+    protocol = dataclasses.replace(BENCHMARK[env], sparse_rewards=spec.sparse_reward)
     if tier == "quick":
         protocol.num_train_steps_per_itr //= QUICK_STEP_DIVISOR
         protocol.batch_size = QUICK_BATCH_SIZE
     elif tier == "smoke":
-        episode = 200 if env == "cheetah-vel" else 20
+        episode = spec.max_episode_steps
         protocol = dataclasses.replace(
             protocol, num_iterations=2, num_initial_steps=episode, num_tasks_sample=2,
             num_steps_prior=episode, num_steps_posterior=episode if protocol.num_steps_posterior else 0,
@@ -266,6 +269,41 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
 
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
+
+
+# settings that moved since runs were saved: old key -> new key (None: retired). A saved config is read in the
+# current layout, and compared with one written before the move, the moved setting counts as the same setting.
+MOVED_KEYS: dict[str, str | None] = {
+    "protocol.kl_lambda": "agent.kl_lambda",  # PEARL's KL weight is PEARL's (other methods never read it)
+}
+
+
+def upgrade_flat_config(saved: dict, current: dict) -> dict:
+    """``saved`` (flattened) in the layout of ``current`` (flattened): a moved key takes its new name where the
+    current layout has it, and is dropped where it has neither name (the setting does not exist there)."""
+    out = dict(saved)
+    for old, new in MOVED_KEYS.items():
+        if old in out and old not in current:
+            value = out.pop(old)
+            if new is not None and new in current and new not in out:
+                out[new] = value
+    return out
+
+
+def upgrade_saved_config(data: dict, agent_fields: set[str]) -> dict:
+    """A saved (nested) config dict in the current layout, given the algorithm config's field names."""
+    data = {**data, "protocol": dict(data.get("protocol") or {}), "agent": dict(data.get("agent") or {})}
+    protocol_fields = {f.name for f in fields(ProtocolConfig)}
+    for old, new in MOVED_KEYS.items():
+        group, key = old.split(".", 1)
+        if group != "protocol" or key in protocol_fields or key not in data["protocol"]:
+            continue
+        value = data["protocol"].pop(key)
+        if new is not None and new.startswith("agent."):
+            new_key = new.split(".", 1)[1]
+            if new_key in agent_fields and new_key not in data["agent"]:
+                data["agent"][new_key] = value
+    return data
 
 
 def flatten_config(data: dict, ignored: frozenset[str] = NON_SEMANTIC_KEYS, prefix: str = "") -> dict:

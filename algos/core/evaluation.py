@@ -9,6 +9,7 @@ the final episode (averaged over ``num_evals`` repeats) and ``meta_test_return``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import gymnasium as gym
@@ -32,6 +33,37 @@ class EvalResult:
         return out
 
 
+@dataclass
+class Episode:
+    """One episode of a meta-test trial, as the protocol ran and scores it."""
+    path: dict[str, np.ndarray]        # the rollout's arrays (``obs``, ``actions``, ``rewards``, ...), ``(T, ...)``
+    exploring: bool                    # acted stochastically, before any ``adapt()``
+    adapted: bool                      # ``adapt()`` ran after it (the agent's state now reflects that)
+    scored_rewards: np.ndarray         # ``(T,)``: the rewards the agent saw and is scored on (sparse on sparse tasks)
+
+    @property
+    def scored_return(self) -> float:
+        return float(np.sum(self.scored_rewards, dtype=np.float64))
+
+
+def meta_test_episodes(env: gym.Env, agent: MetaAgent, num_episodes: int, num_exp_traj_eval: int,
+                       max_path_length: int, sparse_rewards: bool) -> Iterator[Episode]:
+    """One meta-test trial in the env's current task: the context is cleared, then ``num_episodes`` episodes
+    run back to back, every transition fed to the context; the first ``num_exp_traj_eval`` explore and
+    ``adapt()`` follows the last of them and every later episode. Each episode is yielded after its
+    ``adapt()``, so a caller can read what the agent inferred from it (evaluation sums the returns; the
+    notebooks also keep attention and latents)."""
+    agent.clear_context()
+    for index in range(num_episodes):
+        exploring = index < num_exp_traj_eval
+        path = rollout(env, agent, max_path_length, deterministic=not exploring, accum_context=True,
+                       context_uses_sparse_reward=sparse_rewards)
+        adapted = index + 1 >= num_exp_traj_eval
+        if adapted:
+            agent.adapt()
+        yield Episode(path, exploring, adapted, path["sparse_rewards"] if sparse_rewards else path["rewards"])
+
+
 def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_eval: int,
              num_exp_traj_eval: int, num_repeats: int, max_path_length: int, sparse_rewards: bool) -> EvalResult:
     num_episodes = num_eval_episodes(num_steps_per_eval, max_path_length)
@@ -42,16 +74,10 @@ def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_
     for t, task in enumerate(task_ids):
         env.unwrapped.reset_task(task)
         for repeat in range(num_repeats):
-            agent.clear_context()
-            for episode in range(num_episodes):
-                exploring = episode < num_exp_traj_eval
-                path = rollout(env, agent, max_path_length, deterministic=not exploring, accum_context=True,
-                               context_uses_sparse_reward=sparse_rewards)
-                scored = path["sparse_rewards"] if sparse_rewards else path["rewards"]
-                returns[t, repeat, episode] = float(np.sum(scored, dtype=np.float64))
-                env_steps += len(scored)
-                if episode + 1 >= num_exp_traj_eval:
-                    agent.adapt()
+            episodes = meta_test_episodes(env, agent, num_episodes, num_exp_traj_eval, max_path_length, sparse_rewards)
+            for index, episode in enumerate(episodes):
+                returns[t, repeat, index] = episode.scored_return
+                env_steps += len(episode.scored_rewards)
     final = returns[:, :, -1].mean(axis=1)
     return EvalResult(
         meta_test_return=float(final.mean()),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the repository: git commands and the benchmark files use it
+
 
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
@@ -40,6 +42,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_torch_save(path: Path, obj) -> None:
     _atomic_write(path, lambda h: torch.save(obj, h))
+
+
+def atomic_savefig(fig, path: Path, dpi: int = 110) -> None:
+    """A matplotlib figure as a PNG, atomically."""
+    _atomic_write(path, lambda h: fig.savefig(h, format="png", dpi=dpi))
 
 
 class CheckpointError(RuntimeError):
@@ -80,16 +87,16 @@ def _json_default(value):
 def git_commit() -> str:
     """The commit this code is at (``-dirty`` with uncommitted code changes). Where the tree travelled without its
     git metadata (a cluster node, a lent GPU machine), the driver states it in ``META_RL_GIT_COMMIT``."""
-    if os.environ.get("META_RL_GIT_COMMIT") and not (Path(__file__).resolve().parents[2] / ".git").exists():
+    if os.environ.get("META_RL_GIT_COMMIT") and not (REPO_ROOT / ".git").exists():
         return os.environ["META_RL_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parents[2])
+                             cwd=REPO_ROOT)
         commit = out.stdout.strip() or "unknown"
         # results files under benchmarks/ change while runs go on; only a change to the code makes a run dirty
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                 ":(exclude)benchmarks"], capture_output=True, text=True, timeout=5,
-                               cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+                               cwd=REPO_ROOT).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -23,7 +23,8 @@ from einops import rearrange, repeat
 from torch import nn
 
 from algos.core.agent import MetaAgent
-from algos.core.buffers import MultiTaskReplayBuffer, sample_context, sample_rl_batch
+from algos.core.algorithm import Algorithm
+from algos.core.buffers import MultiTaskReplayBuffer, RLBatch, sample_context, sample_rl_batch
 from algos.core.config import ConfigError, ProtocolConfig
 from algos.core.sampler import collect_data
 from models.mlp import build_qf, build_vf, count_parameters
@@ -76,15 +77,30 @@ class TwinCritic(nn.Module):
             target.lerp_(source, tau)
 
 
-class MetaSACAlgorithm:
-    """Collection + SAC meta-training around a :class:`MetaAgent`. Subclasses set ``config_class`` and
-    implement ``make_agent``; context encoders also override ``encoder_losses`` and ``encoder_parameters``."""
+def check_one_optimizer_each(modules: list[nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    """Every trainable parameter is stepped by exactly one optimiser: one left out never trains, one in two is
+    stepped twice. (The target V is frozen, so it needs none.)"""
+    owners: dict[int, list[str]] = {}
+    for key, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                owners.setdefault(id(param), []).append(key)
+    for module in modules:
+        for name, param in module.named_parameters():
+            if param.requires_grad and len(owners.get(id(param), [])) != 1:
+                where = owners.get(id(param)) or "no optimiser"
+                raise RuntimeError(f"parameter {type(module).__name__}.{name} is stepped by {where}: every trainable "
+                                   "parameter needs exactly one optimiser")
+
+
+class MetaSACAlgorithm(Algorithm):
+    """Collection + SAC meta-training around a :class:`MetaAgent`. Subclasses set ``config_class`` and their facts
+    (``name``, ...: :class:`~algos.core.algorithm.Algorithm`) and implement ``make_agent``; context encoders also
+    override ``encoder_losses``. Every agent module other than the policy (context encoder, auxiliary heads,
+    task embeddings) is stepped with the critic by the encoder optimiser: a new head trains without being listed."""
 
     config_class = MetaSACConfig
     sequential_context = False  # True for order-dependent encoders: context = consecutive trajectories
-    # config groups (of ``config_class``) that only change how the trained agent acts, not what it learns from a
-    # given batch: ``experiments.reevaluate`` may override them on finished weights
-    inference_time_config: tuple[str, ...] = ()
     # skip Q's weight gradients in the policy/V pass (identical math); False only to time the naive step
     freeze_q_in_policy_step = True
 
@@ -115,11 +131,14 @@ class MetaSACAlgorithm:
         raise NotImplementedError
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """Parameters stepped with the critic (the context encoder and any auxiliary heads)."""
-        return []
+        """Parameters stepped with the critic: every trainable agent parameter outside the policy, submodules in
+        registration order, then the agent's own parameters (the order the optimiser state is saved in)."""
+        modules = [module for name, module in self.agent.named_children() if name != "policy"]
+        params = [*(p for module in modules for p in module.parameters()), *self.agent.parameters(recurse=False)]
+        return [p for p in params if p.requires_grad]
 
     def encoder_losses(self, tasks: np.ndarray, context: torch.Tensor, task_z: torch.Tensor,
-                       batch_z: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                       batch_z: torch.Tensor, batch: RLBatch) -> dict[str, torch.Tensor]:
         """Method-specific losses on the encoder, already weighted, summed into the critic step. ``tasks`` are the
         meta-batch's task ids ``(t,)``, ``context`` ``(t, n, context_dim)``, ``task_z`` ``(t, latent)`` the encoder's
         latents, ``batch_z`` ``(t, b, latent)`` the latent each RL sample is conditioned on, and ``batch`` the RL
@@ -134,9 +153,6 @@ class MetaSACAlgorithm:
         """The context a gradient step encodes (a method may subsample it); default: all of it."""
         return context
 
-    def inference_config_changed(self) -> None:
-        """Called after ``inference_time_config`` was overridden on loaded weights: rebuild derived state."""
-
     # ------------------------------------------------------------------ construction helpers
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         # on a GPU, one fused kernel per optimiser step instead of a few per parameter (the CPU keeps the default)
@@ -149,6 +165,7 @@ class MetaSACAlgorithm:
         encoder_params = self.encoder_parameters()
         if encoder_params:
             optimizers["encoder"] = adam(encoder_params)
+        check_one_optimizer_each([self.agent, self.critic], optimizers)
         return optimizers
 
     @property
@@ -234,10 +251,11 @@ class MetaSACAlgorithm:
         p, c = self.protocol, self.config
         tasks = self.rng.choice(self.train_tasks, size=p.meta_batch)  # with replacement, as the reference
         context = self.training_context(self.sample_task_context(tasks))  # (tasks, n, context_dim)
-        batch = {k: v.to(self.device) for k, v in sample_rl_batch(self.rl_buffer, tasks, p.batch_size, self.rng).items()}
-        flat = {k: rearrange(v, "t b d -> (t b) d") for k, v in batch.items()}
-        obs, actions, next_obs, terminals = flat["obs"], flat["actions"], flat["next_obs"], flat["terminals"]
-        rewards = flat["rewards"] if (c.critic_uses_dense_reward or not p.sparse_rewards) else flat["sparse_rewards"]
+        batch = sample_rl_batch(self.rl_buffer, tasks, p.batch_size, self.rng, context_uses_sparse_reward=p.sparse_rewards,
+                                critic_uses_dense_reward=c.critic_uses_dense_reward).to(self.device)  # (t, b, d)
+        flat = batch.flatten_tasks()                                                   # (t*b, d)
+        obs, actions, next_obs, terminals, rewards = (flat.obs, flat.actions, flat.next_obs, flat.terminals,
+                                                      flat.critic_rewards)
         critic, policy = self.critic, self.agent.policy
 
         with self.autocast():

@@ -23,7 +23,7 @@ from tqdm import tqdm
 import envs_glue
 from algos import algorithm_class
 from algos.core.config import (ConfigError, ProtocolConfig, RunConfig, apply_overrides, flatten_config,
-                               protocol_for, to_dict)
+                               protocol_for, to_dict, upgrade_flat_config, upgrade_saved_config)
 from algos.core.device import resolve_bf16, resolve_device, warn_if_slow
 from algos.core.evaluation import EvalResult, evaluate
 from algos.core.sampler import num_eval_episodes
@@ -41,7 +41,7 @@ def build_config(env: str, algo: str, tier: str, seed: int, overrides: list[str]
     except ValueError as error:  # unknown names: a one-line configuration error
         raise ConfigError(str(error)) from None
     protocol = protocol_for(env, tier)
-    config = RunConfig(env=env, algo=algo, tier=tier, seed=seed, protocol=protocol, agent=algo_cls.config_class())
+    config = RunConfig(env=env, algo=algo, tier=tier, seed=seed, protocol=protocol, agent=algo_cls.default_config(env))
     return resolve_hardware(apply_overrides(config, overrides or []))
 
 
@@ -125,7 +125,8 @@ def check_identity(state: dict, config: RunConfig, path: Path) -> None:
             raise CheckpointError(f"checkpoint {path} belongs to another run: {key} {saved[key]!r} in the checkpoint, "
                                   f"{mine[key]!r} in {path.parent / 'config.json'}")
     if saved["config_sha256"] != mine["config_sha256"]:
-        before, now = state.get("config", {}), semantic_config(config)
+        now = semantic_config(config)
+        before = upgrade_flat_config(state.get("config", {}), now)
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
         # a setting added to the code since the checkpoint was written, at its default, changes nothing
         defaults = semantic_config(build_config(config.env, config.algo, config.tier, config.seed))
@@ -151,6 +152,7 @@ def config_from_dict(data: dict) -> RunConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}")
+        data = upgrade_saved_config(data, {f.name for f in dataclasses.fields(algo_cls.config_class)})
         protocol = ProtocolConfig(**data["protocol"])
         agent = _dataclass_from_dict(algo_cls.config_class, data["agent"])
         return RunConfig(**{**data, "protocol": protocol, "agent": agent})
@@ -220,7 +222,6 @@ class Trainer:
             run_dir = Path(config.run_root) / config.env / config.algo / f"{config.seed}-{stamp}"
         self.run_dir = Path(run_dir)
         config.run_dir = str(self.run_dir)
-        self.meta_env_spec = envs_glue.env_spec(config.env)
 
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
@@ -236,6 +237,33 @@ class Trainer:
         # the code this process runs: read now, since the tree may move on before the run finishes; a resumed run
         # keeps the commits of all its segments
         self.git_commits = [git_commit()]
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path | str, progress: bool = True, load_weights: bool = False) -> "Trainer":
+        """The run in ``run_dir``, rebuilt from its ``config.json``: ``run(resume=True)`` continues it from its
+        checkpoint. With ``load_weights`` the checkpoint's weights and replay buffers are loaded now, read-only
+        (for analysis: the run's files and torch's global random state are left alone)."""
+        if run_dir is None:
+            raise FileNotFoundError("no run directory given (and no run was found): train one first, e.g. "
+                                    "python -m experiments.run --env point-robot --algo setformer --tier quick")
+        run_dir = Path(run_dir).expanduser()
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"run directory not found: {run_dir}")
+        config_path, checkpoint_path = run_dir / "config.json", run_dir / "checkpoint.pt"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{run_dir} holds no config.json: it is not a run directory of this project")
+        if load_weights and not checkpoint_path.exists():
+            finished = (run_dir / "results.json").exists()
+            why = ("the run finished (results.json is there) but its checkpoint.pt was removed, e.g. by a benchmark "
+                   "cleanup; its scalar results are still in results.json, but weights are needed here: rerun it or "
+                   "choose another run" if finished else
+                   "the run has not completed an iteration yet, or it was interrupted before its first checkpoint")
+            raise FileNotFoundError(f"no checkpoint.pt in {run_dir}: {why}")
+        config = config_from_dict(read_json(config_path, what="run config"))
+        trainer = cls(config, run_dir=run_dir, progress=progress)
+        if load_weights:
+            trainer.load_checkpoint(for_resume=False)
+        return trainer
 
     # ------------------------------------------------------------------ evaluation
     @contextlib.contextmanager
@@ -417,7 +445,3 @@ class Trainer:
         return results
 
 
-def resume_trainer(run_dir: Path, progress: bool = True) -> Trainer:
-    run_dir = Path(run_dir)
-    config = config_from_dict(read_json(run_dir / "config.json", what="run config"))
-    return Trainer(config, run_dir=run_dir, progress=progress)

@@ -1,0 +1,123 @@
+"""The interface every method implements, and the facts it declares about itself.
+
+A method is one module in ``algos/`` holding a subclass of :class:`Algorithm` that sets ``name``. Everything
+else (the run CLI, the benchmark runner, the ablation and throughput tools, every table) reads the facts below
+from the class, so a new method needs no edit anywhere else (see ``algos/__init__.py`` for the discovery).
+
+Facts (class attributes):
+
+- ``name``: the ``--algo`` name; only a class that sets it in its own body is registered, so a base class or a
+  helper subclass without one is not a method.
+- ``display_name``: how tables name it.
+- ``role``: ``ours`` (the project's method, compared against the baselines), ``baseline`` (a published method,
+  reimplemented), ``floor`` (what every context method must beat) or ``reference`` (a line, not a method: it may
+  read the task from the environment).
+- ``supported_envs``: the environments the method exists for (``None``: every one), with ``unsupported_reason``
+  saying why the others are left out.
+- ``reference_row``: the row of the reference benchmark's table (``experiments/reference_results.json``) that
+  is this method's own published number, shown beside it. Read from the class's own body only: a variant made
+  by subclassing PEARL is not PEARL, so it does not inherit PEARL's number (every other fact is inherited).
+- ``report_rank``: the order among methods of the same role in tables (then the name).
+
+The interface: ``__init__(env, protocol, config, rng, bf16, device)``; ``agent`` (a :class:`MetaAgent`, what
+evaluation runs), ``env_steps`` and ``grad_steps`` counters, ``networks`` (the modules the device setting moves:
+SPEC's interface), ``parameter_count()``, ``collect_initial_data()``, ``train_iteration(i)`` returning scalars
+to log, and ``state_dict()`` / ``load_state_dict()`` for checkpoints (everything a resumed run needs, random
+state included).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+ROLES = ("floor", "baseline", "ours", "reference")  # also the order of method groups in tables
+
+
+class Algorithm:
+    name: ClassVar[str]
+    display_name: ClassVar[str]
+    role: ClassVar[str] = "baseline"
+    supported_envs: ClassVar[tuple[str, ...] | None] = None
+    unsupported_reason: ClassVar[str] = ""
+    reference_row: ClassVar[str | None] = None
+    report_rank: ClassVar[int] = 0
+    config_class: ClassVar[type]
+    # config groups (of ``config_class``) that only change how the trained agent acts, not what it learns from a
+    # given batch: ``experiments.reevaluate`` may override them on finished weights
+    inference_time_config: ClassVar[tuple[str, ...]] = ()
+
+    agent: Any
+    env_steps: int
+    grad_steps: int
+
+    def __init__(self, env, protocol, config, rng: np.random.Generator, bf16: bool = False,
+                 device: torch.device | str = "cpu"):
+        raise NotImplementedError
+
+    @classmethod
+    def supports(cls, env: str) -> str | None:
+        """``None`` when the method exists for ``env``, else why not (not a failure: the combination does not
+        exist)."""
+        if cls.supported_envs is None or env in cls.supported_envs:
+            return None
+        return cls.unsupported_reason or f"{cls.name} supports only {', '.join(cls.supported_envs)}"
+
+    @classmethod
+    def default_config(cls, env: str):
+        """The method's config on ``env`` before any ``--set``: ``config_class()`` unless a default depends on the
+        environment (PEARL's KL weight)."""
+        return cls.config_class()
+
+    @classmethod
+    def own_reference_row(cls) -> str | None:
+        return vars(cls).get("reference_row")
+
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def parameter_count(self) -> int:
+        raise NotImplementedError
+
+    def collect_initial_data(self) -> None:
+        raise NotImplementedError
+
+    def train_iteration(self, iteration_idx: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def inference_config_changed(self) -> None:
+        """Called after ``inference_time_config`` was overridden on loaded weights: rebuild derived state."""
+
+
+def check_facts(cls: type) -> None:
+    """A registered method's facts are complete and of the right kind; raised at discovery, naming the class."""
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if not isinstance(cls.__dict__.get("name"), str) or not cls.name:
+        raise TypeError(f"{where}: `name` must be a non-empty string")
+    if not isinstance(getattr(cls, "display_name", None), str) or "display_name" not in vars_up_to_base(cls):
+        raise TypeError(f"{where}: set `display_name` (how tables name {cls.name!r})")
+    if cls.role not in ROLES:
+        raise TypeError(f"{where}: `role` must be one of {ROLES}, got {cls.role!r}")
+    if cls.supported_envs is not None and not isinstance(cls.supported_envs, tuple):
+        raise TypeError(f"{where}: `supported_envs` must be a tuple of env names or None")
+    if not hasattr(cls, "config_class"):
+        raise TypeError(f"{where}: `config_class` (its typed config) is missing")
+
+
+def vars_up_to_base(cls: type) -> set[str]:
+    """Attribute names set in ``cls`` or any of its bases below :class:`Algorithm`."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is Algorithm:
+            break
+        names |= set(vars(klass))
+    return names

@@ -1,0 +1,342 @@
+"""The cell engine: one (environment, method, seed) run in its own subprocess and its own folder, run
+``workers`` at a time; which cells exist, which are finished or resumable, and the lock that keeps two runners
+out of one tier folder. The benchmark and ablation commands plan cells and hand them to :class:`CellRunner`;
+another backend (a cluster scheduler) would take the same :class:`Cell` list and honour the same folder
+contract: a cell is finished when its ``results.json`` exists and resumable while its ``checkpoint.pt`` does.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from algos import ALGORITHMS, algorithm_class
+from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, flatten_config, upgrade_flat_config
+from algos.core.io import REPO_ROOT
+
+POLL_SECONDS = 0.5
+TERMINATE_GRACE_SECONDS = 10.0
+STDERR_TAIL_LINES = 25
+
+# ---------------------------------------------------------------------- cells
+@dataclass
+class Cell:
+    env: str
+    algo: str
+    seed: int
+    run_dir: Path
+    overrides: list[str] | None = None  # this cell's own --set values; None: the runner's
+
+    @property
+    def label(self) -> str:
+        return f"{self.env}/{self.algo}/{self.seed}"
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "results.json").exists()
+
+    @property
+    def resumable(self) -> bool:
+        return (self.run_dir / "checkpoint.pt").exists() and not self.finished
+
+    def progress(self) -> str:
+        """Latest finished iteration out of the run's total, read from the files the run writes as it goes."""
+        try:
+            total = json.loads((self.run_dir / "config.json").read_text())["protocol"]["num_iterations"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return "starting"  # config.json appears once the run has been built
+        done = 0
+        last = _last_line(self.run_dir / "metrics.jsonl")
+        if last:
+            try:
+                done = int(json.loads(last)["iteration"]) + 1
+            except (ValueError, KeyError, TypeError):  # a line being written right now
+                pass
+        return f"it {done}/{total}"
+
+
+def _last_line(path: Path, chunk: int = 65536) -> str | None:
+    """The last complete line of a growing text file, reading only its end."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - chunk))
+            data = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = [line for line in data.split("\n") if line.strip()]
+    if not lines:
+        return None
+    return lines[-1] if data.endswith("\n") else (lines[-2] if len(lines) > 1 else None)
+
+
+def cell_dir(tier_dir: Path, env: str, algo: str, seed: int) -> Path:
+    return tier_dir / "cells" / env / algo / str(seed)
+
+
+def unsupported_reason(algo: str, env: str) -> str | None:
+    """Why ``algo`` cannot run on ``env`` at all (not a failure: the combination does not exist); the method's
+    own facts say (``supported_envs``)."""
+    return algorithm_class(algo).supports(env) if algo in ALGORITHMS else None
+
+
+def unsupported_combinations(envs: list[str], algos: list[str]) -> list[dict]:
+    """The (env, algo) combinations that cannot exist, each with its reason: the plan's ``skipped`` list."""
+    return [{"env": env, "algo": algo, "reason": reason} for env in envs for algo in algos
+            if (reason := unsupported_reason(algo, env))]
+
+
+def check_available(env: str, algo: str, tier: str, overrides: list[str]) -> str | None:
+    """Build the cell's config in-process: an algorithm that does not import yet or an override it does not
+    know fails here once, clearly, instead of once per seed in a subprocess."""
+    from algos.core.trainer import build_config
+    try:
+        build_config(env, algo, tier, SEEDS[0], overrides)
+    except Exception as error:  # import errors of half-written algorithms included
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def config_mismatch(cell: Cell, tier: str, overrides: list[str]) -> list[str]:
+    """Config keys where an existing cell differs from what this invocation asks for (thread count and paths
+    aside). Such a cell is kept, with a warning, so a rerun with new ``--set`` values never silently mixes
+    budgets into one table."""
+    from algos.core.config import to_dict
+    from algos.core.trainer import build_config
+    try:
+        saved = json.loads((cell.run_dir / "config.json").read_text())
+        # through JSON, as config.json was written: tuples become lists
+        wanted = json.loads(json.dumps(to_dict(build_config(cell.env, cell.algo, tier, cell.seed, overrides))))
+    except Exception:
+        return []
+    return config_differences(saved, wanted)
+
+
+NON_SEMANTIC_CONFIG_KEYS = NON_SEMANTIC_KEYS  # where and how fast a run ran, not what it computed
+
+
+def config_changes(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> dict:
+    """``{flattened key: (value in first, value in second)}`` for every key whose value differs between two saved
+    configs, sorted by key; a key missing on one side has ``None`` there."""
+    a, b = flatten_config(first, ignored), flatten_config(second, ignored)
+    a, b = upgrade_flat_config(a, b), upgrade_flat_config(b, a)  # one written before a setting moved
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def config_differences(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> list[str]:
+    """The flattened keys whose values differ between two saved configs (keys missing on one side included)."""
+    return list(config_changes(first, second, ignored))
+
+
+# ---------------------------------------------------------------------- subprocesses
+try:  # loaded once here, not in the forked child
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:
+    _LIBC = None
+PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal() -> None:
+    """In the child before exec: die with SIGTERM if the runner dies without cleaning up (e.g. SIGKILL), so no
+    orphaned run keeps writing into a cell that the next runner will resume."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+@dataclass
+class RunningCell:
+    cell: Cell
+    process: subprocess.Popen
+    stderr: IO[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Outcome:
+    finished: list[Cell] = field(default_factory=list)
+    failed: list[tuple[Cell, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class CellRunner:
+    """Runs cells as subprocesses, ``workers`` at a time, with a progress bar; stops them all on interrupt."""
+
+    def __init__(self, cells: list[Cell], already_done: int, workers: int, tier: str, overrides: list[str],
+                 threads: int, progress: bool = True):
+        self.queue = deque(cells)
+        self.already_done = already_done
+        self.workers = workers
+        self.tier = tier
+        self.overrides = overrides
+        self.threads = threads
+        self.progress = progress
+        self.running: list[RunningCell] = []
+        # Children run inside their cell directory (with the repository on PYTHONPATH) so files that libraries
+        # drop into the working directory, such as MuJoCo's MUJOCO_LOG.TXT, stay with the cell.
+        python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        self.child_env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": str(threads),
+                          "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+
+    def command(self, cell: Cell) -> list[str]:
+        base = [sys.executable, "-m", "experiments.run"]
+        if cell.resumable:
+            # a resumed run keeps its saved config (experiments.run refuses --set with --resume)
+            return [*base, "--resume", str(cell.run_dir), "--no-progress"]
+        own = self.overrides if cell.overrides is None else cell.overrides
+        user_sets_threads = any(item.split("=", 1)[0].strip() == "num_threads" for item in own)
+        sets = [*([] if user_sets_threads else [f"num_threads={self.threads}"]), *own]  # the user's num_threads wins
+        return [*base, "--env", cell.env, "--algo", cell.algo, "--tier", self.tier, "--seed", str(cell.seed),
+                "--run-dir", str(cell.run_dir), "--no-progress", *(arg for s in sets for arg in ("--set", s))]
+
+    def start(self, cell: Cell) -> RunningCell:
+        if cell.run_dir.exists() and not cell.resumable:
+            shutil.rmtree(cell.run_dir)  # killed before its first checkpoint: nothing worth keeping
+        cell.run_dir.mkdir(parents=True, exist_ok=True)
+        command = self.command(cell)
+        # a resumed cell keeps the log of its earlier segments
+        stderr = open(cell.run_dir / "stderr.log", "ab" if cell.resumable else "wb")
+        stderr.write(f"$ {shlex.join(command)}\n".encode())
+        stderr.flush()
+        process = subprocess.Popen(command, cwd=cell.run_dir, env=self.child_env, stdout=subprocess.DEVNULL,
+                                   stderr=stderr, start_new_session=True, preexec_fn=_set_parent_death_signal)
+        return RunningCell(cell, process, stderr)
+
+    def stop_all(self) -> None:
+        """SIGTERM every running cell's process group, then SIGKILL what is left after a grace period. Runs
+        only lose the iteration in progress: their checkpoints are written atomically after every iteration."""
+        for running in self.running:
+            _signal_group(running.process, signal.SIGTERM)
+        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        for running in self.running:
+            try:
+                running.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(running.process, signal.SIGKILL)
+                running.process.wait()
+            running.stderr.close()
+        self.running = []
+
+    def run(self) -> Outcome:
+        from tqdm import tqdm
+
+        outcome = Outcome()
+        total = self.already_done + len(self.queue)
+        bar = tqdm(total=total, initial=self.already_done, desc="cells", unit="cell", disable=not self.progress,
+                   dynamic_ncols=True)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+        try:
+            while self.queue or self.running:
+                while self.queue and len(self.running) < self.workers:
+                    cell = self.queue.popleft()
+                    how = "resuming" if cell.resumable else "starting"
+                    bar.write(f"{how} {cell.label}")
+                    self.running.append(self.start(cell))
+                for running in list(self.running):
+                    code = running.process.poll()
+                    if code is None:
+                        continue
+                    running.stderr.close()
+                    self.running.remove(running)
+                    self._finish(running, code, outcome, bar)
+                    bar.update(1)
+                bar.set_postfix_str(", ".join(f"{r.cell.label} {r.cell.progress()}" for r in self.running))
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+            bar.write(f"interrupted: stopping {len(self.running)} running cell(s); rerun the same command to "
+                      f"continue from their checkpoints")
+        finally:
+            for sig in previous:  # a second Ctrl-C must not cut the cleanup short
+                signal.signal(sig, signal.SIG_IGN)
+            self.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            bar.close()
+        return outcome
+
+    def _finish(self, running: RunningCell, code: int, outcome: Outcome, bar) -> None:
+        cell = running.cell
+        log = cell.run_dir / "stderr.log"
+        minutes = (time.monotonic() - running.started) / 60.0
+        if code == 0 and cell.finished:
+            outcome.finished.append(cell)
+            bar.write(f"finished {cell.label} in {minutes:.1f} min")
+            return
+        reason = f"exit code {code}" if code != 0 else "exited 0 without writing results.json"
+        tail = _tail(log, STDERR_TAIL_LINES)
+        outcome.failed.append((cell, reason))
+        bar.write(f"FAILED {cell.label} ({reason}); stderr in {log}:\n{tail}")
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)  # the child leads its own session: this reaches anything it started too
+    except ProcessLookupError:
+        pass
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no stderr.log)"
+    return "\n".join("    " + line for line in text.rstrip().splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------- plan, run, render
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def threads_per_cell(workers: int, overrides: list[str]) -> int:
+    for item in reversed(overrides):
+        key, _, value = item.partition("=")
+        if key.strip() == "num_threads" and value.strip().isdigit():
+            return max(1, int(value))
+    return max(1, available_cpus() // workers)
+
+
+def previous_plan(tier_dir: Path) -> dict:
+    try:
+        return json.loads((tier_dir / "results.json").read_text()).get("plan") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def lock_tier_dir(tier_dir: Path) -> IO[str] | None:
+    """Take the tier directory's runner lock, or return None while another runner holds it: two runners would
+    start the same cells twice. The lock is released when the returned file is closed or the process ends
+    (``.runner.lock`` is git-ignored)."""
+    (tier_dir / "cells").mkdir(parents=True, exist_ok=True)
+    lock = open(tier_dir / "cells" / ".runner.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+

@@ -1,0 +1,170 @@
+"""What every results report shares: provenance, statistics, formatting, tables, the reference numbers and
+the order and names of methods and environments, and the atomic JSON + markdown + figure writes.
+
+The benchmark's RESULTS.md (``results_table``), the ablations, the re-evaluations and the throughput report all
+build on this module, so they state provenance, spread and missing values the same way.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from algos import ALGORITHMS, algorithm_class, display_name, methods_with_role
+from algos.core.io import REPO_ROOT, atomic_savefig, atomic_write_json, atomic_write_text, git_commit, \
+    machine_description, read_json
+from envs_glue import ENV_SPECS
+
+__all__ = ["ALGO_ORDER", "DASH", "ENV_ORDER", "REFERENCE", "STD_DDOF", "display_name", "fmt", "format_delta",
+           "format_mean_std", "known_optimum", "mean_std", "ordered", "provenance", "reference_for",
+           "report_heading", "short_commit", "table", "write_json_and_markdown"]
+
+# Standard deviations over seeds are sample standard deviations (ddof = 1): with three seeds the population
+# formula would understate the spread by a factor sqrt(2/3). A single seed therefore shows no "±".
+STD_DDOF = 1
+DASH = "—"
+
+ALGO_ORDER = ALGORITHMS                 # role, then report rank (algos/__init__.py)
+ENV_ORDER = tuple(ENV_SPECS)
+
+# SPEC section 7, as data: the reference benchmark's own numbers per environment and row
+REFERENCE = read_json(Path(__file__).with_name("reference_results.json"), what="reference results")
+REFERENCE_RESULTS: dict[str, dict[str, float]] = REFERENCE["results"]
+
+
+def reference_for(algo: str, env: str) -> float | None:
+    """The reference's own number for ``algo`` on ``env`` (its ``reference_row``), if it published one."""
+    row = algorithm_class(algo).own_reference_row() if algo in ALGORITHMS else None
+    return REFERENCE_RESULTS.get(env, {}).get(row) if row else None
+
+
+def known_optimum(env: str) -> tuple[float | None, str]:
+    """The known-task optimum of ``env`` and how it was obtained (its env spec holds both)."""
+    spec = ENV_SPECS.get(env)
+    return (spec.known_optimum, spec.known_optimum_note) if spec else (None, "no known optimum")
+
+
+def ours() -> tuple[str, ...]:
+    return methods_with_role("ours")
+
+
+def baselines() -> tuple[str, ...]:
+    """The methods ours is compared against at equal budget (the reference line is not a method)."""
+    return (*methods_with_role("floor"), *methods_with_role("baseline"))
+
+
+# ---------------------------------------------------------------------- provenance
+def provenance(command: str) -> dict:
+    """Where, when and from what a report was made: every report's JSON starts with these keys."""
+    return {"command": command, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(), "machine": machine_description()}
+
+
+def report_heading(title: str, report: dict, extra: str = "") -> list[str]:
+    """The opening lines every results report shares: ``# <title>``, then ``Generated <when> by `<command>` at commit
+    `<commit>` on <cpu> (<cores> cores, torch <version><extra>).``"""
+    machine = report.get("machine") or {}
+    provenance_line = (f"Generated {report.get('generated_at', '?')} by `{report.get('command', '?')}` at commit "
+                       f"`{report.get('git_commit', '?')}` on {machine.get('cpu', '?')} ({machine.get('cores', '?')} "
+                       f"cores, torch {machine.get('torch', '?')}){extra}.")
+    return [f"# {title}", "", provenance_line, ""]
+
+
+def short_commit(commit: str | None) -> str:
+    """``abc1234`` or ``abc1234-dirty`` from a full ``git rev-parse`` hash as runs record it."""
+    full = str(commit or "?")
+    return full[:7] + ("-dirty" if full.endswith("-dirty") else "")
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (as reports print paths), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+# ---------------------------------------------------------------------- statistics and formatting
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std (``STD_DDOF``); the std is ``None`` when it is undefined (fewer than two values)."""
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=STD_DDOF)) if len(array) > STD_DDOF else None
+    return float(array.mean()), std
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    return f"{value:.{digits}f}"
+
+
+def format_mean_std(values: list[float], planned: int) -> str:
+    """``mean ± std (n=k)``; ``(n=k/planned)`` while seeds are missing; "—" with the count when none finished."""
+    if not values:
+        return f"{DASH} (0/{planned} seeds)"
+    mean, std = mean_std(values)
+    count = f"n={len(values)}" if len(values) >= planned else f"n={len(values)}/{planned}"
+    spread = f" ± {fmt(std)}" if std is not None else ""
+    return f"{fmt(mean)}{spread} ({count})"
+
+
+def format_delta(diffs: list[float], with_count: bool = False) -> str:
+    """A paired difference: ``+1.23 ± 0.45`` (sample std over pairs), optionally ``(n=k)``; "—" for none."""
+    if not diffs:
+        return DASH
+    mean, std = mean_std(diffs)
+    return (f"{mean:+.2f}" + (f" ± {std:.2f}" if std is not None else "")
+            + (f" (n={len(diffs)})" if with_count else ""))
+
+
+def final_eval_value(cell: dict) -> float | None:
+    """A cell's low-noise final evaluation figure, if it has one."""
+    final = cell.get("final_eval") or {}
+    return final.get("meta_test_return")
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def unique(values: Iterable[Any]) -> list[Any]:
+    out = []
+    for value in values:
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def join_unique(values: Iterable[Any], render=str) -> str:
+    """One value, or every distinct one flagged as differing between cells; "—" for none."""
+    distinct = unique(v for v in values if v is not None)
+    if not distinct:
+        return DASH
+    if len(distinct) == 1:
+        return render(distinct[0])
+    return " / ".join(render(v) for v in distinct) + " (differs between cells!)"
+
+
+def ordered(items: Iterable[str], order: tuple[str, ...]) -> list[str]:
+    """Known names in the tables' order first, then any others (e.g. an old cell's method) alphabetically."""
+    distinct = set(items)
+    return [x for x in order if x in distinct] + sorted(distinct - set(order))
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- writing
+def write_json_and_markdown(json_path: Path, data: dict, markdown_path: Path, markdown: str,
+                            figures: dict[Path, Any] | None = None) -> None:
+    """A report's JSON, its figures and then its markdown (which links them), each written atomically."""
+    atomic_write_json(json_path, data)
+    for path, figure in (figures or {}).items():
+        atomic_savefig(figure, path)
+    atomic_write_text(markdown_path, markdown)

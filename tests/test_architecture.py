@@ -1,0 +1,254 @@
+"""The seams of the design: a method is one file whose class declares its facts, an environment's facts live in its
+spec, every trainable parameter has exactly one optimiser, a batch chooses its rewards once, saved configs are
+read in the current layout, and the belief over hypotheses keeps its own books."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import algos
+from algos import ALGORITHMS, algorithm_class, display_name, methods_with_role
+from algos.core.algorithm import Algorithm, check_facts
+from algos.core.config import BENCHMARK, ConfigError, flatten_config, protocol_for, to_dict, upgrade_flat_config
+from algos.core.evaluation import meta_test_episodes
+from algos.core.meta_sac import check_one_optimizer_each
+from algos.core.trainer import build_config, check_identity, config_from_dict, run_identity, semantic_config
+from algos.setformer import HypothesisBelief, SetFormer
+from envs_glue import ENV_SPECS, make_env
+from experiments.engine import config_changes, unsupported_reason
+from experiments.report import ENV_ORDER, known_optimum, reference_for
+from tests.conftest import RecordingAgent
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------- methods
+def test_registry_reads_every_method_and_its_facts():
+    assert ALGORITHMS == ("sac-no-context", "pearl", "focal", "varibad", "setformer", "oracle")  # table order
+    assert methods_with_role("ours") == ("setformer",)
+    assert methods_with_role("baseline") == ("pearl", "focal", "varibad")
+    assert display_name("focal") == "FOCAL (online SAC variant)" and display_name("an-old-name") == "an-old-name"
+    for name in ALGORITHMS:
+        cls = algorithm_class(name)
+        assert issubclass(cls, Algorithm) and cls.name == name
+    assert unsupported_reason("oracle", "cheetah-vel").startswith("the oracle exists only for the point robots")
+    assert unsupported_reason("oracle", "point-robot") is None and unsupported_reason("pearl", "cheetah-vel") is None
+    assert reference_for("pearl", "cheetah-vel") == pytest.approx(-64.634)
+    assert reference_for("setformer", "cheetah-vel") is None
+
+
+def test_a_subclass_does_not_inherit_the_reference_number():
+    class PearlVariant(algorithm_class("pearl")):
+        name = "pearl-variant"
+        display_name = "PEARL variant"
+    check_facts(PearlVariant)
+    assert PearlVariant.own_reference_row() is None and algorithm_class("pearl").own_reference_row() == "PEARL"
+
+
+def test_incomplete_facts_are_refused_naming_the_class():
+    class Nameless(SetFormer):
+        name = ""
+    with pytest.raises(TypeError, match="Nameless.*name"):
+        check_facts(Nameless)
+
+    class BadRole(SetFormer):
+        name = "bad-role"
+        display_name = "bad"
+        role = "competitor"
+    with pytest.raises(TypeError, match="role"):
+        check_facts(BadRole)
+
+
+def _algorithm(algo: str, env: str = "point-robot"):
+    config = build_config(env, algo, "smoke", 0)
+    return algorithm_class(algo)(make_env(env, seed=0), config.protocol, config.agent, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("algo", ["sac-no-context", "pearl", "focal", "varibad", "setformer"])
+def test_every_trainable_parameter_has_exactly_one_optimizer(algo):
+    algorithm = _algorithm(algo)
+    owners = {}
+    for key, optimizer in algorithm.optimizers.items():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                owners.setdefault(id(param), []).append(key)
+    trainable = [p for m in (algorithm.agent, algorithm.critic) for p in m.parameters() if p.requires_grad]
+    assert all(len(owners.get(id(p), [])) == 1 for p in trainable)
+    assert len(owners) == len(trainable)
+    expected_encoder = [p for p in algorithm.agent.parameters() if p.requires_grad
+                        and all(p is not q for q in algorithm.agent.policy.parameters())]
+    encoder = algorithm.optimizers.get("encoder")
+    assert len(encoder.param_groups[0]["params"] if encoder else []) == len(expected_encoder)
+
+
+def test_a_new_head_trains_without_being_listed_anywhere():
+    class WithExtraHead(SetFormer):
+        def make_agent(self):
+            agent = super().make_agent()
+            agent.value_head = nn.Linear(3, 1)  # a new auxiliary head, registered like any module
+            return agent
+
+    config = build_config("point-robot", "setformer", "smoke", 0)
+    algorithm = WithExtraHead(make_env("point-robot", seed=0), config.protocol, config.agent, np.random.default_rng(0))
+    stepped = {id(p) for p in algorithm.optimizers["encoder"].param_groups[0]["params"]}
+    assert all(id(p) in stepped for p in algorithm.agent.value_head.parameters())
+
+
+def test_a_parameter_left_out_or_stepped_twice_is_refused():
+    module = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    only_first = {"a": torch.optim.Adam(module[0].parameters())}
+    with pytest.raises(RuntimeError, match=r"1\.weight is stepped by no optimiser"):
+        check_one_optimizer_each([module], only_first)
+    twice = {"a": torch.optim.Adam(module.parameters()), "b": torch.optim.Adam(module[1].parameters())}
+    with pytest.raises(RuntimeError, match=r"\['a', 'b'\]"):
+        check_one_optimizer_each([module], twice)
+
+
+PROBE = '''"""A method made by subclassing an existing one: one file, no other edit."""
+from algos.pearl import PEARL
+
+
+class ProbeMethod(PEARL):
+    name = "probe-method"
+    display_name = "Probe method"
+'''
+
+
+def test_a_method_is_one_file(tmp_path):
+    """Dropping a module into algos/ is all it takes: the run CLI trains it and the benchmark lists it."""
+    tree = tmp_path / "tree"
+    for package in ("algos", "envs_glue", "models", "experiments"):
+        shutil.copytree(REPO_ROOT / package, tree / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.ipynb", "notebooks"))
+    (tree / "algos" / "probe_method.py").write_text(PROBE)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", *args], cwd=tree, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    trained = run("experiments.run", "--algo", "probe-method", "--env", "point-robot", "--tier", "smoke",
+                  "--run-dir", str(tmp_path / "run"), "--no-progress", "--set", "num_iterations=1")
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["algo"] == "probe-method"
+    benchmark = run("experiments.benchmark", "--tier", "smoke", "--envs", "point-robot", "--algos", "probe-method",
+                    "--seeds", "1", "--out", str(tmp_path / "bench"), "--no-progress", "--set", "num_iterations=1")
+    assert benchmark.returncode == 0, benchmark.stderr
+    results = (tmp_path / "bench" / "smoke" / "RESULTS.md").read_text()
+    assert "| Probe method |" in results
+    assert "-15.468†" not in results  # PEARL's own reference number stays PEARL's
+
+
+# ---------------------------------------------------------------------- environments
+def test_every_environment_has_one_spec_and_one_protocol():
+    assert set(BENCHMARK) == set(ENV_SPECS) and ENV_ORDER == ("point-robot", "sparse-point-robot", "cheetah-vel")
+    for name, spec in ENV_SPECS.items():
+        for tier in ("benchmark", "quick", "smoke"):
+            assert protocol_for(name, tier).sparse_rewards == spec.sparse_reward
+        smoke = protocol_for(name, "smoke")
+        assert smoke.num_initial_steps == smoke.num_steps_prior == spec.max_episode_steps
+        assert known_optimum(name) == (spec.known_optimum, spec.known_optimum_note)
+    assert known_optimum("point-robot")[0] == -4.60 and known_optimum("sparse-point-robot")[0] == 13.07
+    assert ENV_SPECS["sparse-point-robot"].goal_radius == 0.2 and ENV_SPECS["point-robot"].goal_radius is None
+
+
+# ---------------------------------------------------------------------- saved configs
+def _old_layout(config) -> dict:
+    """A config as runs saved it before PEARL's KL weight moved from the protocol into PEARL's config."""
+    data = json.loads(json.dumps(to_dict(config)))
+    data["protocol"]["kl_lambda"] = data["agent"].pop("kl_lambda", 0.1 if not config.protocol.sparse_rewards else 1.0)
+    return data
+
+
+@pytest.mark.parametrize("algo, env", [("pearl", "sparse-point-robot"), ("setformer", "point-robot")])
+def test_configs_saved_before_a_setting_moved_read_in_the_current_layout(algo, env):
+    current = build_config(env, algo, "smoke", 0)
+    old = _old_layout(current)
+    loaded = config_from_dict(old)
+    assert semantic_config(loaded) == semantic_config(current)
+    if algo == "pearl":
+        assert loaded.agent.kl_lambda == 1.0
+    assert config_changes(old, json.loads(json.dumps(to_dict(current)))) == {}
+    # a checkpoint written then resumes now
+    state = {"identity": {**run_identity(current), "config_sha256": "written-before-the-move"},
+             "config": flatten_config(old)}
+    check_identity(state, current, Path("run/checkpoint.pt"))
+    # ... while a real change is still caught
+    edited = build_config(env, algo, "smoke", 0, ["lr=0.01"])
+    with pytest.raises(Exception, match="agent.lr"):
+        check_identity(state, edited, Path("run/checkpoint.pt"))
+
+
+def test_upgrade_drops_a_moved_setting_where_the_method_has_none():
+    assert upgrade_flat_config({"protocol.kl_lambda": 0.1, "agent.lr": 1.0}, {"agent.lr": 1.0}) == {"agent.lr": 1.0}
+    assert upgrade_flat_config({"protocol.kl_lambda": 1.0}, {"agent.kl_lambda": 0.1}) == {"agent.kl_lambda": 1.0}
+    with pytest.raises(ConfigError, match="kl_lambda"):
+        build_config("point-robot", "pearl", "smoke", 0, ["kl_lambda=-1"])
+
+
+# ---------------------------------------------------------------------- evaluation and belief
+def test_meta_test_episodes_explore_then_adapt_after_each_later_episode():
+    env = make_env("point-robot", seed=0)
+    agent = RecordingAgent(2, 2, env=env)
+    env.unwrapped.reset_task(40)
+    episodes = list(meta_test_episodes(env, agent, num_episodes=4, num_exp_traj_eval=2, max_path_length=20,
+                                       sparse_rewards=False))
+    assert [e.exploring for e in episodes] == [True, True, False, False]
+    assert [e.adapted for e in episodes] == [False, True, True, True]
+    assert all(e.scored_rewards.shape == (20,) for e in episodes)
+    assert episodes[0].scored_return == pytest.approx(float(np.sum(episodes[0].path["rewards"], dtype=np.float64)))
+
+
+def test_belief_keeps_its_books():
+    usable = torch.tensor([True, True, False, True])
+    belief = HypothesisBelief(4)
+    belief.reset(usable, switch_log_ratio=4.6)
+    belief.observe(torch.tensor([-10.0, 0.0, 5.0, -2.0]))
+    assert belief.scores()[2] == float("-inf")           # an unusable hypothesis is never believed
+    assert belief.refutes(-5.0) and not belief.refutes(-4.0)
+    torch.manual_seed(0)
+    assert all(belief.sample() in (1, 3) for _ in range(20))
+    belief.current = 0
+    assert belief.current_refuted()
+    belief.reset(torch.zeros(4, dtype=torch.bool), switch_log_ratio=4.6)
+    assert torch.equal(belief.scores(), torch.zeros(4))  # nothing usable: every hypothesis stays possible
+
+
+# ---------------------------------------------------------------------- layers
+LAYERS = {  # package -> the project packages it may import (docs/ARCHITECTURE.md)
+    "envs_glue": {"envs_glue"},
+    "models": {"models"},
+    "algos.core": {"envs_glue", "models", "algos.core"},
+    "algos": {"envs_glue", "models", "algos.core", "algos"},
+    "experiments": {"envs_glue", "models", "algos.core", "algos", "experiments"},
+}
+
+
+def _layer(module: str) -> str:
+    return "algos.core" if module.startswith("algos.core") else module.split(".")[0]
+
+
+def test_nothing_imports_upward():
+    import ast
+    for package in ("envs_glue", "models", "algos", "experiments"):
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+            allowed = LAYERS[_layer(module)]
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                         else [])
+                for name in names:
+                    # the one downward exception: the trainer looks a method up by name in the registry
+                    if module == "algos.core.trainer" and name == "algos":
+                        continue
+                    if _layer(name) in LAYERS:
+                        assert _layer(name) in allowed, f"{module} imports {name}"
