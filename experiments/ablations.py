@@ -30,8 +30,8 @@ from pathlib import Path
 from algos.core.config import SEEDS, TIERS
 from algos.core.config import NON_SEMANTIC_KEYS
 from envs_glue import ENV_SPECS
-from experiments.engine import (Cell, CellRunner, cell_dir, check_available, config_changes, lock_tier_dir,
-                                threads_per_cell)
+from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, config_changes,
+                                lock_tier_dir, make_runner)
 from experiments.report import (DASH, ENV_ORDER, display_path, final_eval_value, fmt, format_delta,
                                 format_mean_std, join_unique, ordered, provenance, report_heading, short_commit, table,
                                 write_json_and_markdown)
@@ -81,7 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--list", action="store_true", help="print the catalogue of ablations and exit")
     parser.add_argument("--no-progress", action="store_true")
+    add_backend_arguments(parser)
     args = parser.parse_args(argv)
+    if args.address is not None and args.backend != "ray":
+        parser.error("--address is for --backend ray")
     unknown = [name for name in args.ablations if name not in ABLATIONS]
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
@@ -123,9 +126,7 @@ def run(args: argparse.Namespace, out: Path) -> int:
     total = len(args.ablations) * len(args.envs) * len(args.seeds)
     print(f"{total} ablation cells ({total - len(cells)} already finished, {sum(c.resumable for c in cells)} to "
           f"resume), {args.workers} worker(s), tier {args.tier}, output {out}")
-    threads = threads_per_cell(args.workers, [])
-    outcome = CellRunner(cells, total - len(cells), args.workers, args.tier, [], threads,
-                         progress=not args.no_progress).run()
+    outcome = make_runner(args, cells, total - len(cells), args.tier, [], out, progress=not args.no_progress).run()
     if outcome.interrupted:
         print("stopped; rerun the same command to continue from the cells' checkpoints")
         return 130

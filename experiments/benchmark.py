@@ -27,7 +27,7 @@ from algos import ALGORITHMS
 from algos.core.config import SEEDS, TIERS
 from envs_glue import ENV_SPECS
 from experiments.results_table import render_tier
-from experiments.engine import (Cell, CellRunner, cell_dir, check_available, config_mismatch, lock_tier_dir,
+from experiments.engine import (Cell, add_backend_arguments, cell_dir, make_runner, check_available, config_mismatch, lock_tier_dir,
                                 previous_plan, threads_per_cell, unsupported_combinations)
 
 
@@ -41,15 +41,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="methods (default: every registered one; with --render-only: those of the last run)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help=f"seeds (default: {' '.join(map(str, SEEDS))})")
-    parser.add_argument("--workers", type=int, default=2, help="cells run in parallel (default: 2)")
+    parser.add_argument("--workers", type=int, default=2, help="cells run in parallel (default: 2; local backend)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config override passed to every cell, e.g. --set num_iterations=5")
     parser.add_argument("--out", default="benchmarks", help="output root; cells go to <out>/<tier>/cells")
     parser.add_argument("--render-only", action="store_true", help="only collect finished cells and render")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_backend_arguments(parser)
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.address is not None and args.backend != "ray":
+        parser.error("--address is for --backend ray")
     return args
 
 
@@ -120,9 +123,12 @@ def main(argv=None) -> int:
                     cells.append(cell)
     plan = {"envs": envs, "algos": algos, "seeds": seeds, "skipped": skipped}
     print(f"{done + len(cells)} cells ({done} already finished, {sum(c.resumable for c in cells)} to resume), "
-          f"{args.workers} worker(s) × {threads} thread(s), tier {args.tier}, output {tier_dir}")
+          + (f"{args.workers} worker(s) × {threads} thread(s)" if args.backend == "local"
+             else f"Ray backend ({args.address or 'local instance'})")
+          + f", tier {args.tier}, output {tier_dir}")
 
-    runner = CellRunner(cells, done, args.workers, args.tier, args.overrides, threads, progress=not args.no_progress)
+    runner = make_runner(args, cells, done, args.tier, args.overrides, Path(args.out).resolve(),
+                         progress=not args.no_progress)
     outcome = runner.run()
     if outcome.interrupted:
         print(f"stopped; finished cells are kept. Rerun to continue, or render what is done with "

@@ -140,6 +140,29 @@ def config_differences(first: dict, second: dict, ignored: frozenset[str] = NON_
     return list(config_changes(first, second, ignored))
 
 
+def cell_command(cell: Cell, tier: str, overrides: list[str], threads: int, run_dir: Path, resume: bool) -> list[str]:
+    """The ``experiments.run`` command of ``cell`` writing into ``run_dir`` (its folder here, or a scratch folder on
+    a cluster node); ``overrides`` are the runner's, used unless the cell has its own."""
+    base = [sys.executable, "-m", "experiments.run"]
+    if resume:
+        # a resumed run keeps its saved config (experiments.run refuses --set with --resume)
+        return [*base, "--resume", str(run_dir), "--no-progress"]
+    own = overrides if cell.overrides is None else cell.overrides
+    user_sets_threads = any(item.split("=", 1)[0].strip() == "num_threads" for item in own)
+    sets = [*([] if user_sets_threads else [f"num_threads={threads}"]), *own]  # the user's num_threads wins
+    return [*base, "--env", cell.env, "--algo", cell.algo, "--tier", tier, "--seed", str(cell.seed),
+            "--run-dir", str(run_dir), "--no-progress", *(arg for s in sets for arg in ("--set", s))]
+
+
+def child_environment(threads: int, code_root: Path) -> dict[str, str]:
+    """A cell's environment: the code on PYTHONPATH and ``threads`` for every thread pool. Children run inside
+    their cell directory so files that libraries drop into the working directory, such as MuJoCo's
+    MUJOCO_LOG.TXT, stay with the cell."""
+    python_path = os.pathsep.join(p for p in (str(code_root), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 # ---------------------------------------------------------------------- subprocesses
 try:  # loaded once here, not in the forked child
     _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -183,22 +206,10 @@ class CellRunner:
         self.threads = threads
         self.progress = progress
         self.running: list[RunningCell] = []
-        # Children run inside their cell directory (with the repository on PYTHONPATH) so files that libraries
-        # drop into the working directory, such as MuJoCo's MUJOCO_LOG.TXT, stay with the cell.
-        python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        self.child_env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": str(threads),
-                          "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+        self.child_env = child_environment(threads, REPO_ROOT)
 
     def command(self, cell: Cell) -> list[str]:
-        base = [sys.executable, "-m", "experiments.run"]
-        if cell.resumable:
-            # a resumed run keeps its saved config (experiments.run refuses --set with --resume)
-            return [*base, "--resume", str(cell.run_dir), "--no-progress"]
-        own = self.overrides if cell.overrides is None else cell.overrides
-        user_sets_threads = any(item.split("=", 1)[0].strip() == "num_threads" for item in own)
-        sets = [*([] if user_sets_threads else [f"num_threads={self.threads}"]), *own]  # the user's num_threads wins
-        return [*base, "--env", cell.env, "--algo", cell.algo, "--tier", self.tier, "--seed", str(cell.seed),
-                "--run-dir", str(cell.run_dir), "--no-progress", *(arg for s in sets for arg in ("--set", s))]
+        return cell_command(cell, self.tier, self.overrides, self.threads, cell.run_dir, cell.resumable)
 
     def start(self, cell: Cell) -> RunningCell:
         if cell.run_dir.exists() and not cell.resumable:
@@ -309,6 +320,32 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+BACKENDS = ("local", "ray")
+
+
+def add_backend_arguments(parser) -> None:
+    """``--backend`` and ``--address``: where cells run (the benchmark and ablation commands share them)."""
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local: subprocesses on this machine, --workers at a time (default); ray: one Ray task "
+                             "per cell on a Ray cluster, as many at once as its CPUs allow")
+    parser.add_argument("--address", default=None, metavar="HOST:PORT",
+                        help="with --backend ray: the cluster to join (HOST:PORT of `ray start --head`, or auto); "
+                             "without it a local Ray instance is started")
+
+
+def make_runner(args, cells: list[Cell], done: int, tier: str, overrides: list[str], root: Path,
+                progress: bool = True):
+    """The runner of ``args.backend`` for ``cells``: ``CellRunner`` here, or ``RayCellRunner`` on a cluster (one
+    thread per cell unless ``num_threads`` is set, each Ray task reserving that many CPUs)."""
+    if args.backend == "ray":
+        from experiments.ray_backend import RayCellRunner, connect
+        connect(args.address, num_cpus=available_cpus() if args.address is None else None)
+        return RayCellRunner(cells, done, tier, overrides, threads_per_cell(available_cpus(), overrides), root,
+                             progress=progress)
+    return CellRunner(cells, done, args.workers, tier, overrides, threads_per_cell(args.workers, overrides),
+                      progress=progress)
 
 
 def threads_per_cell(workers: int, overrides: list[str]) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from algos import methods_with_role
 from algos.core.io import atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from algos.core.meta_sac import MetaSACConfig
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
@@ -186,14 +187,14 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
                      reference_text])
 
     parts = [f"## {env}", "", table(header, rows), ""]
-    # reference lines: the optimum (and the oracle's own figure), then the reference benchmark's numbers
+    # reference lines: the optimum (and the reference lines' own figures: the oracle), then the reference benchmark's
     optimum, optimum_text = known_optimum(env)
-    oracle_line = ""
-    if figures.get("oracle") and figures["oracle"][0]:
-        protocol_values, final_values = figures["oracle"]
-        oracle_line = (f" The oracle (true task) run here scores {format_mean_std(protocol_values, planned)} on the "
-                       f"protocol figure and {format_mean_std(final_values, planned)} on the low-noise one.")
-    parts.append(f"**Known-task optimum:** {optimum_text}.{oracle_line}")
+    reference_lines = ""
+    for line_algo in reference_lines_of(figures):
+        protocol_values, final_values = figures[line_algo]
+        reference_lines += (f" The {display_name(line_algo)} run here scores {format_mean_std(protocol_values, planned)}"
+                            f" on the protocol figure and {format_mean_std(final_values, planned)} on the low-noise one.")
+    parts.append(f"**Known-task optimum:** {optimum_text}.{reference_lines}")
     parts.append("")
     references = REFERENCE_RESULTS.get(env)
     if references:
@@ -208,6 +209,11 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
                   f"Learning curves: protocol `meta_test_return` per iteration, mean ± std band over seeds "
                   f"([{curve_file}]({curve_file})).", ""]
     return "\n".join(parts)
+
+
+def reference_lines_of(figures: dict[str, tuple[list[float], list[float]]]) -> list[str]:
+    """The reference lines (role ``reference``, e.g. the oracle) among ``figures`` that have a figure."""
+    return [algo for algo in methods_with_role("reference") if figures.get(algo) and figures[algo][0]]
 
 
 def _margin_text(env: str, figures: dict[str, tuple[list[float], list[float]]], tier: str) -> str:
@@ -383,7 +389,7 @@ def plot_learning_curves(summary: dict, out_dir: Path) -> dict[str, str]:
         for algo, (iterations, means, stds) in curves.items():
             n = len(grouped[(env, algo)])
             line, = ax.plot(iterations, means, label=f"{display_name(algo)} (n={n})", marker=".",
-                            linestyle="--" if algo == "oracle" else "-")
+                            linestyle="--" if algo in methods_with_role("reference") else "-")
             ax.fill_between(iterations, means - stds, means + stds, color=line.get_color(), alpha=0.2)
         optimum = known_optimum(env)[0]
         if optimum is not None:

@@ -40,6 +40,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda h: h.write(text.encode()))
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda h: h.write(data))
+
+
 def atomic_torch_save(path: Path, obj) -> None:
     _atomic_write(path, lambda h: torch.save(obj, h))
 

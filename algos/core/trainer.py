@@ -15,6 +15,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -237,6 +238,7 @@ class Trainer:
         # the code this process runs: read now, since the tree may move on before the run finishes; a resumed run
         # keeps the commits of all its segments
         self.git_commits = [git_commit()]
+        self.on_iteration: Callable[[dict], None] | None = None
 
     @classmethod
     def from_run_dir(cls, run_dir: Path | str, progress: bool = True, load_weights: bool = False) -> "Trainer":
@@ -349,7 +351,11 @@ class Trainer:
                               "".join(json.dumps(row) + "\n" for row in self.learning_curve))
 
     # ------------------------------------------------------------------ the loop
-    def run(self, resume: bool = False) -> dict:
+    def run(self, resume: bool = False, on_iteration: Callable[[dict], None] | None = None) -> dict:
+        """Meta-train (from the checkpoint with ``resume``), then evaluate and write ``results.json``; returns the
+        results. ``on_iteration`` receives each iteration's metrics row once it is checkpointed (a sweep reports
+        it to its scheduler, which may stop the run there by raising)."""
+        self.on_iteration = on_iteration
         from torch.utils.tensorboard import SummaryWriter
 
         cfg = self.config
@@ -404,6 +410,8 @@ class Trainer:
             self.save_checkpoint(iteration)
             with open(self.run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
+            if self.on_iteration is not None:
+                self.on_iteration(row)
         bar.close()
 
     def finish(self) -> dict:

@@ -1,0 +1,186 @@
+"""The Ray backend and sweeps, through a real Ray cluster started here on 127.0.0.1 (never another address) and
+stopped at the end: smoke cells through the cell engine, a cell whose node is lost, and a two-trial sweep."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from algos.core.config import ConfigError
+from experiments import sweep
+
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HEAD_START_TIMEOUT = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``ray start --head --block`` on 127.0.0.1 with two CPUs, in its own process group: stopping the group stops
+    this cluster and nothing else."""
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             "--object-store-memory=100000000"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + HEAD_START_TIMEOUT
+    while subprocess.run(["ray", "status", f"--address={address}"], capture_output=True).returncode != 0:
+        if head.poll() is not None or time.monotonic() > deadline:
+            os.killpg(head.pid, signal.SIGTERM)
+            pytest.fail(f"the Ray head did not start; see {log.name}")
+        time.sleep(1.0)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
+
+
+def _run(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_benchmark_cells_run_as_ray_tasks_and_match_the_local_backend(cluster, tmp_path):
+    args = ["--tier", "smoke", "--envs", "point-robot", "--algos", "pearl", "sac-no-context", "--seeds", "1",
+            "--no-progress"]
+    on_ray = _run("experiments.benchmark", *args, "--backend", "ray", "--address", cluster, "--out",
+                  str(tmp_path / "ray"))
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    cells = tmp_path / "ray" / "smoke" / "cells" / "point-robot"
+    for algo in ("pearl", "sac-no-context"):
+        assert {"results.json", "metrics.jsonl", "config.json", "checkpoint.pt", "stderr.log"} <= {
+            p.name for p in (cells / algo / "1").iterdir()}
+    markdown = (tmp_path / "ray" / "smoke" / "RESULTS.md").read_text()
+    assert "| PEARL |" in markdown and "| SAC (no context) |" in markdown
+    # the same cell on the local backend computes the same numbers
+    local = _run("experiments.benchmark", *args[:5], "pearl", "--seeds", "1", "--no-progress", "--workers", "1",
+                 "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    def figures(root: Path) -> tuple:
+        results = json.loads((root / "smoke" / "cells" / "point-robot" / "pearl" / "1" / "results.json").read_text())
+        return results["meta_test_return"], results["final_eval"]["meta_test_return"], results["grad_steps"]
+    assert figures(tmp_path / "ray") == figures(tmp_path / "local")
+
+
+def _cell_processes(marker: str) -> list[tuple[int, int]]:
+    """``(pid, parent pid)`` of every running ``experiments.run`` whose command line holds ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if "experiments.run" in command and marker in command:
+            found.append((int(proc.name), parent))
+    return found
+
+
+def test_a_cell_whose_node_is_lost_resumes_from_its_last_checkpoint(cluster, tmp_path):
+    """Killing the Ray worker that runs a cell (as a lost node would) makes Ray retry the task, which resumes from
+    the checkpoint the driver holds."""
+    out = tmp_path / "bench"
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "experiments.benchmark", "--tier", "smoke", "--envs", "point-robot", "--algos",
+         "sac-no-context", "--seeds", "7", "--set", "num_iterations=8", "--no-progress", "--backend", "ray",
+         "--address", cluster, "--out", str(out)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "META_RL_RAY_SYNC_SECONDS": "0.3"})
+    cell = out / "smoke" / "cells" / "point-robot" / "sac-no-context" / "7"
+    deadline = time.monotonic() + 120
+    while not (cell / "checkpoint.pt").exists():  # the first checkpoint came back to the driver
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()[1][-3000:]
+        time.sleep(0.2)
+    processes = _cell_processes("--seed 7")
+    assert len(processes) == 1
+    os.kill(processes[0][1], signal.SIGKILL)  # the Ray worker: its run dies with it, like a lost node
+    _stdout, stderr = runner.communicate(timeout=240)
+    assert runner.returncode == 0, stderr[-3000:]
+    results = json.loads((cell / "results.json").read_text())
+    assert len(results["learning_curve"]) == 8
+    commands = [line for line in (cell / "stderr.log").read_text().splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and "--resume" in commands[1], commands
+
+
+def test_two_trial_sweep_writes_its_table(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    result = _run("experiments.sweep", "--env", "point-robot", "--algo", "pearl", "--tier", "smoke", "--grid",
+                  "lr=0.0003,0.001", "--seeds", "1", "--backend", "ray", "--address", cluster, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "sweep.json").read_text())
+    assert sorted(t["overrides"][0] for t in report["trials"]) == ["lr=0.0003", "lr=0.001"]
+    assert all(t["finished"] and len(t["curve"]) == 2 and t["low_noise"] is not None for t in report["trials"])
+    markdown = (out / "SWEEP.md").read_text()
+    assert "| `lr=0.0003` |" in markdown and "| `lr=0.001` |" in markdown and "**Best configuration:**" in markdown
+    best = max(report["trials"], key=lambda t: t["meta_test_return"])
+    assert report["best"]["overrides"] == best["overrides"]
+
+
+# ---------------------------------------------------------------------- without a cluster
+def test_grid_parsing_and_bad_sweeps_are_refused_before_anything_runs():
+    assert sweep.parse_grid(["lr=0.0003, 0.001", "aux.reward=0,1"]) == {"lr": ["0.0003", "0.001"],
+                                                                      "aux.reward": ["0", "1"]}
+    assert sweep.configurations({"a": ["1", "2"], "b": ["x"]}) == [("a=1", "b=x"), ("a=2", "b=x")]
+    for bad, named in ((["lr"], "key=value1"), (["lr=1", "lr=2"], "twice")):
+        with pytest.raises(ConfigError, match=named):
+            sweep.parse_grid(bad)
+    with pytest.raises(ConfigError, match="unknown config key 'no_such_key'"):
+        sweep.check_configurations("point-robot", "pearl", "smoke", {"no_such_key": ["1"]}, [])
+    with pytest.raises(ConfigError, match="both swept"):
+        sweep.check_configurations("point-robot", "pearl", "smoke", {"lr": ["0.1"]}, ["lr=0.2"])
+    result = _run("experiments.sweep", "--env", "point-robot", "--algo", "pearl", "--tier", "smoke", "--grid",
+                  "lr=abc", "--out", "/tmp/never-written-sweep")
+    assert result.returncode == 2 and "expects a float" in result.stderr
+    assert not Path("/tmp/never-written-sweep").exists()
+
+
+def test_sweep_summary_ranks_only_complete_configurations():
+    records = [
+        {"overrides": ["lr=1"], "seed": 1, "meta_test_return": -5.0, "low_noise": -5.5, "finished": True,
+         "error": None, "iterations": 4},
+        {"overrides": ["lr=1"], "seed": 2, "meta_test_return": -7.0, "low_noise": -6.5, "finished": True,
+         "error": None, "iterations": 4},
+        {"overrides": ["lr=2"], "seed": 1, "meta_test_return": -1.0, "low_noise": None, "finished": False,
+         "error": None, "iterations": 1},
+        {"overrides": ["lr=2"], "seed": 2, "meta_test_return": -2.0, "low_noise": -2.0, "finished": True,
+         "error": None, "iterations": 4},
+    ]
+    summary, best = sweep.summarise(records, [1, 2])
+    by_point = {tuple(s["overrides"]): s for s in summary}
+    assert by_point[("lr=1",)]["mean"] == pytest.approx(-6.0) and by_point[("lr=1",)]["std"] == pytest.approx(2 ** 0.5)
+    assert by_point[("lr=2",)]["stopped_early"] == {"1": 1} and not by_point[("lr=2",)]["complete"]
+    assert best["overrides"] == ["lr=1"]  # lr=2 scores higher but was stopped early on seed 1
+    report = {"env": "point-robot", "algo": "pearl", "tier": "smoke", "seeds": [1, 2], "grid": {"lr": ["1", "2"]},
+              "search": "grid", "num_samples": 1, "asha": True, "grace_period": 1, "reduction_factor": 3.0,
+              "fixed": [], "num_iterations": 4, "configurations": summary, "best": best, "command": "cmd",
+              "generated_at": "now", "git_commit": "abc", "machine": {}}
+    markdown = sweep.render_markdown(report)
+    assert "stopped early by ASHA: seed 1 after 1 of 4 iterations" in markdown
+    assert "| `lr=1` | -6.00 ± 1.41 (n=2) | -6.00 |" in markdown
+
+
+def test_address_needs_the_ray_backend():
+    result = _run("experiments.benchmark", "--tier", "smoke", "--address", "127.0.0.1:1", "--out", "/tmp/x-never")
+    assert result.returncode == 2 and "--address is for --backend ray" in result.stderr
