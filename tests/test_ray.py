@@ -20,6 +20,7 @@ from experiments import sweep
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAD_START_TIMEOUT = 90
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]  # this interpreter's Ray, whatever is on PATH
 
 
 def _free_port() -> int:
@@ -34,13 +35,13 @@ def cluster(tmp_path_factory):
     this cluster and nothing else."""
     port = _free_port()
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
-    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+    head = subprocess.Popen([*RAY_CLI, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
                              "--object-store-memory=100000000"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + HEAD_START_TIMEOUT
-    while subprocess.run(["ray", "status", f"--address={address}"], capture_output=True).returncode != 0:
+    while subprocess.run([*RAY_CLI, "status", f"--address={address}"], capture_output=True).returncode != 0:
         if head.poll() is not None or time.monotonic() > deadline:
             os.killpg(head.pid, signal.SIGTERM)
             pytest.fail(f"the Ray head did not start; see {log.name}")
