@@ -1,8 +1,9 @@
 """The cell engine: one (environment, method, seed) run in its own subprocess and its own folder, run
 ``workers`` at a time; which cells exist, which are finished or resumable, and the lock that keeps two runners
-out of one tier folder. The benchmark and ablation commands plan cells and hand them to :class:`CellRunner`;
-another backend (a cluster scheduler) would take the same :class:`Cell` list and honour the same folder
-contract: a cell is finished when its ``results.json`` exists and resumable while its ``checkpoint.pt`` does.
+out of one tier folder. The benchmark and ablation commands plan cells and hand them to a runner from
+:func:`make_runner`: :class:`CellRunner` here, or ``experiments.ray_backend.RayCellRunner`` on a Ray cluster, which
+takes the same :class:`Cell` list and honours the same folder contract: a cell is finished when its
+``results.json`` exists and resumable while its ``checkpoint.pt`` does.
 """
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ except OSError:
 PR_SET_PDEATHSIG = 1
 
 
-def _set_parent_death_signal() -> None:
+def set_parent_death_signal() -> None:
     """In the child before exec: die with SIGTERM if the runner dies without cleaning up (e.g. SIGKILL), so no
     orphaned run keeps writing into a cell that the next runner will resume."""
     if _LIBC is not None:
@@ -221,7 +222,7 @@ class CellRunner:
         stderr.write(f"$ {shlex.join(command)}\n".encode())
         stderr.flush()
         process = subprocess.Popen(command, cwd=cell.run_dir, env=self.child_env, stdout=subprocess.DEVNULL,
-                                   stderr=stderr, start_new_session=True, preexec_fn=_set_parent_death_signal)
+                                   stderr=stderr, start_new_session=True, preexec_fn=set_parent_death_signal)
         return RunningCell(cell, process, stderr)
 
     def stop_all(self) -> None:
@@ -247,8 +248,8 @@ class CellRunner:
         bar = tqdm(total=total, initial=self.already_done, desc="cells", unit="cell", disable=not self.progress,
                    dynamic_ncols=True)
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+        signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+        signal.signal(signal.SIGINT, raise_keyboard_interrupt)
         try:
             while self.queue or self.running:
                 while self.queue and len(self.running) < self.workers:
@@ -288,7 +289,7 @@ class CellRunner:
             bar.write(f"finished {cell.label} in {minutes:.1f} min")
             return
         reason = f"exit code {code}" if code != 0 else "exited 0 without writing results.json"
-        tail = _tail(log, STDERR_TAIL_LINES)
+        tail = tail_of(log, STDERR_TAIL_LINES)
         outcome.failed.append((cell, reason))
         bar.write(f"FAILED {cell.label} ({reason}); stderr in {log}:\n{tail}")
 
@@ -302,11 +303,11 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _raise_keyboard_interrupt(signum, frame) -> None:
+def raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _tail(path: Path, lines: int) -> str:
+def tail_of(path: Path, lines: int) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError:

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from algos.core.io import REPO_ROOT, atomic_write_bytes, git_commit
-from experiments.engine import (STDERR_TAIL_LINES, Cell, Outcome, _raise_keyboard_interrupt, _set_parent_death_signal,
-                                _tail, cell_command, child_environment)
+from experiments.engine import (STDERR_TAIL_LINES, Cell, Outcome, cell_command, child_environment,
+                                raise_keyboard_interrupt, set_parent_death_signal, tail_of)
 
 NODE_LOSS_RETRIES = 3
 SYNC_SECONDS = float(os.environ.get("META_RL_RAY_SYNC_SECONDS", "5"))  # how often a cell's files come back
@@ -125,7 +125,7 @@ def run_cell_on_node(task: CellTask, folders, sync_seconds: float = SYNC_SECONDS
         stderr.flush()
         process = subprocess.Popen(command, cwd=scratch, env=child_environment(task.threads, Path.cwd()),
                                    stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-                                   preexec_fn=_set_parent_death_signal)
+                                   preexec_fn=set_parent_death_signal)
         try:
             while process.poll() is None:
                 time.sleep(sync_seconds)
@@ -138,9 +138,7 @@ def run_cell_on_node(task: CellTask, folders, sync_seconds: float = SYNC_SECONDS
         ray.get(folders.write.remote(task.folder, _folder_files(scratch, sent)))
         return process.returncode
     finally:
-        for path in sorted(scratch.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        scratch.rmdir()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class RayCellRunner:
@@ -163,7 +161,7 @@ class RayCellRunner:
         pending = {}
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         for sig in previous:
-            signal.signal(sig, _raise_keyboard_interrupt)
+            signal.signal(sig, raise_keyboard_interrupt)
         bar = tqdm(total=self.already_done + len(self.cells), initial=self.already_done, desc="cells", unit="cell",
                    disable=not self.progress, dynamic_ncols=True)
         try:
@@ -211,4 +209,4 @@ class RayCellRunner:
         reason = f"exit code {code}" if code != 0 else "exited 0 without writing results.json"
         outcome.failed.append((cell, reason))
         log = cell.run_dir / "stderr.log"
-        bar.write(f"FAILED {cell.label} ({reason}); stderr in {log}:\n{_tail(log, STDERR_TAIL_LINES)}")
+        bar.write(f"FAILED {cell.label} ({reason}); stderr in {log}:\n{tail_of(log, STDERR_TAIL_LINES)}")

@@ -238,7 +238,6 @@ class Trainer:
         # the code this process runs: read now, since the tree may move on before the run finishes; a resumed run
         # keeps the commits of all its segments
         self.git_commits = [git_commit()]
-        self.on_iteration: Callable[[dict], None] | None = None
 
     @classmethod
     def from_run_dir(cls, run_dir: Path | str, progress: bool = True, load_weights: bool = False) -> "Trainer":
@@ -355,7 +354,6 @@ class Trainer:
         """Meta-train (from the checkpoint with ``resume``), then evaluate and write ``results.json``; returns the
         results. ``on_iteration`` receives each iteration's metrics row once it is checkpointed (a sweep reports
         it to its scheduler, which may stop the run there by raising)."""
-        self.on_iteration = on_iteration
         from torch.utils.tensorboard import SummaryWriter
 
         cfg = self.config
@@ -372,7 +370,7 @@ class Trainer:
         started = time.perf_counter() - self.elapsed
         self.wall_clock.start(started)
         try:
-            self._train(writer, started)
+            self._train(writer, started, on_iteration)
         except TrainingDivergedError as error:
             done = self.learning_curve[-1]["iteration"] if self.learning_curve else None
             truth = (f"the last checkpoint (after iteration {done}) is intact, but resuming would repeat the same "
@@ -384,7 +382,7 @@ class Trainer:
             writer.close()
         return self.finish()
 
-    def _train(self, writer, started: float) -> None:
+    def _train(self, writer, started: float, on_iteration: Callable[[dict], None] | None) -> None:
         cfg, p = self.config, self.config.protocol
         if self.start_iteration == 0:
             self.algorithm.collect_initial_data()
@@ -410,8 +408,8 @@ class Trainer:
             self.save_checkpoint(iteration)
             with open(self.run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-            if self.on_iteration is not None:
-                self.on_iteration(row)
+            if on_iteration is not None:
+                on_iteration(row)
         bar.close()
 
     def finish(self) -> dict:
