@@ -125,7 +125,8 @@ def run(args: argparse.Namespace, out: Path) -> int:
     cells = plan_cells(out, args.tier, args.ablations, args.envs, args.seeds)
     total = len(args.ablations) * len(args.envs) * len(args.seeds)
     print(f"{total} ablation cells ({total - len(cells)} already finished, {sum(c.resumable for c in cells)} to "
-          f"resume), {args.workers} worker(s), tier {args.tier}, output {out}")
+          f"resume), {f'{args.workers} worker(s)' if args.backend == 'local' else 'Ray backend'}, tier {args.tier}, "
+          f"output {out}")
     outcome = make_runner(args, cells, total - len(cells), args.tier, [], out, progress=not args.no_progress).run()
     if outcome.interrupted:
         print("stopped; rerun the same command to continue from the cells' checkpoints")
