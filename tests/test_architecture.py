@@ -59,6 +59,11 @@ def test_incomplete_facts_are_refused_naming_the_class():
     with pytest.raises(TypeError, match="Nameless.*name"):
         check_facts(Nameless)
 
+    class SameDisplayNameAsParent(SetFormer):
+        name = "setformer-variant"
+    with pytest.raises(TypeError, match="display_name"):
+        check_facts(SameDisplayNameAsParent)
+
     class BadRole(SetFormer):
         name = "bad-role"
         display_name = "bad"

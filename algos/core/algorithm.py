@@ -8,7 +8,8 @@ Facts (class attributes):
 
 - ``name``: the ``--algo`` name; only a class that sets it in its own body is registered, so a base class or a
   helper subclass without one is not a method.
-- ``display_name``: how tables name it.
+- ``display_name``: how tables name it; set beside ``name`` (a subclass does not inherit it, or tables would show
+  two rows under its parent's name).
 - ``role``: ``ours`` (the project's method, compared against the baselines), ``baseline`` (a published method,
   reimplemented), ``floor`` (what every context method must beat) or ``reference`` (a line, not a method: it may
   read the task from the environment).
@@ -103,8 +104,9 @@ def check_facts(cls: type) -> None:
     where = f"{cls.__module__}.{cls.__qualname__}"
     if not isinstance(cls.__dict__.get("name"), str) or not cls.name:
         raise TypeError(f"{where}: `name` must be a non-empty string")
-    if not isinstance(getattr(cls, "display_name", None), str) or "display_name" not in vars_up_to_base(cls):
-        raise TypeError(f"{where}: set `display_name` (how tables name {cls.name!r})")
+    # a subclass that inherited its parent's display name would show up in tables as a second copy of the parent
+    if not isinstance(vars(cls).get("display_name"), str) or not cls.display_name:
+        raise TypeError(f"{where}: set `display_name` beside `name` (how tables name {cls.name!r})")
     if cls.role not in ROLES:
         raise TypeError(f"{where}: `role` must be one of {ROLES}, got {cls.role!r}")
     if cls.supported_envs is not None and not isinstance(cls.supported_envs, tuple):
@@ -112,12 +114,3 @@ def check_facts(cls: type) -> None:
     if not hasattr(cls, "config_class"):
         raise TypeError(f"{where}: `config_class` (its typed config) is missing")
 
-
-def vars_up_to_base(cls: type) -> set[str]:
-    """Attribute names set in ``cls`` or any of its bases below :class:`Algorithm`."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if klass is Algorithm:
-            break
-        names |= set(vars(klass))
-    return names
