@@ -257,3 +257,18 @@ def test_nothing_imports_upward():
                         continue
                     if _layer(name) in LAYERS:
                         assert _layer(name) in allowed, f"{module} imports {name}"
+
+
+def test_ray_is_only_imported_where_it_runs_things():
+    """Every command works without touching Ray unless asked to: only the Ray backend and the sweep import it."""
+    import ast
+    users = set()
+    for path in sorted(REPO_ROOT.glob("*/**/*.py")):
+        if path.parts[len(REPO_ROOT.parts)] not in ("algos", "envs_glue", "models", "experiments"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                users.add(str(path.relative_to(REPO_ROOT)))
+    assert users == {"experiments/ray_backend.py", "experiments/sweep.py"}
