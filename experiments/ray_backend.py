@@ -20,6 +20,7 @@ and the folders stay on the driver, under ``--out``: no shared filesystem is nee
 """
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import shutil
@@ -52,10 +53,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
                    "env_vars": {"META_RL_GIT_COMMIT": git_commit(), "PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if ray.is_initialized():
         return
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}  # the runner prints what happens to cells
     if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
     else:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(address=address, runtime_env=runtime_env, **quiet)
 
 
 def _folder_files(folder: Path, since: dict[str, tuple[int, int]] | None = None) -> dict[str, bytes]:
