@@ -25,6 +25,7 @@ from pathlib import Path
 
 from algos import ALGORITHMS
 from algos.core.config import TIERS, ConfigError
+from algos.core.trainer import build_config
 from envs_glue import ENV_SPECS
 from experiments.engine import available_cpus, threads_per_cell
 from experiments.report import (DASH, display_name, fmt, format_mean_std, mean_std, provenance, report_heading,
@@ -56,7 +57,6 @@ def configurations(grid: dict[str, list[str]]) -> list[tuple[str, ...]]:
 
 def check_configurations(env: str, algo: str, tier: str, grid: dict[str, list[str]], fixed: list[str]) -> None:
     """Build every configuration once here, so a bad key or value fails before any trial starts."""
-    from algos.core.trainer import build_config
     for key in grid:
         if any(item.partition("=")[0].strip() == key for item in fixed):
             raise ConfigError(f"{key!r} is both swept (--grid) and fixed (--set)")
@@ -68,7 +68,7 @@ def trial(config: dict) -> None:
     """One Tune trial: the run of one configuration with one seed, reporting each evaluated iteration."""
     from ray import tune
 
-    from algos.core.trainer import Trainer, build_config
+    from algos.core.trainer import Trainer
 
     overrides = [*config["fixed"], *config["point"]]
     run_config = build_config(config["env"], config["algo"], config["tier"], config["seed"], overrides)
@@ -87,12 +87,11 @@ def trial(config: dict) -> None:
                  "wall_time_s": results["wall_time_s"], "git_commit": results["git_commit"]})
 
 
-def run_sweep(args: argparse.Namespace, grid: dict[str, list[str]], out: Path) -> list[dict]:
+def run_sweep(args: argparse.Namespace, grid: dict[str, list[str]], num_iterations: int, out: Path) -> list[dict]:
     """Run the trials on the cluster and return one record per trial (configuration, seed, figures, curve)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from algos.core.trainer import build_config
     from experiments.ray_backend import connect
 
     connect(args.address, num_cpus=available_cpus() if args.address is None else None)
@@ -103,7 +102,6 @@ def run_sweep(args: argparse.Namespace, grid: dict[str, list[str]], out: Path) -
     space = {"env": args.env, "algo": args.algo, "tier": args.tier, "fixed": fixed,
              "seed": tune.grid_search(list(args.seeds)),
              "point": tune.grid_search(points) if args.search == "grid" else tune.choice(points)}
-    num_iterations = build_config(args.env, args.algo, args.tier, 0, fixed).protocol.num_iterations
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=num_iterations, grace_period=args.grace_period,
                                reduction_factor=args.reduction_factor) if args.asha else None)
     tuner = tune.Tuner(
@@ -228,9 +226,8 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    records = run_sweep(args, grid, out)
-    from algos.core.trainer import build_config
     num_iterations = build_config(args.env, args.algo, args.tier, 0, args.overrides).protocol.num_iterations
+    records = run_sweep(args, grid, num_iterations, out)
     summary, best = summarise(records, args.seeds)
     fixed = list(args.overrides)
     report = {**provenance(command), "env": args.env, "algo": args.algo, "tier": args.tier, "seeds": args.seeds,

@@ -291,19 +291,16 @@ def upgrade_flat_config(saved: dict, current: dict) -> dict:
 
 
 def upgrade_saved_config(data: dict, agent_fields: set[str]) -> dict:
-    """A saved (nested) config dict in the current layout, given the algorithm config's field names."""
-    data = {**data, "protocol": dict(data.get("protocol") or {}), "agent": dict(data.get("agent") or {})}
-    protocol_fields = {f.name for f in fields(ProtocolConfig)}
-    for old, new in MOVED_KEYS.items():
-        group, key = old.split(".", 1)
-        if group != "protocol" or key in protocol_fields or key not in data["protocol"]:
-            continue
-        value = data["protocol"].pop(key)
-        if new is not None and new.startswith("agent."):
-            new_key = new.split(".", 1)[1]
-            if new_key in agent_fields and new_key not in data["agent"]:
-                data["agent"][new_key] = value
-    return data
+    """A saved (nested) config dict in the current layout, given the algorithm config's field names: its protocol and
+    agent groups go through :func:`upgrade_flat_config` one level deep."""
+    flat = {f"{group}.{key}": value for group in ("protocol", "agent") for key, value in (data.get(group) or {}).items()}
+    current = {**{f"protocol.{f.name}": None for f in fields(ProtocolConfig)},
+               **{f"agent.{name}": None for name in agent_fields}}
+    groups: dict[str, dict] = {"protocol": {}, "agent": {}}
+    for key, value in upgrade_flat_config(flat, current).items():
+        group, name = key.split(".", 1)
+        groups[group][name] = value
+    return {**data, **groups}
 
 
 def flatten_config(data: dict, ignored: frozenset[str] = NON_SEMANTIC_KEYS, prefix: str = "") -> dict:
