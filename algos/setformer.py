@@ -44,7 +44,7 @@ reached) is left out of the hypothesis set (``exploration.min_evidence``): its r
 everywhere, so no evidence could refute it, and once the real hypotheses were refuted it took the whole belief.
 
 What each exploration rule is worth on the trained weights (switched off one at a time, same evaluation seeds):
-``benchmarks/quick/REEVALUATIONS.md``, made by ``python -m experiments.reevaluate``; what the training-time parts
+``benchmarks/quick/REEVALUATIONS_setformer.md``, made by ``python -m experiments.reevaluate``; what the training-time parts
 are worth (retrained with one switch flipped, paired by seed): ``benchmarks/ablations/ABLATIONS_quick.md``, made
 by ``python -m experiments.ablations``.
 

@@ -155,7 +155,7 @@ def record_episodes(trainer: Trainer, task_id: int, num_episodes: int | None = N
     with trainer.isolated_randomness(seed), torch.no_grad():
         meta_env.reset_task(task_id)
         for episode in meta_test_episodes(trainer.env, agent, num_episodes, num_exploration, max_path_length,
-                                          p.sparse_rewards):
+                                          p.sparse_rewards, p.deterministic_exploration):
             record["obs"].append(episode.path["obs"])
             record["next_obs"].append(episode.path["next_obs"])
             record["actions"].append(episode.path["actions"])

@@ -7,7 +7,9 @@ the trained agent *acts* (its exploration rule), at no training cost and with ev
 
 Every variant of a cell loads the same ``checkpoint.pt`` (weights, replay buffers), applies its overrides, which
 must lie in a config group the algorithm declares inference-time (``inference_time_config``: for setformer the
-``exploration`` group), and runs the low-noise final evaluation of the cell: the same evaluation seed and number
+``exploration`` group) or be an evaluation-only protocol setting (``protocol.deterministic_exploration``: act
+deterministically in the exploration episodes too, as PEARL's own code evaluates), and runs the low-noise final
+evaluation of the cell: the same evaluation seed and number
 of repeats as the cell's ``final_eval``, so the variants are compared on paired episodes. ``as-trained`` (no
 overrides) must reproduce the cell's recorded figure; the table shows that check. What a variant cannot show:
 the effect of the rule on the data collected during training (setformer also explores with it there); for that,
@@ -18,8 +20,8 @@ For an agent that reports whether a fallback has replaced its encoder's reading 
 with per-task latents (setformer's ``hypotheses``), the policy is also run on each *training* task with that
 task's own latent and no inference (``--own-embedding-episodes``): the known-task figure of these weights.
 
-Writes ``<tier dir>/reevaluations.json`` after every (cell, variant), atomically, and skips those already there
-with the same overrides and repeats, so a killed run continues; then ``<tier dir>/REEVALUATIONS.md``.
+Writes ``<tier dir>/reevaluations_<algo>.json`` after every (cell, variant), atomically, and skips those already
+there with the same overrides and repeats, so a killed run continues; then ``<tier dir>/REEVALUATIONS_<algo>.md``.
 """
 from __future__ import annotations
 
@@ -42,12 +44,20 @@ from experiments.engine import cell_dir
 from experiments.report import (DASH, display_name, fmt, format_delta, format_mean_std, provenance,
                                 report_heading)
 
+# protocol settings that change only how the meta-test evaluation acts, never what training computed
+EVALUATION_ONLY_PROTOCOL_KEYS = ("protocol.deterministic_exploration",)
+
 SETFORMER_VARIANTS = {
     "as-trained": [],
     "no-fallback": ["exploration.fallback=false"],        # after adapt(): always act on the encoder's z
     "all-hypotheses": ["exploration.min_evidence=0"],     # every training task is a hypothesis
     "no-thompson": ["exploration.thompson=false"],        # no hypotheses at all: the encoder's z throughout
 }
+
+
+def reevaluation_paths(tier_dir: Path, algo: str) -> tuple[Path, Path]:
+    """One method's re-evaluations of a tier: ``reevaluations_<algo>.json`` and ``REEVALUATIONS_<algo>.md``."""
+    return tier_dir / f"reevaluations_{algo}.json", tier_dir / f"REEVALUATIONS_{algo}.md"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -85,16 +95,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_inference_time(algorithm, overrides: list[str]) -> None:
-    """Refuse an override outside the groups the algorithm declares inference-time: changing a training
-    setting on weights trained without it would not measure anything."""
+    """Refuse an override outside the groups the algorithm declares inference-time and the evaluation-only
+    protocol settings: changing a training setting on weights trained without it would not measure anything."""
     groups = tuple(getattr(algorithm, "inference_time_config", ()))
     for item in overrides:
         key = item.split("=", 1)[0].strip()
+        if key in EVALUATION_ONLY_PROTOCOL_KEYS:
+            continue
         path = key.split(".")
         if path[0] == "agent":
             path = path[1:]
         if not groups or path[0] not in groups:
-            allowed = ", ".join(f"{g}.*" for g in groups) or "none"
+            allowed = ", ".join([*(f"{g}.*" for g in groups), *EVALUATION_ONLY_PROTOCOL_KEYS])
             raise ConfigError(f"override {item!r} is not an inference-time setting of "
                               f"{type(algorithm).__name__} (allowed: {allowed})")
 
@@ -240,7 +252,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "experiments.reevaluate", *(sys.argv[1:] if argv is None else argv)])
     tier_dir = Path(args.root) / args.tier
-    json_path = tier_dir / "reevaluations.json"
+    json_path, markdown_path = reevaluation_paths(tier_dir, args.algo)
     variants = {name: overrides for name, *overrides in args.variants}
     previous = read_json(json_path, what="re-evaluation results") if json_path.exists() else {}
     if previous and previous.get("algo") != args.algo:
@@ -281,8 +293,8 @@ def main(argv=None) -> int:
                     own_embedding.setdefault(env, {})[str(seed)] = entry
                     save()
     save()
-    atomic_write_text(tier_dir / "REEVALUATIONS.md", render_markdown(report))
-    print(f"wrote {json_path} and {tier_dir / 'REEVALUATIONS.md'}")
+    atomic_write_text(markdown_path, render_markdown(report))
+    print(f"wrote {json_path} and {markdown_path}")
     return 0
 
 

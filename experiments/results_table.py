@@ -410,7 +410,6 @@ def plot_learning_curves(summary: dict, out_dir: Path) -> dict[str, str]:
 
 # other results files a reader of RESULTS.md wants, relative to the tier directory ({tier}: its name)
 COMPANIONS = {
-    "REEVALUATIONS.md": "setformer's exploration rules switched off on the same final weights and seeds",
     "../ablations/ABLATIONS_{tier}.md": "setformer retrained with one switch flipped, paired seed by seed",
     "../baselines-lr1e-3/{tier}/RESULTS.md": "baselines rerun at lr 1e-3 (setformer's lr until it took the baselines' 3e-4), same budget",
     "../THROUGHPUT.md": "gradient steps/s, environment steps/s and adapt() latency, one controlled run",
@@ -423,7 +422,11 @@ def write_report(tier_dir: Path, summary: dict) -> tuple[Path, Path]:
     results_path, markdown_path = tier_dir / "results.json", tier_dir / "RESULTS.md"
     atomic_write_json(results_path, summary)
     curve_files = plot_learning_curves(summary, tier_dir)
-    links = {link.format(tier=summary.get("tier", "")): what for link, what in COMPANIONS.items()}
+    reevaluations = {f"REEVALUATIONS_{algo}.md": f"{display_name(algo)}'s final weights evaluated again with an "
+                                                 f"inference-time setting changed, same seeds"
+                     for algo in ALGO_ORDER}
+    links = {**reevaluations,
+             **{link.format(tier=summary.get("tier", "")): what for link, what in COMPANIONS.items()}}
     companions = {link: what for link, what in links.items() if (tier_dir / link).exists()}
     atomic_write_text(markdown_path, render_markdown(summary, curve_files, companions))
     return results_path, markdown_path

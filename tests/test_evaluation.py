@@ -192,3 +192,20 @@ def test_trainer_evaluate_is_seeded(tmp_path):
     c = trainer.evaluate(eval_seed=4, num_repeats=2).episode_returns
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_deterministic_exploration_acts_deterministically_in_every_episode(tmp_path):
+    # protocol.deterministic_exploration is oyster's evaluation (every episode deterministic): exploration still
+    # ends at the same episode (adapt() after it), only how the exploration episodes act changes
+    trainer = make_trainer("point-robot", tmp_path, algo="oracle",
+                           overrides=["num_steps_per_eval=60", "num_exp_traj_eval=1",
+                                      "protocol.deterministic_exploration=true"])
+    agent = RecordingAgent(2, 2, policy="random", env=trainer.env, seed=0)
+    trainer.algorithm.agent = agent
+    result = trainer.evaluate(eval_seed=5, num_repeats=1)
+    assert result.exploration_episodes == [0]
+    acts = [e[1] for e in agent.events if e[0] == "act"]
+    assert len(acts) == 10 * 3 * 20 and all(acts)
+    for events in split_repeats(agent.events):
+        adapts = [e for e in events if e[0] == "adapt"]
+        assert [e[1] for e in adapts] == [20, 40, 60]

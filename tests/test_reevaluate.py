@@ -36,7 +36,7 @@ def _run(root: Path, *extra: str) -> dict:
                                 "--root", str(root), *extra]) == 0
     finally:
         torch.set_num_threads(threads)
-    return json.loads((root / "smoke" / "reevaluations.json").read_text())
+    return json.loads((root / "smoke" / "reevaluations_setformer.json").read_text())
 
 
 def test_as_trained_reproduces_the_recorded_final_eval_and_variants_are_paired(smoke_root):
@@ -53,7 +53,7 @@ def test_as_trained_reproduces_the_recorded_final_eval_and_variants_are_paired(s
     for entry in entries.values():
         assert entry["num_repeats"] == 1  # the smoke tier's final_eval_repeats
         assert len(entry["per_task_final_returns"]) == 10
-    markdown = (smoke_root / "smoke" / "REEVALUATIONS.md").read_text()
+    markdown = (smoke_root / "smoke" / "REEVALUATIONS_setformer.md").read_text()
     assert "| no-fallback | `exploration.fallback=false` |" in markdown
     assert "## sparse-point-robot" in markdown
 
@@ -82,6 +82,18 @@ def test_training_overrides_are_refused(smoke_root):
         reevaluate.reevaluate_cell(run_dir, ["teacher_fraction=0"], None, 1)
     with pytest.raises(ConfigError, match="unknown config key"):
         reevaluate.reevaluate_cell(run_dir, ["exploration.no_such_key=1"], None, 1)
+    with pytest.raises(ConfigError, match="protocol.batch_size=8.*not an inference-time setting"):
+        reevaluate.reevaluate_cell(run_dir, ["protocol.batch_size=8"], None, 1)
+
+
+def test_deterministic_exploration_is_an_evaluation_only_setting(smoke_root):
+    run_dir = smoke_root / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0"
+    threads = torch.get_num_threads()
+    try:
+        entry = reevaluate.reevaluate_cell(run_dir, ["protocol.deterministic_exploration=true"], None, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(entry["per_task_final_returns"]) == 10 and entry["num_repeats"] == 1
 
 
 def test_variant_arguments_are_checked():
@@ -117,4 +129,4 @@ def test_own_embedding_figure_acts_on_each_training_tasks_latent(smoke_root):
 
     report = _run(smoke_root, "--own-embedding-episodes", "1")
     assert report["own_embedding"]["sparse-point-robot"]["0"]["per_task_returns"] == first["per_task_returns"]
-    assert "**Known task, no inference**" in (smoke_root / "smoke" / "REEVALUATIONS.md").read_text()
+    assert "**Known task, no inference**" in (smoke_root / "smoke" / "REEVALUATIONS_setformer.md").read_text()

@@ -70,6 +70,9 @@ class ProtocolConfig:
     replay_buffer_size: int = 1_000_000   # per task; arrays are lazily committed, so only what is written costs
     eval_interval: int = 1                # evaluate every this many iterations (and always after the last)
     final_eval_repeats: int = 10          # low-noise evaluation of the final policy
+    deterministic_exploration: bool = False  # SPEC: exploration episodes act stochastically. True acts
+                                             # deterministically in every meta-test episode, as PEARL's own code
+                                             # (oyster, eval_deterministic) does: a diagnostic, not the protocol
 
     def validate(self) -> None:
         positive = ["num_iterations", "num_tasks_sample", "meta_batch", "batch_size", "embedding_batch_size",

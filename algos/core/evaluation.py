@@ -47,16 +47,19 @@ class Episode:
 
 
 def meta_test_episodes(env: gym.Env, agent: MetaAgent, num_episodes: int, num_exp_traj_eval: int,
-                       max_path_length: int, sparse_rewards: bool) -> Iterator[Episode]:
+                       max_path_length: int, sparse_rewards: bool,
+                       deterministic_exploration: bool = False) -> Iterator[Episode]:
     """One meta-test trial in the env's current task: the context is cleared, then ``num_episodes`` episodes
     run back to back, every transition fed to the context; the first ``num_exp_traj_eval`` explore and
     ``adapt()`` follows the last of them and every later episode. Each episode is yielded after its
     ``adapt()``, so a caller can read what the agent inferred from it (evaluation sums the returns; the
-    notebooks also keep attention and latents)."""
+    notebooks also keep attention and latents). ``deterministic_exploration`` makes the exploration episodes act
+    deterministically too (``protocol.deterministic_exploration``: oyster's evaluation, not SPEC's)."""
     agent.clear_context()
     for index in range(num_episodes):
         exploring = index < num_exp_traj_eval
-        path = rollout(env, agent, max_path_length, deterministic=not exploring, accum_context=True,
+        path = rollout(env, agent, max_path_length, deterministic=deterministic_exploration or not exploring,
+                       accum_context=True,
                        context_uses_sparse_reward=sparse_rewards)
         adapted = index + 1 >= num_exp_traj_eval
         if adapted:
@@ -65,7 +68,8 @@ def meta_test_episodes(env: gym.Env, agent: MetaAgent, num_episodes: int, num_ex
 
 
 def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_eval: int,
-             num_exp_traj_eval: int, num_repeats: int, max_path_length: int, sparse_rewards: bool) -> EvalResult:
+             num_exp_traj_eval: int, num_repeats: int, max_path_length: int, sparse_rewards: bool,
+             deterministic_exploration: bool = False) -> EvalResult:
     num_episodes = num_eval_episodes(num_steps_per_eval, max_path_length)
     if not 0 <= num_exp_traj_eval < num_episodes:
         raise ValueError(f"num_exp_traj_eval={num_exp_traj_eval} leaves no scored episode out of {num_episodes}")
@@ -74,7 +78,8 @@ def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_
     for t, task in enumerate(task_ids):
         env.unwrapped.reset_task(task)
         for repeat in range(num_repeats):
-            episodes = meta_test_episodes(env, agent, num_episodes, num_exp_traj_eval, max_path_length, sparse_rewards)
+            episodes = meta_test_episodes(env, agent, num_episodes, num_exp_traj_eval, max_path_length, sparse_rewards,
+                                          deterministic_exploration)
             for index, episode in enumerate(episodes):
                 returns[t, repeat, index] = episode.scored_return
                 env_steps += len(episode.scored_rewards)

@@ -288,7 +288,8 @@ class Trainer:
         # evaluation runs in the training env (an oracle reads its task there) with its own seeds
         with self.isolated_randomness(eval_seed):
             return evaluate(self.env, self.algorithm.agent, meta_env.test_task_ids, p.num_steps_per_eval,
-                            p.num_exp_traj_eval, num_repeats, meta_env.max_episode_steps, p.sparse_rewards)
+                            p.num_exp_traj_eval, num_repeats, meta_env.max_episode_steps, p.sparse_rewards,
+                            p.deterministic_exploration)
 
     def wall_time_split(self) -> dict[str, float]:
         """``wall_time_s`` by phase: collection, gradient steps, the per-iteration evaluations, and the rest
