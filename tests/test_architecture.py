@@ -199,6 +199,31 @@ def test_upgrade_drops_a_moved_setting_where_the_method_has_none():
         build_config("point-robot", "pearl", "smoke", 0, ["kl_lambda=-1"])
 
 
+def test_a_saved_config_reads_as_what_its_run_computed(tmp_path):
+    """A setformer config saved before ``latent_norm`` existed ran with unbounded latents (and one with the older
+    ``bounded_latents`` switch, with tanh or nothing): read now, it says so, instead of taking today's default."""
+    current = flatten_config(to_dict(build_config("point-robot", "setformer", "smoke", 0)))
+    assert current["agent.latent_norm"] == "sphere"
+    before_the_switch = {k: v for k, v in current.items() if k != "agent.latent_norm"}
+    assert upgrade_flat_config(before_the_switch, current)["agent.latent_norm"] == "none"
+    for bounded, norm in ((True, "tanh"), (False, "none")):
+        older = {**before_the_switch, "agent.bounded_latents": bounded}
+        upgraded = upgrade_flat_config(older, current)
+        assert upgraded["agent.latent_norm"] == norm and "agent.bounded_latents" not in upgraded
+    # the run folder of such a run resumes with the latents it was trained with, and a comparison with a run of
+    # today's default reports the difference
+    from algos.core.trainer import Trainer
+    from experiments.engine import config_changes
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    saved = json.loads(json.dumps(to_dict(build_config("point-robot", "setformer", "smoke", 0))))
+    del saved["agent"]["latent_norm"]
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    assert Trainer.from_run_dir(run_dir, progress=False).config.agent.latent_norm == "none"
+    today = json.loads(json.dumps(to_dict(build_config("point-robot", "setformer", "smoke", 0))))
+    assert config_changes(saved, today)["agent.latent_norm"] == ("none", "sphere")
+
+
 # ---------------------------------------------------------------------- evaluation and belief
 def test_meta_test_episodes_explore_then_adapt_after_each_later_episode():
     env = make_env("point-robot", seed=0)

@@ -274,22 +274,36 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-# settings that moved since runs were saved: old key -> new key (None: retired). A saved config is read in the
-# current layout, and compared with one written before the move, the moved setting counts as the same setting.
-MOVED_KEYS: dict[str, str | None] = {
+# settings that moved since runs were saved: old key -> new key (None: retired), or (new key, {old value: new
+# value}) where the values changed too. A saved config is read in the current layout, and compared with one written
+# before the move, the moved setting counts as the same setting.
+MOVED_KEYS: dict[str, str | None | tuple[str, dict]] = {
     "protocol.kl_lambda": "agent.kl_lambda",  # PEARL's KL weight is PEARL's (other methods never read it)
+    "agent.bounded_latents": ("agent.latent_norm", {True: "tanh", False: "none"}),  # setformer, 7fcdbea
+}
+
+# settings added since runs were saved whose default is not what the code computed before they existed: a saved
+# config without the key ran with this value (settings added at their old behaviour need no entry)
+ADDED_KEYS: dict[str, Any] = {
+    "agent.latent_norm": "none",  # setformer: unbounded latents until 9d21bb6 made sphere the default
 }
 
 
 def upgrade_flat_config(saved: dict, current: dict) -> dict:
-    """``saved`` (flattened) in the layout of ``current`` (flattened): a moved key takes its new name where the
-    current layout has it, and is dropped where it has neither name (the setting does not exist there)."""
+    """``saved`` (flattened) in the layout of ``current`` (flattened): a moved key takes its new name (and value)
+    where the current layout has it, and is dropped where it has neither name (the setting does not exist there);
+    a key ``current`` has that ``saved`` predates gets the value the code computed with before it existed
+    (``ADDED_KEYS``)."""
     out = dict(saved)
-    for old, new in MOVED_KEYS.items():
+    for old, move in MOVED_KEYS.items():
         if old in out and old not in current:
             value = out.pop(old)
+            new, values = move if isinstance(move, tuple) else (move, None)
             if new is not None and new in current and new not in out:
-                out[new] = value
+                out[new] = values[value] if values is not None else value
+    for key, legacy in ADDED_KEYS.items():
+        if key in current and key not in out:
+            out[key] = legacy
     return out
 
 
