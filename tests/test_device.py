@@ -10,6 +10,7 @@ import torch
 from algos import ALGORITHMS
 from algos.core import device as device_module
 from algos.core.config import ConfigError
+from algos.core.io import REPO_ROOT
 from algos.core.trainer import Trainer, build_config
 from tests.conftest import make_trainer, read_metrics, strip_nondeterministic
 
@@ -146,3 +147,39 @@ def test_frozen_q_policy_step_is_bit_identical_to_the_naive_step(tmp_path, algo)
     assert all(torch.equal(a[k], b[k]) for a, b in zip(losses_a, losses_b) for k in a)
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_the_cpu_allocator_is_tuned_once_and_recorded(tmp_path):
+    """glibc's malloc keeps freed activations in the process (no page faults per step); the run's machine
+    description says what was set. Without glibc nothing is set and the record says so."""
+    import ctypes.util
+    results = make_trainer("point-robot", tmp_path / "run", "sac-no-context").run()
+    allocator = results["machine"]["allocator"]
+    if not ctypes.util.find_library("c"):
+        assert allocator == {"tuned": False}
+        return
+    assert allocator == {"tuned": True, "mmap_threshold_bytes": 32 * 2 ** 20, "trim_threshold_bytes": 2 ** 30}
+    assert device_module.tune_cpu_allocator() == allocator  # idempotent: set once per process
+
+
+def test_the_tuned_allocator_leaves_the_numbers_unchanged(tmp_path):
+    """The same gradient steps in a fresh process with glibc's default allocator and with the tuned one."""
+    import subprocess
+    import sys
+    script = (
+        "import sys, hashlib, torch\n"
+        "import algos.core.trainer as trainer\n"
+        "if sys.argv[1] == 'default':\n"
+        "    trainer.tune_cpu_allocator = lambda: {'tuned': False}\n"
+        "t = trainer.Trainer(trainer.build_config('point-robot', 'pearl', 'smoke', 3, ['batch_size=512']),"
+        " run_dir=sys.argv[2], progress=False)\n"
+        "a = t.algorithm\n"
+        "a.collect_initial_data()\n"
+        "[a.train_step() for _ in range(5)]\n"
+        "h = hashlib.sha256()\n"
+        "for _, p in sorted(a.critic.state_dict().items()): h.update(p.numpy().tobytes())\n"
+        "print(h.hexdigest())\n")
+    digests = [subprocess.run([sys.executable, "-c", script, mode, str(tmp_path / mode)], capture_output=True,
+                              text=True, check=True, cwd=REPO_ROOT).stdout.strip().splitlines()[-1]
+               for mode in ("default", "tuned")]
+    assert digests[0] == digests[1]

@@ -25,7 +25,7 @@ import envs_glue
 from algos import algorithm_class
 from algos.core.config import (ConfigError, ProtocolConfig, RunConfig, apply_overrides, flatten_config,
                                protocol_for, to_dict, upgrade_flat_config, upgrade_saved_config)
-from algos.core.device import resolve_bf16, resolve_device, warn_if_slow
+from algos.core.device import resolve_bf16, resolve_device, tune_cpu_allocator, warn_if_slow
 from algos.core.evaluation import EvalResult, evaluate
 from algos.core.sampler import num_eval_episodes
 from algos.core.meta_sac import TrainingDivergedError
@@ -214,6 +214,7 @@ class Trainer:
             config.device = "cpu"
         resolve_hardware(config)  # configs saved before these settings existed say neither
         warn_if_slow(config.bf16, config.device)
+        tune_cpu_allocator()
         self.config = config
         self.device = torch.device(config.device)
         self.progress = progress
