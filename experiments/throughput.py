@@ -9,11 +9,13 @@ batch sizes and the same thread count a benchmark cell gets), so the numbers pre
 
 - gradient steps/s: ``algorithm.train_step()`` after ``collect_initial_data()`` and a warm-up, timed over N
   steps (one step = one meta-batch of ``meta_batch`` tasks × ``batch_size`` transitions), on the same weights
-  and buffers at three settings: the run's default (bf16 as resolved for this machine), bf16 forced on and off,
-  and the *naive* fp32 step (fp32, and Q's weight gradients computed in the policy pass as a plain
-  implementation does: the same math, more work). FLOPs per step are counted by torch's ``FlopCounterMode``
-  on one step, so each rate also reads as achieved GFLOP/s, beside the matrix-multiply peak this process
-  reaches at the critic's shapes (``meta_batch * batch_size`` × hidden × hidden) in fp32 and bf16;
+  and buffers at the run's default settings (bf16 as resolved for this machine) and with bf16 forced on and off;
+  and the *naive* fp32 step, in a process of its own from the same config and seed, as a plain implementation
+  runs it: fp32, Q's weight gradients computed in the policy pass, glibc's default allocator (the same math, more
+  work). *fp32 / naive* is what a CPU without native bf16 gets (``bf16=auto`` resolves to fp32 there). FLOPs per
+  step are counted by torch's ``FlopCounterMode`` on one step, so each rate also reads as achieved GFLOP/s,
+  beside the matrix-multiply peak this process reaches at the critic's shapes (``meta_batch * batch_size`` ×
+  hidden × hidden) in fp32 and bf16;
 - env steps/s: ``collect_initial_data()`` (prior only) and ``collect_iteration_data()`` (with posterior
   inference), the environment steps they took divided by their time;
 - ``update_context`` cost per transition and ``adapt()`` latency (median over repeats) after feeding 10, 100
@@ -25,8 +27,10 @@ skipped with a note; a method that crashes while measured is reported and the sc
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +42,8 @@ import torch
 
 from algos import ALGORITHMS, algorithm_class
 from algos.core.config import TIERS
+from algos.core.device import cpu_allocator
+from algos.core.io import REPO_ROOT
 from algos.core.trainer import Trainer, build_config
 from envs_glue import ENV_SPECS
 from experiments.engine import available_cpus, unsupported_reason
@@ -112,27 +118,54 @@ def flops_per_step(algorithm) -> float:
     return float(counter.get_total_flops())
 
 
-# the settings a gradient step is timed at: (name, bf16, Q frozen in the policy pass)
-STEP_VARIANTS = (("bf16", True, True), ("fp32", False, True), ("naive_fp32", False, False))
+# the settings a gradient step is timed at in the measuring process: (name, bf16); the naive step has a process of
+# its own (naive_rate_in_fresh_process)
+STEP_VARIANTS = (("bf16", True), ("fp32", False))
 
 
-def gradient_rates(algorithm, steps: int, warmup: int) -> dict:
-    """Gradient steps/s at the run's default precision and at every ``STEP_VARIANTS`` setting, on the same state;
-    each with its achieved GFLOP/s."""
+def gradient_rates(algorithm, steps: int, warmup: int, naive: dict) -> dict:
+    """Gradient steps/s at the run's default precision and at every ``STEP_VARIANTS`` setting, on the same state,
+    beside the ``naive`` fp32 step's (measured in its own process); each with its achieved GFLOP/s."""
     default_bf16 = algorithm.bf16
     flops = flops_per_step(algorithm)
     out = {"flops_per_step": flops, "default": gradient_rate(algorithm, steps, warmup)}
-    for name, bf16, freeze in STEP_VARIANTS:
-        algorithm.bf16, algorithm.freeze_q_in_policy_step = bf16, freeze
+    for name, bf16 in STEP_VARIANTS:
+        algorithm.bf16 = bf16
         try:
             out[name] = gradient_rate(algorithm, steps, warmup)
         finally:
-            algorithm.bf16, algorithm.freeze_q_in_policy_step = default_bf16, True
-    for name in ("default", *(v[0] for v in STEP_VARIANTS)):
+            algorithm.bf16 = default_bf16
+    out["naive_fp32"] = naive
+    for name in ("default", *(v[0] for v in STEP_VARIANTS), "naive_fp32"):
         out[name]["gflop_per_s"] = flops * out[name]["grad_steps_per_s"] / 1e9
     out["speedup_default_vs_naive_fp32"] = (out["default"]["grad_steps_per_s"]
                                             / out["naive_fp32"]["grad_steps_per_s"])
+    # what a CPU without native bf16 gets: bf16=auto resolves to fp32 there
+    out["speedup_fp32_vs_naive_fp32"] = out["fp32"]["grad_steps_per_s"] / out["naive_fp32"]["grad_steps_per_s"]
     return out
+
+
+def naive_rate_in_fresh_process(env: str, algo: str, args: argparse.Namespace) -> dict:
+    """Gradient steps/s of the naive fp32 step as a plain implementation runs it: fp32, Q's weight gradients also
+    computed in the policy pass, and glibc's default allocator. The allocator is set once per process, so this
+    one is measured in a process of its own, from the same config, seed and initial data."""
+    code = "import sys; from experiments.throughput import naive_child; naive_child(sys.argv[1:])"
+    argv = [env, algo, args.tier, str(args.seed), str(args.threads), str(args.grad_steps), str(args.warmup),
+            *args.overrides]
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the naive step's process failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def naive_child(argv: list[str]) -> None:
+    env, algo, tier, seed, threads, steps, warmup, *overrides = argv
+    config = build_config(env, algo, tier, int(seed), [f"num_threads={threads}", *overrides, "bf16=false"])
+    with tempfile.TemporaryDirectory(prefix="throughput-naive-") as tmp:
+        algorithm = Trainer(config, run_dir=Path(tmp) / "run", progress=False, tune_allocator=False).algorithm
+        algorithm.collect_initial_data()
+        algorithm.freeze_q_in_policy_step = False
+        print(json.dumps({**gradient_rate(algorithm, int(steps), int(warmup)), "allocator": cpu_allocator()}))
 
 
 def matmul_peak(rows: int, width: int, device: torch.device, repeats: int = 20) -> dict:
@@ -199,7 +232,8 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
             result["iteration_collection"] = None
             result["notes"].append("collects no data per iteration")
         if hasattr(algorithm, "train_step"):
-            result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup)
+            result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup,
+                                                naive_rate_in_fresh_process(env, algo, args))
         else:
             result["gradient"] = None
             result["notes"].append("takes no gradient steps")
@@ -222,8 +256,10 @@ def render_markdown(report: dict) -> str:
         "Gradient steps/s: `train_step()` after a warm-up (one step = meta_batch tasks × batch_size transitions "
         "through critic, value, policy and encoder updates), on the same weights and buffers at the run's default "
         "settings (*default*: bf16 as `bf16=auto` resolves on this machine), with bf16 autocast forced on and off, "
-        "and as a *naive* fp32 step (fp32, and Q's weight gradients also computed in the policy pass, as a plain "
-        "implementation does: the same math, more work); *default / naive* is their ratio. GFLOP/step is counted "
+        "and as a *naive* fp32 step in a process of its own from the same config and seed (fp32, Q's weight "
+        "gradients also computed in the policy pass, and glibc's default allocator, as a plain implementation "
+        "runs: the same math, more work); *default / naive* is their ratio, and *fp32 / naive* what a CPU without "
+        "native bf16 gets (`bf16=auto` runs fp32 there). GFLOP/step is counted "
         "by torch's `FlopCounterMode` over one step; *GFLOP/s* is that times the default rate. Env steps/s: the "
         "initial collection (prior, no inference) and one iteration's collection (with posterior inference). "
         f"`adapt()`: median latency over {report['adapt_repeats']} calls after feeding N random transitions with "
@@ -240,6 +276,7 @@ def render_markdown(report: dict) -> str:
         rows = [r for r in report["results"] if r["env"] == env]
         header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
                   "grad steps/s (bf16)", "grad steps/s (fp32)", "grad steps/s (naive fp32)", "default / naive",
+                  "fp32 / naive",
                   "GFLOP/step", "GFLOP/s (default)", "env steps/s (initial)",
                   "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
                   *(f"update_context µs @ {n}" for n in sizes)]
@@ -253,10 +290,12 @@ def render_markdown(report: dict) -> str:
             adapt = r.get("adapt") or {}
             rate = lambda name: (gradient.get(name) or {}).get("grad_steps_per_s")  # noqa: E731
             ratio = gradient.get("speedup_default_vs_naive_fp32")
+            fp32_ratio = gradient.get("speedup_fp32_vs_naive_fp32")
             flops = gradient.get("flops_per_step")
             cells = [r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
                      "yes" if r.get("bf16") else "no", _f(rate("default"), 2), _f(rate("bf16"), 2),
                      _f(rate("fp32"), 2), _f(rate("naive_fp32"), 2), "—" if ratio is None else f"{ratio:.2f}x",
+                     "—" if fp32_ratio is None else f"{fp32_ratio:.2f}x",
                      _f(None if flops is None else flops / 1e9, 2),
                      _f((gradient.get("default") or {}).get("gflop_per_s"), 1),
                      _f(initial.get("env_steps_per_s"), 0), _f(iteration.get("env_steps_per_s"), 0),

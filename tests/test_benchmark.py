@@ -283,6 +283,10 @@ def test_throughput_measures_and_skips_unimportable_methods(tmp_path, monkeypatc
     assert gradient["flops_per_step"] > 0 and gradient["default"]["gflop_per_s"] > 0
     assert gradient["speedup_default_vs_naive_fp32"] == pytest.approx(
         gradient["default"]["grad_steps_per_s"] / gradient["naive_fp32"]["grad_steps_per_s"])
+    assert gradient["speedup_fp32_vs_naive_fp32"] == pytest.approx(
+        gradient["fp32"]["grad_steps_per_s"] / gradient["naive_fp32"]["grad_steps_per_s"])
+    # the naive step ran in its own process with glibc's default allocator
+    assert gradient["naive_fp32"]["allocator"] == {"tuned": False}
     assert report["matmul_peak"]["fp32_gflop_per_s"] > 0 and report["matmul_peak"]["bf16_gflop_per_s"] > 0
     assert sac["initial_collection"]["env_steps_per_s"] > 0 and sac["iteration_collection"]["env_steps"] > 0
     assert set(sac["adapt"]) == {"10", "100"} and sac["adapt"]["100"]["adapt_ms_median"] >= 0

@@ -205,7 +205,8 @@ class WallClock:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, run_dir: Path | None = None, progress: bool = True):
+    def __init__(self, config: RunConfig, run_dir: Path | None = None, progress: bool = True,
+                 tune_allocator: bool = True):
         config.validate()
         if config.device == "cuda" and not torch.cuda.is_available():
             # a run started on a GPU continues on the CPU (its math is the same); config.json will say so
@@ -214,7 +215,8 @@ class Trainer:
             config.device = "cpu"
         resolve_hardware(config)  # configs saved before these settings existed say neither
         warn_if_slow(config.bf16, config.device)
-        tune_cpu_allocator()
+        if tune_allocator:  # off only to measure what a plain script pays (experiments.throughput's naive step)
+            tune_cpu_allocator()
         self.config = config
         self.device = torch.device(config.device)
         self.progress = progress
