@@ -9,7 +9,8 @@ permutation-invariant by construction. The pooling weights of the last ``adapt()
 kept in ``attention_weights`` for plots.
 
 Shaping. A reward head and a next-state head predict ``r`` and ``s' - s`` from ``(obs, action, z)`` on the RL
-batch; each loss has its own weight (``aux.reward``, ``aux.next_state``; 0 switches it off). ``z`` also takes the
+batch; each loss has its own weight (``aux.reward``, ``aux.next_state``; 0 switches it off; with
+``aux.reward_shapes_z=false`` the reward head learns on detached latents, trained but shaping nothing). ``z`` also takes the
 critic's gradient, stepped with the critic. The reward head predicts the reward the context carries (the sparse
 one on the sparse task), which is what lets it score hypotheses below.
 
@@ -92,6 +93,8 @@ class AuxConfig:
     reward: float = 1.0       # weight of the reward head's loss; 0 switches it off
     next_state: float = 1.0   # weight of the next-state head's loss; 0 switches it off
     align: float = 1.0        # weight of ||z - sg(e_task)||^2 pulling the encoder onto the task embeddings
+    reward_shapes_z: bool = True  # False: the reward head learns on detached latents, so it still scores
+                                  # hypotheses but its loss no longer shapes z or the embeddings (ablation)
 
 
 @dataclass
@@ -451,7 +454,9 @@ class SetFormer(MetaSACAlgorithm):
             losses["align_loss"] = aux.align * F.mse_loss(task_z.float(), teacher)
         head_input = torch.cat([batch.obs, batch.actions, batch_z], dim=-1)
         if aux.reward > 0:
-            losses["reward_head_loss"] = aux.reward * F.mse_loss(self.agent.reward_head(head_input).float(),
+            reward_input = (head_input if aux.reward_shapes_z
+                            else torch.cat([batch.obs, batch.actions, batch_z.detach()], dim=-1))
+            losses["reward_head_loss"] = aux.reward * F.mse_loss(self.agent.reward_head(reward_input).float(),
                                                                  batch.context_rewards)
         if aux.next_state > 0:
             target = batch.next_obs - batch.obs

@@ -45,13 +45,22 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "no-teacher": (("teacher_fraction=0",), "no task embeddings: the whole batch is conditioned on the encoder's z, "
                                             "and the hypotheses are encoder latents"),
     "no-teacher-collection": (("teacher_collection=0",), "all posterior data collected on the encoder's z"),
-    "no-reward-head": (("aux.reward=0",), "z shaped without reward prediction (the untrained head then also "
-                                          "scores the hypotheses)"),
-    "no-next-state-head": (("aux.next_state=0",), "z shaped without next-state prediction"),
-    "no-aux-heads": (("aux.reward=0", "aux.next_state=0"), "z shaped by the critic and the alignment only (the "
-                                                           "untrained reward head then also scores the hypotheses)"),
+    "no-reward-head": (("aux.reward=0",), "training: z and the embeddings shaped without reward prediction. "
+                                          "Inference: the head that scores hypotheses is untrained and predicts "
+                                          "about 0 for every latent, so every hypothesis (and the encoder's "
+                                          "reading) explains the context alike: Thompson sampling draws "
+                                          "blindly, once per episode, and nothing is ever refuted"),
+    "reward-head-detached": (("aux.reward_shapes_z=false",), "training: the reward head learns on detached "
+                                                             "latents, so its loss shapes neither z nor the "
+                                                             "embeddings. Inference: unchanged (the trained head "
+                                                             "scores the hypotheses): the shaping alone"),
+    "no-next-state-head": (("aux.next_state=0",), "training: z shaped without next-state prediction. Inference: "
+                                                  "unchanged (the next-state head is not used there)"),
+    "no-aux-heads": (("aux.reward=0", "aux.next_state=0"), "training: z shaped by the critic and the alignment "
+                                                           "only. Inference: as no-reward-head (an untrained head "
+                                                           "scores the hypotheses)"),
     "mean-pool-encoder": (("encoder_pooling=mean",), "no attention: the same token embedding and read-out over a "
-                                                     "plain mean of the tokens"),
+                                                     "plain mean of the tokens, at training and at inference"),
     "no-align": (("aux.align=0",), "the encoder is not pulled onto the task embeddings"),
     "no-thompson": (("exploration.thompson=false",), "no hypotheses: collect and act on the encoder's z"),
     "no-fallback": (("exploration.fallback=false",), "after adapt(), always act on the encoder's z"),

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from algos.core.buffers import sample_rl_batch
 from algos.setformer import ExplorationConfig, SetFormerAgent, SetFormerConfig
 from tests.conftest import make_trainer
 
@@ -126,6 +127,30 @@ def test_switching_an_auxiliary_loss_off_removes_its_term(switch, removed, tmp_p
     assert removed in full_scalars and full_scalars[removed] > 0
     assert removed not in ablated_scalars
     assert "train/qf_loss" in ablated_scalars
+
+
+@pytest.mark.parametrize("shapes", [True, False])
+def test_a_detached_reward_head_trains_but_shapes_no_latent(tmp_path, shapes):
+    trainer = make_trainer("point-robot", tmp_path / str(shapes), algo="setformer",
+                           overrides=[f"aux.reward_shapes_z={str(shapes).lower()}", "bf16=false"])
+    algorithm, agent = trainer.algorithm, trainer.algorithm.agent
+    algorithm.collect_initial_data()
+    tasks = algorithm.rng.choice(algorithm.train_tasks, size=algorithm.protocol.meta_batch)
+    context = algorithm.training_context(algorithm.sample_task_context(tasks))
+    batch = sample_rl_batch(algorithm.rl_buffer, tasks, algorithm.protocol.batch_size, algorithm.rng,
+                            context_uses_sparse_reward=False, critic_uses_dense_reward=True)
+    task_z = agent.infer_posterior(context)
+    batch_z = algorithm.batch_latents(tasks, task_z, algorithm.protocol.batch_size)
+    losses = algorithm.encoder_losses(tasks, context, task_z, batch_z, batch)
+    agent.zero_grad(set_to_none=True)
+    losses["reward_head_loss"].backward()
+    head_grads = [p.grad for p in agent.reward_head.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in head_grads)  # the head learns either way
+    latent_grads = [p.grad for p in [*agent.context_encoder.parameters(), agent.task_embeddings]]
+    if shapes:
+        assert all(g is not None for g in latent_grads) and agent.task_embeddings.grad.abs().sum() > 0
+    else:
+        assert all(g is None for g in latent_grads)
 
 
 def test_thompson_sampling_acts_on_hypotheses_and_drops_falsified_ones():
