@@ -132,8 +132,21 @@ def config_changes(first: dict, second: dict, ignored: frozenset[str] = NON_SEMA
     """``{flattened key: (value in first, value in second)}`` for every key whose value differs between two saved
     configs, sorted by key; a key missing on one side has ``None`` there."""
     a, b = flatten_config(first, ignored), flatten_config(second, ignored)
-    a, b = upgrade_flat_config(a, b), upgrade_flat_config(b, a)  # one written before a setting moved
+    # one written before a setting moved or existed: read as what its run computed
+    a, b = (upgrade_flat_config(a, b, _defaults_of(first, ignored)),
+            upgrade_flat_config(b, a, _defaults_of(second, ignored)))
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def _defaults_of(saved: dict, ignored: frozenset[str]) -> dict | None:
+    """The flattened default config of the run a saved config belongs to, or ``None`` if it names no buildable
+    run (then settings it predates stay missing and count as differences)."""
+    from algos.core.trainer import default_semantic_config
+    try:
+        defaults = default_semantic_config(saved["env"], saved["algo"], saved["tier"], saved["seed"])
+    except Exception:
+        return None
+    return {k: v for k, v in defaults.items() if k.split(".")[-1] not in ignored and k not in ignored}
 
 
 def config_differences(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> list[str]:

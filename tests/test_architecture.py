@@ -222,6 +222,10 @@ def test_a_saved_config_reads_as_what_its_run_computed(tmp_path):
     assert Trainer.from_run_dir(run_dir, progress=False).config.agent.latent_norm == "none"
     today = json.loads(json.dumps(to_dict(build_config("point-robot", "setformer", "smoke", 0))))
     assert config_changes(saved, today)["agent.latent_norm"] == ("none", "sphere")
+    # a setting added at the behaviour the code had before (no ADDED_KEYS entry) reads as its default: unchanged
+    del saved["protocol"]["deterministic_exploration"], saved["agent"]["aux"]["reward_shapes_z"]
+    assert list(config_changes(saved, today)) == ["agent.latent_norm"]
+    assert list(config_changes(today, saved)) == ["agent.latent_norm"]
 
 
 # ---------------------------------------------------------------------- evaluation and belief

@@ -289,11 +289,13 @@ ADDED_KEYS: dict[str, Any] = {
 }
 
 
-def upgrade_flat_config(saved: dict, current: dict) -> dict:
+def upgrade_flat_config(saved: dict, current: dict, defaults: dict | None = None) -> dict:
     """``saved`` (flattened) in the layout of ``current`` (flattened): a moved key takes its new name (and value)
-    where the current layout has it, and is dropped where it has neither name (the setting does not exist there);
-    a key ``current`` has that ``saved`` predates gets the value the code computed with before it existed
-    (``ADDED_KEYS``)."""
+    where the current layout has it, and is dropped where it has neither name (the setting does not exist there).
+    A key of ``current`` that ``saved`` predates gets the value its run computed with: the ``ADDED_KEYS`` entry,
+    else the setting's default for that run (``defaults``, flattened; a setting added without an ``ADDED_KEYS``
+    entry computes at its default what the code computed before it existed). Without ``defaults`` such keys stay
+    missing."""
     out = dict(saved)
     for old, move in MOVED_KEYS.items():
         if old in out and old not in current:
@@ -301,9 +303,12 @@ def upgrade_flat_config(saved: dict, current: dict) -> dict:
             new, values = move if isinstance(move, tuple) else (move, None)
             if new is not None and new in current and new not in out:
                 out[new] = values[value] if values is not None else value
-    for key, legacy in ADDED_KEYS.items():
-        if key in current and key not in out:
-            out[key] = legacy
+    for key in current:
+        if key not in out:
+            if key in ADDED_KEYS:
+                out[key] = ADDED_KEYS[key]
+            elif defaults is not None and key in defaults:
+                out[key] = defaults[key]
     return out
 
 

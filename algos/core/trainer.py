@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import threading
@@ -127,16 +128,25 @@ def check_identity(state: dict, config: RunConfig, path: Path) -> None:
                                   f"{mine[key]!r} in {path.parent / 'config.json'}")
     if saved["config_sha256"] != mine["config_sha256"]:
         now = semantic_config(config)
-        before = upgrade_flat_config(state.get("config", {}), now)
+        defaults = default_semantic_config(config.env, config.algo, config.tier, config.seed)
+        before = upgrade_flat_config(state.get("config", {}), now, defaults)
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-        # a setting added to the code since the checkpoint was written, at its default, changes nothing
-        defaults = semantic_config(build_config(config.env, config.algo, config.tier, config.seed))
-        changed = [k for k in changed if not (k not in before and k in defaults and now[k] == defaults[k])]
-        if before and not changed:
+        if state.get("config") and not changed:
             return
         detail = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5]) or "hash differs"
         raise CheckpointError(f"{path.parent / 'config.json'} was edited after the run started ({detail}); the "
                               f"checkpoint was trained with the original: restore it, or start a new run with --set")
+
+
+def default_semantic_config(env: str, algo: str, tier: str, seed: int) -> dict:
+    """What a run of (env, algo, tier, seed) computes with when nothing is overridden, flattened: the values a saved
+    config that predates a setting ran with (see ``upgrade_flat_config``)."""
+    return dict(_default_semantic_config(env, algo, tier, seed))
+
+
+@functools.lru_cache(maxsize=256)
+def _default_semantic_config(env: str, algo: str, tier: str, seed: int) -> dict:
+    return semantic_config(build_config(env, algo, tier, seed))
 
 
 def resolve_hardware(config: RunConfig) -> RunConfig:
