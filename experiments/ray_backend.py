@@ -20,6 +20,7 @@ and the folders stay on the driver, under ``--out``: no shared filesystem is nee
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from algos.core.io import REPO_ROOT, atomic_write_bytes, git_commit
+from algos.core.io import REPO_ROOT, atomic_write_bytes, atomic_write_json, git_commit
 from experiments.engine import (STDERR_TAIL_LINES, Cell, Outcome, cell_command, child_environment,
                                 raise_keyboard_interrupt, set_parent_death_signal, tail_of)
 
@@ -92,8 +93,22 @@ class CellFolders:
         return _folder_files(folder) if folder.is_dir() else {}
 
     def write(self, rel: str, files: dict[str, bytes]) -> None:
+        folder = self.root / rel
         for name, data in files.items():
-            atomic_write_bytes(self.root / rel / name, data)
+            if name in RUN_DIR_FILES:  # say where the cell's files are kept, not the node's scratch copy
+                atomic_write_json(folder / name, _with_run_dir(json.loads(data), folder, name == "results.json"))
+            else:
+                atomic_write_bytes(folder / name, data)
+
+
+RUN_DIR_FILES = ("config.json", "results.json")  # they record the run's folder (``run_dir``, not semantic)
+
+
+def _with_run_dir(record: dict, folder: Path, nested: bool) -> dict:
+    config = record.get("config", {}) if nested else record
+    if "run_dir" in config:
+        config["run_dir"] = str(folder)
+    return record
 
 
 @dataclass

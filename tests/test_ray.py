@@ -70,6 +70,10 @@ def test_benchmark_cells_run_as_ray_tasks_and_match_the_local_backend(cluster, t
     for algo in ("pearl", "sac-no-context"):
         assert {"results.json", "metrics.jsonl", "config.json", "checkpoint.pt", "stderr.log"} <= {
             p.name for p in (cells / algo / "1").iterdir()}
+        # the saved run folder is the cell's folder here, not the node's scratch copy it ran in
+        config = json.loads((cells / algo / "1" / "config.json").read_text())
+        results = json.loads((cells / algo / "1" / "results.json").read_text())
+        assert config["run_dir"] == results["config"]["run_dir"] == str(cells / algo / "1")
     markdown = (tmp_path / "ray" / "smoke" / "RESULTS.md").read_text()
     assert "| PEARL |" in markdown and "| SAC (no context) |" in markdown
     # the same cell on the local backend computes the same numbers
