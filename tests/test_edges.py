@@ -272,4 +272,4 @@ def test_a_setting_added_to_the_code_later_at_its_default_does_not_block_resume(
     config["agent"]["encoder_hidden_dim"] = 64
     (run_dir / "config.json").write_text(json.dumps(config))
     code, err = resume_as_cli(run_dir, capsys, more_iterations=False)
-    assert code == 2 and "agent.encoder_hidden_dim: None -> 64" in err
+    assert code == 2 and "agent.encoder_hidden_dim: 200 -> 64" in err  # read as the default it ran with
