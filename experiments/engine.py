@@ -133,20 +133,19 @@ def config_changes(first: dict, second: dict, ignored: frozenset[str] = NON_SEMA
     configs, sorted by key; a key missing on one side has ``None`` there."""
     a, b = flatten_config(first, ignored), flatten_config(second, ignored)
     # one written before a setting moved or existed: read as what its run computed
-    a, b = (upgrade_flat_config(a, b, _defaults_of(first, ignored)),
-            upgrade_flat_config(b, a, _defaults_of(second, ignored)))
+    a, b = upgrade_flat_config(a, b, _defaults_of(first)), upgrade_flat_config(b, a, _defaults_of(second))
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
-def _defaults_of(saved: dict, ignored: frozenset[str]) -> dict | None:
+def _defaults_of(saved: dict) -> dict | None:
     """The flattened default config of the run a saved config belongs to, or ``None`` if it names no buildable
-    run (then settings it predates stay missing and count as differences)."""
+    run (then settings it predates stay missing and count as differences). Only the keys the other side has are
+    read from it, so what that side left out stays out."""
     from algos.core.trainer import default_semantic_config
     try:
-        defaults = default_semantic_config(saved["env"], saved["algo"], saved["tier"], saved["seed"])
+        return default_semantic_config(saved["env"], saved["algo"], saved["tier"], saved["seed"])
     except Exception:
         return None
-    return {k: v for k, v in defaults.items() if k.split(".")[-1] not in ignored and k not in ignored}
 
 
 def config_differences(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> list[str]:

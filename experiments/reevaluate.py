@@ -42,7 +42,7 @@ from envs_glue import ENV_SPECS
 from experiments.analysis import load_run
 from experiments.engine import cell_dir
 from experiments.report import (DASH, display_name, fmt, format_delta, format_mean_std, provenance,
-                                report_heading)
+                                reevaluation_paths, report_heading)
 
 # protocol settings that change only how the meta-test evaluation acts, never what training computed
 EVALUATION_ONLY_PROTOCOL_KEYS = ("protocol.deterministic_exploration",)
@@ -53,11 +53,6 @@ SETFORMER_VARIANTS = {
     "all-hypotheses": ["exploration.min_evidence=0"],     # every training task is a hypothesis
     "no-thompson": ["exploration.thompson=false"],        # no hypotheses at all: the encoder's z throughout
 }
-
-
-def reevaluation_paths(tier_dir: Path, algo: str) -> tuple[Path, Path]:
-    """One method's re-evaluations of a tier: ``reevaluations_<algo>.json`` and ``REEVALUATIONS_<algo>.md``."""
-    return tier_dir / f"reevaluations_{algo}.json", tier_dir / f"REEVALUATIONS_{algo}.md"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -161,6 +161,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 # ---------------------------------------------------------------------- writing
+def reevaluation_paths(tier_dir: Path, algo: str) -> tuple[Path, Path]:
+    """One method's re-evaluations of a tier (``experiments.reevaluate``): ``reevaluations_<algo>.json`` and
+    ``REEVALUATIONS_<algo>.md``."""
+    return Path(tier_dir) / f"reevaluations_{algo}.json", Path(tier_dir) / f"REEVALUATIONS_{algo}.md"
+
+
 def write_json_and_markdown(json_path: Path, data: dict, markdown_path: Path, markdown: str,
                             figures: dict[Path, Any] | None = None) -> None:
     """A report's JSON, its figures and then its markdown (which links them), each written atomically."""

@@ -27,8 +27,8 @@ from algos.core.io import atomic_savefig, atomic_write_json, atomic_write_text, 
 from algos.core.meta_sac import MetaSACConfig
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
                                 display_name, final_eval_value, fmt, format_mean_std, join_unique, known_optimum,
-                                mean_std, ordered, ours, plural, provenance, reference_for, report_heading, short_commit, table,
-                                unique)
+                                mean_std, ordered, ours, plural, provenance, reevaluation_paths, reference_for,
+                                report_heading, short_commit, table, unique)
 
 # SPEC section 7: the reference benchmark's own runs (20 iterations, full gradient budget, mean of three seeds).
 REFERENCE_LABEL = ("reference's own runs at the benchmark tier (20 iterations × full gradient budget), "
@@ -422,8 +422,9 @@ def write_report(tier_dir: Path, summary: dict) -> tuple[Path, Path]:
     results_path, markdown_path = tier_dir / "results.json", tier_dir / "RESULTS.md"
     atomic_write_json(results_path, summary)
     curve_files = plot_learning_curves(summary, tier_dir)
-    reevaluations = {f"REEVALUATIONS_{algo}.md": f"{display_name(algo)}'s final weights evaluated again with an "
-                                                 f"inference-time setting changed, same seeds"
+    reevaluations = {reevaluation_paths(tier_dir, algo)[1].name: f"{display_name(algo)}'s final weights evaluated "
+                                                                  f"again with an inference-time setting changed, "
+                                                                  f"same seeds"
                      for algo in ALGO_ORDER}
     links = {**reevaluations,
              **{link.format(tier=summary.get("tier", "")): what for link, what in COMPANIONS.items()}}
