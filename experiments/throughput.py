@@ -3,6 +3,7 @@ steps per second during data collection, and the online ``adapt()`` latency agai
 
     python -m experiments.throughput                                   # every registered method, point-robot
     python -m experiments.throughput --algos pearl setformer --envs point-robot cheetah-vel --tier quick
+    python -m experiments.throughput --render-only                     # re-render THROUGHPUT.md from its JSON
 
 Each measurement builds the method exactly as a run would (``build_config`` + ``Trainer`` with the tier's
 batch sizes and the same thread count a benchmark cell gets), so the numbers predict the benchmark's cost:
@@ -43,7 +44,7 @@ import torch
 from algos import ALGORITHMS, algorithm_class
 from algos.core.config import TIERS
 from algos.core.device import cpu_allocator
-from algos.core.io import REPO_ROOT
+from algos.core.io import REPO_ROOT, atomic_write_text
 from algos.core.trainer import Trainer, build_config
 from envs_glue import ENV_SPECS
 from experiments.engine import available_cpus, unsupported_reason
@@ -69,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", nargs="+", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every method, e.g. --set bf16=false")
     parser.add_argument("--out", default="benchmarks", help="writes <out>/throughput.json and THROUGHPUT.md")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: re-render <out>/THROUGHPUT.md from <out>/throughput.json")
     args = parser.parse_args(argv)
     args.overrides = [item for group in args.overrides for item in group]
     if args.threads < 1 or args.grad_steps < 1 or args.adapt_repeats < 1 or args.warmup < 0:
@@ -260,7 +263,10 @@ def render_markdown(report: dict) -> str:
         "gradients also computed in the policy pass, and glibc's default allocator, as a plain implementation "
         "runs: the same math, more work); *default / naive* is their ratio, and *fp32 / naive* what a CPU without "
         "native bf16 gets (`bf16=auto` runs fp32 there). GFLOP/step is counted "
-        "by torch's `FlopCounterMode` over one step; *GFLOP/s* is that times the default rate. Env steps/s: the "
+        "by torch's `FlopCounterMode` over one step; *GFLOP/s* is that times the default rate, and *% of fp32 "
+        "peak* the fp32 and naive steps' achieved rate against the fp32 matrix-multiply peak below (the naive "
+        "step's at the default step's FLOPs, so a lower bound: it also computes Q's weight gradients). A step "
+        "near 100 % is bound by matrix multiplies, which no change at identical math can beat. Env steps/s: the "
         "initial collection (prior, no inference) and one iteration's collection (with posterior inference). "
         f"`adapt()`: median latency over {report['adapt_repeats']} calls after feeding N random transitions with "
         "`update_context` (whose mean cost per transition is given too).",
@@ -277,7 +283,8 @@ def render_markdown(report: dict) -> str:
         header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
                   "grad steps/s (bf16)", "grad steps/s (fp32)", "grad steps/s (naive fp32)", "default / naive",
                   "fp32 / naive",
-                  "GFLOP/step", "GFLOP/s (default)", "env steps/s (initial)",
+                  "GFLOP/step", "GFLOP/s (default)", "fp32 % of fp32 peak", "naive % of fp32 peak",
+                  "env steps/s (initial)",
                   "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
                   *(f"update_context µs @ {n}" for n in sizes)]
         lines = [f"## {env}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -292,12 +299,19 @@ def render_markdown(report: dict) -> str:
             ratio = gradient.get("speedup_default_vs_naive_fp32")
             fp32_ratio = gradient.get("speedup_fp32_vs_naive_fp32")
             flops = gradient.get("flops_per_step")
+            fp32_peak = (report.get("matmul_peak") or {}).get("fp32_gflop_per_s")
+
+            def peak_share(name: str) -> str:
+                if flops is None or not fp32_peak or rate(name) is None:
+                    return "—"
+                return f"{100 * rate(name) * flops / 1e9 / fp32_peak:.0f} %"
             cells = [r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
                      "yes" if r.get("bf16") else "no", _f(rate("default"), 2), _f(rate("bf16"), 2),
                      _f(rate("fp32"), 2), _f(rate("naive_fp32"), 2), "—" if ratio is None else f"{ratio:.2f}x",
                      "—" if fp32_ratio is None else f"{fp32_ratio:.2f}x",
                      _f(None if flops is None else flops / 1e9, 2),
                      _f((gradient.get("default") or {}).get("gflop_per_s"), 1),
+                     peak_share("fp32"), peak_share("naive_fp32"),
                      _f(initial.get("env_steps_per_s"), 0), _f(iteration.get("env_steps_per_s"), 0),
                      *(_f((adapt.get(str(n)) or {}).get("adapt_ms_median"), 3) for n in sizes),
                      *(_f((adapt.get(str(n)) or {}).get("update_context_us"), 1) for n in sizes)]
@@ -309,8 +323,23 @@ def render_markdown(report: dict) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def render_only(out: Path) -> int:
+    source = out / "throughput.json"
+    try:
+        report = json.loads(source.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"--render-only: {source} does not exist; run the measurement first")
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--render-only: {source} is not valid JSON ({error})")
+    atomic_write_text(out / "THROUGHPUT.md", render_markdown(report))
+    print(f"re-rendered {out / 'THROUGHPUT.md'} from {source}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        return render_only(Path(args.out))
     command = shlex.join(["python", "-m", "experiments.throughput", *(sys.argv[1:] if argv is None else argv)])
     results, failed = [], False
     torch.set_num_threads(args.threads)

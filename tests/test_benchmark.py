@@ -293,6 +293,27 @@ def test_throughput_measures_and_skips_unimportable_methods(tmp_path, monkeypatc
     assert by_algo["oracle"]["status"] == "skipped"
     markdown = (tmp_path / "THROUGHPUT.md").read_text()
     assert "| sac-no-context |" in markdown and "still being written" in markdown
+    # the fp32 step's share of the fp32 matmul peak is computed from the recorded rate, FLOPs and peak
+    share = 100 * gradient["fp32"]["grad_steps_per_s"] * gradient["flops_per_step"] / 1e9 / \
+        report["matmul_peak"]["fp32_gflop_per_s"]
+    assert f"| {share:.0f} % |" in markdown
+
+    # --render-only rewrites the markdown from the JSON alone, measuring nothing
+    (tmp_path / "THROUGHPUT.md").unlink()
+    before = (tmp_path / "throughput.json").read_text()
+    assert throughput.main(["--render-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "THROUGHPUT.md").read_text() == markdown
+    assert (tmp_path / "throughput.json").read_text() == before
+
+
+def test_throughput_render_only_names_a_missing_or_corrupt_report(tmp_path):
+    from experiments import throughput
+
+    with pytest.raises(SystemExit, match="does not exist"):
+        throughput.main(["--render-only", "--out", str(tmp_path)])
+    (tmp_path / "throughput.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="not valid JSON"):
+        throughput.main(["--render-only", "--out", str(tmp_path)])
 
 
 def test_throughput_skips_combinations_that_do_not_exist(tmp_path):
