@@ -33,8 +33,8 @@ from envs_glue import ENV_SPECS
 from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, config_changes,
                                 lock_tier_dir, make_runner)
 from experiments.report import (DASH, ENV_ORDER, display_path, final_eval_value, fmt, format_delta,
-                                format_mean_std, join_unique, ordered, provenance, report_heading, short_commit, table,
-                                write_json_and_markdown)
+                                format_mean_std, format_paired_test, join_unique, mean_std, ordered, paired_test,
+                                provenance, report_heading, short_commit, table, write_json_and_markdown)
 from experiments.results_table import collect_cells, render_tier
 
 ALGO = "setformer"
@@ -176,6 +176,13 @@ def compare_cells(full_cells: list[dict], ablation_cells: list[dict]) -> dict:
                 if change not in entry["config_changes"]:
                     entry["config_changes"].append(change)
         entry["seeds"][cell["seed"]] = record
+    for entry in by_env.values():  # the paired statistics the report prints, for readers of the JSON
+        entry["paired"] = {}
+        for key, full_key in (("meta_test_return", "full_meta_test_return"), ("low_noise", "full_low_noise")):
+            _, diffs = _paired(entry["seeds"], key, full_key)
+            mean, std = mean_std(diffs) if diffs else (None, None)
+            entry["paired"][key] = {"n": len(diffs), "mean_delta": mean, "std_delta": std,
+                                    "t_test": paired_test(diffs)}
     return by_env
 
 
@@ -195,6 +202,8 @@ def render_markdown(report: dict) -> str:
         f"return* is the protocol figure (final-episode return at the last evaluation, mean over held-out tasks), "
         f"*low-noise* the cell's final evaluation; entries are mean ± sample std over seeds. *Δ* is the mean ± std of "
         f"the per-seed paired difference, ablation minus full method: negative means the switch mattered. "
+        f"*beyond seed noise* is a paired t-test of the low-noise Δ against zero (two-sided, 95 %: with three "
+        f"seeds |t| must exceed 4.30); *no* means the seeds cannot tell the variant from the full method. "
         f"*config change* is read from the two cells' saved configs, not from the ablation's name.",
         "",
         table(["ablation", "overrides", "why"],
@@ -210,7 +219,7 @@ def render_markdown(report: dict) -> str:
         full_values = [r["meta_test_return"] for r in full.values()]
         full_low = [r["low_noise"] for r in full.values() if r.get("low_noise") is not None]
         rows = [["full method", format_mean_std(full_values, len(full)) if full else DASH, DASH,
-                 format_mean_std(full_low, len(full)) if full_low else DASH, DASH,
+                 format_mean_std(full_low, len(full)) if full_low else DASH, DASH, DASH,
                  " · ".join(f"{s}: {fmt(r['meta_test_return'])}" for s, r in sorted(full.items())) or DASH, DASH,
                  join_unique((r.get("git_commit") for r in full.values()), short_commit)]]
         notes = []
@@ -224,6 +233,7 @@ def render_markdown(report: dict) -> str:
             planned = len(report["seeds"])
             rows.append([name, format_mean_std(values, planned), format_delta(diffs, with_count=True),
                          format_mean_std(low, planned) if low else DASH, format_delta(low_diffs, with_count=True),
+                         format_paired_test(low_diffs),
                          " · ".join(f"{s}: {fmt(r['meta_test_return'])}" for s, r in sorted(records.items())),
                          "; ".join(entry["config_changes"]) or "**none**",
                          join_unique((r.get("git_commit") for r in records.values()), short_commit)])
@@ -235,7 +245,8 @@ def render_markdown(report: dict) -> str:
                 notes.append(f"**{name}: the protocol (budget) differs from the full method's for seed(s) "
                              f"{', '.join(map(str, entry['budget_differs']))}; its Δ is not an equal-budget "
                              f"comparison.**")
-        header = ["variant", "meta-test return", "Δ vs full", "low-noise", "Δ low-noise", "per seed",
+        header = ["variant", "meta-test return", "Δ vs full", "low-noise", "Δ low-noise", "beyond seed noise",
+                  "per seed",
                   "config change", "commit"]
         parts += [f"## {env}", "", table(header, rows), ""]
         if notes:

@@ -41,8 +41,8 @@ from algos.core.sampler import rollout
 from envs_glue import ENV_SPECS
 from experiments.analysis import load_run
 from experiments.engine import cell_dir
-from experiments.report import (DASH, display_name, fmt, format_delta, format_mean_std, provenance,
-                                reevaluation_paths, report_heading)
+from experiments.report import (DASH, display_name, fmt, format_delta, format_mean_std, format_paired_test,
+                                provenance, reevaluation_paths, report_heading)
 
 # protocol settings that change only how the meta-test evaluation acts, never what training computed
 EVALUATION_ONLY_PROTOCOL_KEYS = ("protocol.deterministic_exploration",)
@@ -189,7 +189,8 @@ def render_markdown(report: dict) -> str:
         "changed: the cell's low-noise final evaluation (same seeds, same repeats), so every variant plays the same "
         "episodes' randomness. *as-trained* reproduces the cell's recorded figure (*recorded* column). Entries are "
         "mean ± sample std over seeds of the final-episode return (mean over the 10 held-out tasks); *Δ vs "
-        "as-trained* is the mean ± std of the per-seed paired difference. *fallback share* is the share of "
+        "as-trained* is the mean ± std of the per-seed paired difference, and *beyond seed noise* its paired t-test "
+        "against zero (two-sided, 95 %: with three seeds |t| must exceed 4.30). *fallback share* is the share of "
         "post-exploration steps the agent acted on a sampled hypothesis because the context refuted its encoder's "
         "reading. These "
         "change acting only: the weights were trained with the as-trained rule, so this is not a training "
@@ -203,7 +204,8 @@ def render_markdown(report: dict) -> str:
     for env in report["envs"]:
         seeds = report["seeds"]
         cells = report["cells"].get(env, {})
-        header = ["variant", "meta-test return (low-noise)", "Δ vs as-trained", "per seed", "fallback share",
+        header = ["variant", "meta-test return (low-noise)", "Δ vs as-trained", "beyond seed noise", "per seed",
+                  "fallback share",
                   "online return per episode"]
         lines = [f"## {env}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         baseline = {seed: cells.get(str(seed), {}).get("as-trained", {}).get("meta_test_return") for seed in seeds}
@@ -213,13 +215,14 @@ def render_markdown(report: dict) -> str:
             values = [e["meta_test_return"] for e in done.values()]
             diffs = [e["meta_test_return"] - baseline[s] for s, e in done.items() if baseline.get(s) is not None]
             delta = format_delta(diffs) if name != "as-trained" else DASH
+            noise = format_paired_test(diffs) if name != "as-trained" else DASH
             per_seed = " · ".join(f"{s}: {fmt(e['meta_test_return'])}" for s, e in done.items()) or DASH
             shares = [e["fallback_share"] for e in done.values() if "fallback_share" in e]
             share = f"{100 * float(np.mean(shares)):.0f} %" if shares else DASH
             online = (np.mean([e["online_returns"] for e in done.values()], axis=0) if done else [])
             online_text = " / ".join(f"{r:.1f}" for r in online) or DASH
-            lines.append(f"| {name} | {format_mean_std(values, len(seeds))} | {delta} | {per_seed} | {share} | "
-                         f"{online_text} |")
+            lines.append(f"| {name} | {format_mean_std(values, len(seeds))} | {delta} | {noise} | {per_seed} | "
+                         f"{share} | {online_text} |")
         checks = [f"{s}: {fmt(e['meta_test_return'])} vs {fmt(e['recorded_final_eval'])}"
                   for s, e in ((s, cells.get(str(s), {}).get("as-trained")) for s in seeds)
                   if e and e.get("recorded_final_eval") is not None]

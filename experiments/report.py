@@ -19,8 +19,8 @@ from algos.core.io import REPO_ROOT, atomic_savefig, atomic_write_json, atomic_w
 from envs_glue import ENV_SPECS
 
 __all__ = ["ALGO_ORDER", "DASH", "ENV_ORDER", "REFERENCE", "STD_DDOF", "display_name", "fmt", "format_delta",
-           "format_mean_std", "known_optimum", "mean_std", "ordered", "provenance", "reference_for",
-           "report_heading", "short_commit", "table", "write_json_and_markdown"]
+           "format_mean_std", "format_paired_test", "known_optimum", "mean_std", "ordered", "paired_test",
+           "provenance", "reference_for", "report_heading", "short_commit", "table", "write_json_and_markdown"]
 
 # Standard deviations over seeds are sample standard deviations (ddof = 1): with three seeds the population
 # formula would understate the spread by a factor sqrt(2/3). A single seed therefore shows no "±".
@@ -118,6 +118,36 @@ def format_delta(diffs: list[float], with_count: bool = False) -> str:
     mean, std = mean_std(diffs)
     return (f"{mean:+.2f}" + (f" ± {std:.2f}" if std is not None else "")
             + (f" (n={len(diffs)})" if with_count else ""))
+
+
+# Two-sided 95 % critical values of Student's t by degrees of freedom (pairs - 1): with three seeds a paired
+# difference must be 4.30 standard errors from zero before it is more than seed noise.
+T_CRITICAL_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+                 10: 2.228}
+
+
+def paired_test(diffs: list[float]) -> dict | None:
+    """A paired t-test of ``diffs`` against zero: ``t`` (mean over its standard error), the 95 % two-sided
+    critical value for their count, and whether ``|t|`` exceeds it. None for fewer than two pairs. Identical
+    differences have no spread and no ``t``: non-zero ones count as beyond noise."""
+    if len(diffs) < 2:
+        return None
+    mean, std = mean_std(diffs)
+    critical = T_CRITICAL_95.get(len(diffs) - 1, T_CRITICAL_95[10])  # beyond 10 d.o.f.: conservative
+    if std == 0:  # t is undefined (kept out of the JSON as None)
+        return {"t": None, "critical": critical, "beyond_noise": mean != 0}
+    t = mean / (std / math.sqrt(len(diffs)))
+    return {"t": t, "critical": critical, "beyond_noise": abs(t) > critical}
+
+
+def format_paired_test(diffs: list[float]) -> str:
+    """``yes (t=-5.1)`` / ``no (t=-1.2)``; "—" for fewer than two pairs."""
+    test = paired_test(diffs)
+    if test is None:
+        return DASH
+    verdict = "**yes**" if test["beyond_noise"] else "no"
+    detail = "no spread" if test["t"] is None else f"t={test['t']:+.1f}"
+    return f"{verdict} ({detail})"
 
 
 def final_eval_value(cell: dict) -> float | None:

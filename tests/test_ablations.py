@@ -81,6 +81,25 @@ def test_pairing_reads_changes_from_configs_and_flags_unequal_budgets():
     assert "-3.00 ± 1.41 (n=2)" in row
     assert "-9.00 ± 1.00 (n=3)" in row  # the ablation's own mean uses every seed it has
     assert "seed(s) 456" in markdown and "budget) differs from the full method's for seed(s) 123" in markdown
+    # low-noise pairs -1.5 and -3.0: t = -2.25 / (1.06 / sqrt 2) = -3.0, short of 12.71 for one degree of freedom
+    assert "| no (t=-3.0) |" in row
+    paired = entry["paired"]["low_noise"]
+    assert paired["n"] == 2 and paired["mean_delta"] == pytest.approx(-2.25)
+    assert paired["t_test"]["t"] == pytest.approx(-3.0) and not paired["t_test"]["beyond_noise"]
+
+
+def test_paired_test_against_seed_noise():
+    from experiments.report import format_paired_test, paired_test
+
+    consistent = paired_test([-1.0, -1.1, -0.9])  # t = -1 / (0.1 / sqrt 3) = -17.3 > 4.30
+    assert consistent["t"] == pytest.approx(-17.32, abs=0.01) and consistent["critical"] == 4.303
+    assert consistent["beyond_noise"]
+    assert not paired_test([1.0, -1.0, 0.5])["beyond_noise"]
+    assert paired_test([2.0, 2.0, 2.0])["beyond_noise"]      # identical differences: no spread, not noise
+    assert format_paired_test([2.0, 2.0, 2.0]) == "**yes** (no spread)"
+    assert not paired_test([0.0, 0.0, 0.0])["beyond_noise"]
+    assert paired_test([1.0]) is None and format_paired_test([1.0]) == "—"
+    assert format_paired_test([-1.0, -1.1, -0.9]) == "**yes** (t=-17.3)"
 
 
 def test_unknown_ablation_is_refused_by_name(capsys):

@@ -56,6 +56,9 @@ def test_as_trained_reproduces_the_recorded_final_eval_and_variants_are_paired(s
     markdown = (smoke_root / "smoke" / "REEVALUATIONS_setformer.md").read_text()
     assert "| no-fallback | `exploration.fallback=false` |" in markdown
     assert "## sparse-point-robot" in markdown
+    # one seed: a paired difference but no test of it against seed noise
+    row = next(line for line in markdown.splitlines() if line.startswith("| no-fallback |") and "`" not in line)
+    assert row.split(" | ")[3] == "—" and "| beyond seed noise |" in markdown
 
 
 def test_rerun_skips_finished_entries(smoke_root, monkeypatch):
