@@ -108,10 +108,17 @@ class ExplorationConfig:
                                      # carries a nonzero context reward (always so for dense rewards)
 
 
+# setformer's learning rate where it is not the baselines' 3e-4: on cheetah-vel the policy, not inference, limits
+# the return at the benchmark budget, and lr 1e-3 learned faster there at every iteration on a seed that is not a
+# benchmark seed (benchmarks/dev/README.md, cheetah-lr1e-3)
+LR_BY_ENV = {"cheetah-vel": 1e-3}
+
+
 @dataclass
 class SetFormerConfig(MetaSACConfig):
-    lr: float = 3e-4                 # the baselines' lr (equal tuning). 1e-3 (the default until the sphere latents)
-                                     # changed the critic's regime on a benchmark-tier seed: benchmarks/dev/README.md
+    lr: float = 3e-4                 # the baselines' lr on the point robots, where 1e-3 (the default until the
+                                     # sphere latents) changed the critic's regime; 1e-3 on cheetah-vel
+                                     # (LR_BY_ENV): benchmarks/dev/README.md
     latent_dim: int = 8
     model_dim: int = 64              # token width
     num_heads: int = 4
@@ -383,6 +390,10 @@ class SetFormer(MetaSACAlgorithm):
     role = "ours"
     config_class = SetFormerConfig
     inference_time_config = ("exploration",)
+
+    @classmethod
+    def default_config(cls, env: str) -> SetFormerConfig:
+        return SetFormerConfig(lr=LR_BY_ENV.get(env, SetFormerConfig.lr))
 
     def make_agent(self) -> SetFormerAgent:
         return SetFormerAgent(self.obs_dim, self.action_dim, self.config, len(self.train_tasks),

@@ -301,3 +301,14 @@ def test_mean_pool_encoder_is_a_permutation_invariant_mean_with_uniform_weights(
     tokens = agent.context_encoder.embed(context)
     raw = agent.context_encoder.to_latent(tokens.mean(dim=1))
     assert torch.allclose(z, F.normalize(raw, dim=-1) * agent.latent_dim ** 0.5, atol=1e-5)
+
+
+def test_learning_rate_defaults_per_environment_and_yields_to_an_override():
+    from algos.core.trainer import build_config
+    from algos.setformer import LR_BY_ENV, SetFormerConfig
+
+    assert SetFormerConfig().lr == 3e-4  # the baselines' lr, on the point robots
+    assert LR_BY_ENV == {"cheetah-vel": 1e-3}
+    for env, lr in (("point-robot", 3e-4), ("sparse-point-robot", 3e-4), ("cheetah-vel", 1e-3)):
+        assert build_config(env, "setformer", "quick", 0).agent.lr == lr
+        assert build_config(env, "setformer", "quick", 0, ["lr=0.0005"]).agent.lr == 0.0005
