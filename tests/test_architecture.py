@@ -94,6 +94,20 @@ def test_every_trainable_parameter_has_exactly_one_optimizer(algo):
     assert len(encoder.param_groups[0]["params"] if encoder else []) == len(expected_encoder)
 
 
+def test_the_encoder_optimiser_takes_its_own_learning_rate_when_set():
+    def learning_rates(overrides):
+        config = build_config("point-robot", "setformer", "smoke", 0, overrides)
+        algorithm = algorithm_class("setformer")(make_env("point-robot", seed=0), config.protocol, config.agent,
+                                                 np.random.default_rng(0))
+        return {key: optimizer.param_groups[0]["lr"] for key, optimizer in algorithm.optimizers.items()}
+
+    assert learning_rates(["lr=0.001"]) == {"policy": 1e-3, "qf": 1e-3, "vf": 1e-3, "encoder": 1e-3}  # 0: lr
+    assert learning_rates(["lr=0.001", "encoder_lr=0.0003"]) == {"policy": 1e-3, "qf": 1e-3, "vf": 1e-3,
+                                                                "encoder": 3e-4}
+    with pytest.raises(ConfigError, match="encoder_lr"):
+        build_config("point-robot", "setformer", "smoke", 0, ["encoder_lr=-1"])
+
+
 def test_a_new_head_trains_without_being_listed_anywhere():
     class WithExtraHead(SetFormer):
         def make_agent(self):

@@ -41,6 +41,7 @@ class MetaSACConfig:
     hidden_dim: int = 300          # actor/critic width
     num_hidden_layers: int = 3
     lr: float = 3e-4
+    encoder_lr: float = 0.0        # the encoder optimiser's lr (context encoder, heads, task embeddings); 0: lr
     tau: float = 0.005             # soft target update of V
     policy_mean_reg: float = 1e-3
     policy_std_reg: float = 1e-3
@@ -53,6 +54,8 @@ class MetaSACConfig:
                 raise ConfigError(f"agent.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or not 0 < self.tau <= 1:
             raise ConfigError(f"agent.lr must be > 0 and agent.tau in (0, 1]; got lr={self.lr}, tau={self.tau}")
+        if self.encoder_lr < 0:
+            raise ConfigError(f"agent.encoder_lr must be >= 0 (0: the same as agent.lr), got {self.encoder_lr}")
         for name in ("policy_mean_reg", "policy_std_reg", "policy_pre_tanh_reg"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.{name} must be >= 0, got {getattr(self, name)}")
@@ -164,7 +167,7 @@ class MetaSACAlgorithm(Algorithm):
         }
         encoder_params = self.encoder_parameters()
         if encoder_params:
-            optimizers["encoder"] = adam(encoder_params)
+            optimizers["encoder"] = adam(encoder_params, lr=self.config.encoder_lr or self.config.lr)
         check_one_optimizer_each([self.agent, self.critic], optimizers)
         return optimizers
 
