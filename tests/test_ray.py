@@ -103,22 +103,25 @@ def _cell_processes(marker: str) -> list[tuple[int, int]]:
     return found
 
 
+SEED = 90817  # a seed no other run on the machine uses: the cell's process is found by it
+
+
 def test_a_cell_whose_node_is_lost_resumes_from_its_last_checkpoint(cluster, tmp_path):
     """Killing the Ray worker that runs a cell (as a lost node would) makes Ray retry the task, which resumes from
     the checkpoint the driver holds."""
     out = tmp_path / "bench"
     runner = subprocess.Popen(
         [sys.executable, "-m", "experiments.benchmark", "--tier", "smoke", "--envs", "point-robot", "--algos",
-         "sac-no-context", "--seeds", "7", "--set", "num_iterations=8", "--no-progress", "--backend", "ray",
+         "sac-no-context", "--seeds", str(SEED), "--set", "num_iterations=8", "--no-progress", "--backend", "ray",
          "--address", cluster, "--out", str(out)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", "META_RL_RAY_SYNC_SECONDS": "0.3"})
-    cell = out / "smoke" / "cells" / "point-robot" / "sac-no-context" / "7"
+    cell = out / "smoke" / "cells" / "point-robot" / "sac-no-context" / str(SEED)
     deadline = time.monotonic() + 120
     while not (cell / "checkpoint.pt").exists():  # the first checkpoint came back to the driver
         assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()[1][-3000:]
         time.sleep(0.2)
-    processes = _cell_processes("--seed 7")
+    processes = _cell_processes(f"--seed {SEED} ")
     assert len(processes) == 1
     os.kill(processes[0][1], signal.SIGKILL)  # the Ray worker: its run dies with it, like a lost node
     _stdout, stderr = runner.communicate(timeout=240)
