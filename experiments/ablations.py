@@ -247,8 +247,7 @@ def render_markdown(report: dict) -> str:
                              f"{', '.join(map(str, entry['budget_differs']))}; its Δ is not an equal-budget "
                              f"comparison.**")
         header = ["variant", "meta-test return", "Δ vs full", "low-noise", "Δ low-noise", "beyond seed noise",
-                  "per seed",
-                  "config change", "commit"]
+                  "per seed", "config change", "commit"]
         parts += [f"## {env}", "", table(header, rows), ""]
         if notes:
             parts += [*(f"- {note}" for note in notes), ""]

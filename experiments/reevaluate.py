@@ -205,8 +205,7 @@ def render_markdown(report: dict) -> str:
         seeds = report["seeds"]
         cells = report["cells"].get(env, {})
         header = ["variant", "meta-test return (low-noise)", "Δ vs as-trained", "beyond seed noise", "per seed",
-                  "fallback share",
-                  "online return per episode"]
+                  "fallback share", "online return per episode"]
         lines = [f"## {env}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         baseline = {seed: cells.get(str(seed), {}).get("as-trained", {}).get("meta_test_return") for seed in seeds}
         for name in variants:
