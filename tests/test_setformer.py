@@ -305,10 +305,16 @@ def test_mean_pool_encoder_is_a_permutation_invariant_mean_with_uniform_weights(
 
 def test_learning_rate_defaults_per_environment_and_yields_to_an_override():
     from algos.core.trainer import build_config
-    from algos.setformer import LR_BY_ENV, SetFormerConfig
+    from algos.setformer import ENCODER_LR_BY_ENV, LR_BY_ENV, SetFormerConfig
 
     assert SetFormerConfig().lr == 3e-4  # the baselines' lr, on the point robots
+    assert SetFormerConfig().encoder_lr == 0.0  # the encoder follows agent.lr
     assert LR_BY_ENV == {"cheetah-vel": 1e-3}
-    for env, lr in (("point-robot", 3e-4), ("sparse-point-robot", 3e-4), ("cheetah-vel", 1e-3)):
-        assert build_config(env, "setformer", "quick", 0).agent.lr == lr
-        assert build_config(env, "setformer", "quick", 0, ["lr=0.0005"]).agent.lr == 0.0005
+    assert ENCODER_LR_BY_ENV == {"cheetah-vel": 3e-4}
+    for env, lr, encoder_lr in (("point-robot", 3e-4, 0.0), ("sparse-point-robot", 3e-4, 0.0),
+                                ("cheetah-vel", 1e-3, 3e-4)):
+        for tier in ("quick", "benchmark"):
+            agent = build_config(env, "setformer", tier, 0).agent
+            assert (agent.lr, agent.encoder_lr) == (lr, encoder_lr)
+        overridden = build_config(env, "setformer", "quick", 0, ["lr=0.0005", "encoder_lr=0.0002"]).agent
+        assert (overridden.lr, overridden.encoder_lr) == (0.0005, 0.0002)
