@@ -33,8 +33,8 @@ from envs_glue import ENV_SPECS
 from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, config_changes,
                                 lock_tier_dir, make_runner)
 from experiments.report import (DASH, ENV_ORDER, display_path, final_eval_value, fmt, format_delta,
-                                format_mean_std, format_paired_test, join_unique, mean_std, ordered, paired_test,
-                                provenance, report_heading, short_commit, table, write_json_and_markdown)
+                                format_commits, format_mean_std, format_paired_test, mean_std, ordered, paired_test, provenance,
+                                report_heading, run_code_changes, table, unique, write_json_and_markdown)
 from experiments.results_table import collect_cells, render_tier
 
 ALGO = "setformer"
@@ -222,7 +222,7 @@ def render_markdown(report: dict) -> str:
         rows = [["full method", format_mean_std(full_values, len(full)) if full else DASH, DASH,
                  format_mean_std(full_low, len(full)) if full_low else DASH, DASH, DASH,
                  " · ".join(f"{s}: {fmt(r['meta_test_return'])}" for s, r in sorted(full.items())) or DASH, DASH,
-                 join_unique((r.get("git_commit") for r in full.values()), short_commit)]]
+                 format_commits(r.get("git_commit") for r in full.values())]]
         notes = []
         for name in report["ablations"]:
             entry = report["results"].get(name, {}).get(env)
@@ -237,7 +237,13 @@ def render_markdown(report: dict) -> str:
                          format_paired_test(low_diffs),
                          " · ".join(f"{s}: {fmt(r['meta_test_return'])}" for s, r in sorted(records.items())),
                          "; ".join(entry["config_changes"]) or "**none**",
-                         join_unique((r.get("git_commit") for r in records.values()), short_commit)])
+                         format_commits(r.get("git_commit") for r in records.values())])
+            both = unique(r.get("git_commit") for r in [*full.values(), *records.values()])
+            code_changes = run_code_changes(both) if len(both) > 1 else []
+            if code_changes:
+                notes.append(f"{name}: its cells and the full method's ran different code (`git diff` of their "
+                             f"commits touches {', '.join(f'`{f}`' for f in code_changes)}), so the Δ holds whatever "
+                             f"else those changes did; check that they left the full method's computation alone.")
             unpaired = sorted(s for s, r in records.items() if "full_meta_test_return" not in r)
             if unpaired:
                 notes.append(f"{name}: no full-method cell for seed(s) {', '.join(map(str, unpaired))}, so no Δ "

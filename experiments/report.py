@@ -7,6 +7,7 @@ build on this module, so they state provenance, spread and missing values the sa
 from __future__ import annotations
 
 import math
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -77,6 +78,48 @@ def short_commit(commit: str | None) -> str:
     """``abc1234`` or ``abc1234-dirty`` from a full ``git rev-parse`` hash as runs record it."""
     full = str(commit or "?")
     return full[:7] + ("-dirty" if full.endswith("-dirty") else "")
+
+
+# What a cell's numbers can depend on: the code a run imports and the packages it pins. Docs, tests, reports and
+# results files do not change them, so cells at commits that differ only there ran the same code.
+RUN_CODE_PATHS = ("algos", "models", "envs_glue", "experiments/run.py", "requirements.txt")
+
+
+def run_code_changes(commits: Iterable[str], repo: Path = REPO_ROOT) -> list[str] | None:
+    """The files under ``RUN_CODE_PATHS`` that differ between the first of ``commits`` and any other, sorted (empty:
+    every commit ran the same code); ``None`` where git cannot tell (a ``-dirty`` or unknown commit, no git)."""
+    commits = list(commits)
+    if any(not c or c == "unknown" or c.endswith("-dirty") for c in commits):
+        return None
+    changed: set[str] = set()
+    for other in commits[1:]:
+        try:
+            out = subprocess.run(["git", "diff", "--name-only", commits[0], other, "--", *RUN_CODE_PATHS],
+                                 cwd=repo, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode:
+            return None
+        changed.update(out.stdout.split())
+    return sorted(changed)
+
+
+def format_commits(commits: Iterable[str | None], repo: Path = REPO_ROOT) -> str:
+    """The distinct commits of a group of cells, short; where there are several, whether their run code is the
+    same (``RUN_CODE_PATHS``), or which files differ: a mixed table is flagged, but not cried wolf over."""
+    distinct = unique(c for c in commits if c)
+    if not distinct:
+        return DASH
+    text = " / ".join(short_commit(c) for c in distinct)
+    if len(distinct) == 1:
+        return text
+    changes = run_code_changes(distinct, repo)
+    if changes is None:
+        return text + " (differs between cells; git cannot compare them here)"
+    if not changes:
+        return text + " (same run code)"
+    shown = ", ".join(f"`{name}`" for name in changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    return text + f" (run code differs: {shown})"
 
 
 def display_path(path: Path) -> str:

@@ -26,7 +26,8 @@ from algos import methods_with_role
 from algos.core.io import atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from algos.core.meta_sac import MetaSACConfig
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
-                                display_name, final_eval_value, fmt, format_mean_std, join_unique, known_optimum,
+                                display_name, final_eval_value, fmt, format_commits, format_mean_std, join_unique,
+                                known_optimum,
                                 mean_std, ordered, ours, plural, provenance, reevaluation_paths, reference_for,
                                 report_heading, short_commit, table, unique)
 
@@ -274,14 +275,22 @@ def _hyperparameter_text(summary: dict) -> str:
             "configs): " + " · ".join(lines) + ".")
 
 
+def _same_code_text(commits: list[str]) -> str:
+    """`` (same run code)`` or `` (run code differs: …)`` for one method's commits (``format_commits``' verdict)."""
+    verdict = format_commits(commits)
+    return verdict[verdict.index(" ("):] if " (" in verdict else ""
+
+
 def _code_text(summary: dict) -> str:
     """Which commit each method's cells ran: a reader must see when one table mixes versions of a method."""
     commits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    code_commits: dict[str, list[str]] = defaultdict(list)
     for cell in summary.get("cells") or []:
         # a resumed cell ran its segments at each commit it lists: start → resumed at
         segments = cell.get("git_commits") or [cell.get("git_commit")]
         commit = " → ".join(short_commit(c) for c in segments)
         commits[display_name(cell["algo"])][commit].append(f"{cell['env']} {cell['seed']}")
+        code_commits[display_name(cell["algo"])].extend(segments)
     if not commits:
         return ""
     parts = []
@@ -289,7 +298,8 @@ def _code_text(summary: dict) -> str:
         if len(by_commit) == 1:
             parts.append(f"{algo} `{next(iter(by_commit))}`")
         else:
-            parts.append(f"{algo} " + "; ".join(f"`{c}` ({', '.join(cells)})" for c, cells in by_commit.items()))
+            parts.append(f"{algo} " + "; ".join(f"`{c}` ({', '.join(cells)})" for c, cells in by_commit.items())
+                         + _same_code_text(code_commits[algo]))
     return ("**Code.** The commit each method's cells ran at (`-dirty`: with uncommitted changes; `a → b`: started "
             "at `a`, resumed at `b`): "
             + " · ".join(parts) + ".")

@@ -102,6 +102,37 @@ def test_paired_test_against_seed_noise():
     assert format_paired_test([-1.0, -1.1, -0.9]) == "**yes** (t=-17.3)"
 
 
+def test_commits_are_compared_by_the_code_a_run_imports(tmp_path):
+    from experiments.report import format_commits, run_code_changes
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "algos").mkdir()
+    (tmp_path / "algos" / "method.py").write_text("lr = 3e-4\n")
+    (tmp_path / "README.md").write_text("v1\n")
+    git("add", "."), git("commit", "-qm", "first")
+    first = git("rev-parse", "HEAD")
+    (tmp_path / "README.md").write_text("v2\n")  # docs only: the same run code
+    git("commit", "-qam", "docs")
+    docs = git("rev-parse", "HEAD")
+    (tmp_path / "algos" / "method.py").write_text("lr = 1e-3\n")
+    git("commit", "-qam", "code")
+    code = git("rev-parse", "HEAD")
+
+    assert run_code_changes([first, docs], tmp_path) == []
+    assert run_code_changes([first, docs, code], tmp_path) == ["algos/method.py"]
+    assert run_code_changes([first, code + "-dirty"], tmp_path) is None     # uncommitted code: cannot tell
+    assert run_code_changes([first, "0" * 40], tmp_path) is None            # a commit this clone lacks
+    assert format_commits([first, first], tmp_path) == first[:7]
+    assert format_commits([first, docs, None], tmp_path) == f"{first[:7]} / {docs[:7]} (same run code)"
+    assert format_commits([first, code], tmp_path) == f"{first[:7]} / {code[:7]} (run code differs: `algos/method.py`)"
+    assert format_commits([first, "0" * 40], tmp_path).endswith("(differs between cells; git cannot compare them here)")
+    assert format_commits([None], tmp_path) == "—"
+
+
 def test_unknown_ablation_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         ablations.main(["--ablations", "no-such-thing"])
