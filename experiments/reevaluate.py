@@ -155,6 +155,27 @@ def own_embedding_return(run_dir: Path, episodes: int, threads: int) -> dict | N
             "num_tasks": len(per_task), "wall_time_s": time.perf_counter() - started}
 
 
+def cell_identity(results: dict) -> dict:
+    """What tells one finished cell from another in the same directory (a rerun, at the same commit or not)."""
+    return {"git_commit": results.get("git_commit"), "finished_at": results.get("finished_at")}
+
+
+def entries_describe(entries: dict, results: dict) -> bool:
+    """Whether cached re-evaluation ``entries`` (variant name -> entry) were made from the cell whose
+    ``results.json`` is ``results``. Entries from before cells were identified match on the commit the weights
+    were trained at and the recorded low-noise figure they reproduced."""
+    identity = cell_identity(results)
+    recorded = (results.get("final_eval") or {}).get("meta_test_return")
+    for entry in entries.values():
+        if "cell" in entry:
+            if entry["cell"] != identity:
+                return False
+        elif entry.get("trained_at") != identity["git_commit"] or entry.get("recorded_final_eval") not in (None,
+                                                                                                       recorded):
+            return False
+    return True
+
+
 def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, threads: int) -> dict:
     recorded = read_json(run_dir / "results.json", what="cell results")
     trainer = load_run(run_dir)
@@ -173,7 +194,8 @@ def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, th
         "per_task_final_returns": result.per_task_final_returns, "num_repeats": num_repeats,
         "recorded_final_eval": recorded_final.get("meta_test_return")
         if recorded_final.get("num_repeats") == num_repeats else None,
-        "trained_at": recorded.get("git_commit"), "wall_time_s": time.perf_counter() - started,
+        "trained_at": recorded.get("git_commit"), "cell": cell_identity(recorded),
+        "wall_time_s": time.perf_counter() - started,
     }
     if probe is not None and probe["post_exploration_steps"]:
         entry["fallback_share"] = probe["on_hypothesis"] / probe["post_exploration_steps"]
@@ -266,7 +288,14 @@ def main(argv=None) -> int:
     for env in args.envs:
         for seed in args.seeds:
             run_dir = cell_dir(tier_dir, env, args.algo, seed)
-            if not (run_dir / "results.json").exists() or not (run_dir / "checkpoint.pt").exists():
+            results = read_json(run_dir / "results.json", what="cell results") if (run_dir / "results.json").exists() else {}
+            cached = cells.get(env, {}).get(str(seed))
+            if cached and not entries_describe(cached, results):
+                # the cell was rerun (or removed) since: its old figures describe weights that are gone
+                print(f"{env} seed {seed}: dropping re-evaluations of an earlier cell")
+                del cells[env][str(seed)]
+                own_embedding.get(env, {}).pop(str(seed), None)
+            if not results or not (run_dir / "checkpoint.pt").exists():
                 print(f"skipping {env} seed {seed}: no finished cell with its checkpoint in {run_dir}")
                 continue
             cell_config = read_json(run_dir / "config.json", what="cell config")

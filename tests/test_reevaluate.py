@@ -72,6 +72,38 @@ def test_rerun_skips_finished_entries(smoke_root, monkeypatch):
     assert calls == []
 
 
+def test_a_rerun_cell_is_reevaluated_and_a_removed_one_forgotten(smoke_root, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(smoke_root, root)
+    report = _run(root)
+    cell = root / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0"
+    entries = report["cells"]["sparse-point-robot"]["0"]
+    results = json.loads((cell / "results.json").read_text())
+    assert all(e["cell"] == {"git_commit": results["git_commit"], "finished_at": results["finished_at"]}
+               for e in entries.values())
+
+    calls = []
+    monkeypatch.setattr(reevaluate, "reevaluate_cell",
+                        lambda *a, **k: calls.append(a) or {**entries["as-trained"], "cell": "new"})
+    # entries made before cells were identified still describe the cell that reproduces their figures
+    legacy = {**report, "cells": {"sparse-point-robot": {"0": {
+        name: {k: v for k, v in e.items() if k != "cell"} for name, e in entries.items()}}}}
+    (root / "smoke" / "reevaluations_setformer.json").write_text(json.dumps(legacy))
+    _run(root)
+    assert calls == []
+    # the same seed rerun (another finished_at): every variant is evaluated again on the new weights
+    (root / "smoke" / "reevaluations_setformer.json").write_text(json.dumps(report))
+    (cell / "results.json").write_text(json.dumps({**results, "finished_at": "2099-01-01T00:00:00+00:00"}))
+    _run(root)
+    assert len(calls) == len(reevaluate.SETFORMER_VARIANTS)
+    # a cell that is gone: its figures are dropped rather than reported for weights nobody has
+    shutil.rmtree(cell)
+    assert "0" not in _run(root)["cells"].get("sparse-point-robot", {})
+    assert "0" not in _run(root)["own_embedding"].get("sparse-point-robot", {})
+
+
 def test_other_repeats_are_a_new_request(smoke_root):
     report = _run(smoke_root, "--repeats", "2", "--variant", "as-trained")
     entry = report["cells"]["sparse-point-robot"]["0"]["as-trained"]
