@@ -1,0 +1,118 @@
+"""Where every run stands: iterations done, the latest return, seconds per iteration, and when it will finish.
+
+    python -m experiments.status                                   # every run under benchmarks/ and runs/
+    python -m experiments.status benchmarks/dev/cheetah-split-default runs/point-robot
+    python -m experiments.status --all                             # finished runs too
+
+A run is any directory with a ``config.json`` (a benchmark cell or an ``experiments.run`` run directory). It reads
+only what runs write as they go (``metrics.jsonl`` after every iteration, ``checkpoint.pt``, ``results.json`` at the
+end) and which processes run now (``--run-dir`` on a command line in ``/proc``), so it is safe beside the runs.
+
+*state*: ``running`` (a process holds the run directory), ``finished`` (``results.json``), ``resumable`` (stopped
+with a checkpoint: the runner or ``--resume`` continues it) or ``lost`` (stopped before its first checkpoint, or
+its checkpoint is gone: it starts afresh). *s/iteration* is the median over the last three iterations, and *ETA*
+the remaining iterations at that pace (the final evaluation not counted) for a running run: in a workplace where
+the machine does not outlive a session, a run whose ETA lies past the session's end is lost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from experiments.report import DASH, display_path, fmt, table
+
+DEFAULT_ROOTS = ("benchmarks", "runs")
+RECENT_ITERATIONS = 3  # the pace is the median of this many latest iteration durations
+
+
+def find_runs(roots: list[Path]) -> list[Path]:
+    """Every run directory (one holding ``config.json``) under ``roots``, sorted."""
+    runs = {path.parent for root in roots if root.exists() for path in root.rglob("config.json")}
+    return sorted(runs)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The run's per-iteration rows; a torn last line (a write in progress) is skipped."""
+    rows = []
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def running_run_dirs(proc: Path = Path("/proc")) -> set[Path]:
+    """Run directories named by ``--run-dir`` on a live process's command line (Linux; empty elsewhere)."""
+    held = set()
+    for cmdline in proc.glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended while we looked
+            continue
+        for flag, value in zip(args, args[1:]):
+            if flag == b"--run-dir" and value:
+                held.add(Path(value.decode(errors="replace")).resolve())
+    return held
+
+
+def run_status(run_dir: Path, running: set[Path], now: datetime) -> dict:
+    config = json.loads((run_dir / "config.json").read_text())
+    planned = int(config["protocol"]["num_iterations"])
+    rows = read_metrics(run_dir)
+    done = len(rows)
+    durations = [b["wall_time_s"] - a["wall_time_s"] for a, b in zip(rows, rows[1:])]
+    recent = durations[-RECENT_ITERATIONS:] or [row["wall_time_s"] for row in rows[:1]]
+    pace = statistics.median(recent) if recent else None
+    if (run_dir / "results.json").exists():
+        state = "finished"
+    elif run_dir.resolve() in running:
+        state = "running"
+    elif (run_dir / "checkpoint.pt").exists():
+        state = "resumable"
+    else:
+        state = "lost"
+    eta = None
+    if state == "running" and pace is not None:
+        eta = now + timedelta(seconds=pace * (planned - done))
+    return {"run_dir": str(run_dir), "env": config.get("env"), "algo": config.get("algo"),
+            "tier": config.get("tier"), "seed": config.get("seed"), "state": state,
+            "iterations_done": done, "iterations_planned": planned,
+            "meta_test_return": rows[-1].get("meta_test_return") if rows else None,
+            "seconds_per_iteration": pace, "eta": eta.isoformat(timespec="minutes") if eta else None}
+
+
+def render(statuses: list[dict]) -> str:
+    rows = [[display_path(Path(s["run_dir"])), s["state"], f"{s['iterations_done']}/{s['iterations_planned']}",
+             fmt(s["meta_test_return"]), fmt(s["seconds_per_iteration"], 0),
+             s["eta"].replace("T", " ") if s["eta"] else DASH] for s in statuses]
+    return table(["run", "state", "iterations", "latest meta_test_return", "s/iteration", "ETA (UTC)"], rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.status", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="*", default=list(DEFAULT_ROOTS), help="folders to search for runs")
+    parser.add_argument("--all", action="store_true", help="list finished runs too")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    missing = [root for root in args.roots if not Path(root).exists()]
+    if missing and len(missing) == len(args.roots):
+        parser.error(f"no such folder: {', '.join(missing)}")
+    now = datetime.now(timezone.utc)
+    running = running_run_dirs()
+    statuses = [run_status(run_dir, running, now) for run_dir in find_runs([Path(r) for r in args.roots])]
+    if not args.all:
+        statuses = [s for s in statuses if s["state"] != "finished"]
+    print(json.dumps(statuses, indent=1) if args.json else (render(statuses) if statuses else "no unfinished runs"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
