@@ -27,6 +27,7 @@ from experiments.report import DASH, display_path, fmt, table
 
 DEFAULT_ROOTS = ("benchmarks", "runs")
 RECENT_ITERATIONS = 3  # the pace is the median of this many latest iteration durations
+STATE_ORDER = ("running", "resumable", "lost", "finished")  # what needs attention first
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
     statuses = [run_status(run_dir, running, now) for run_dir in find_runs([Path(r) for r in args.roots])]
     if not args.all:
         statuses = [s for s in statuses if s["state"] != "finished"]
+    statuses.sort(key=lambda s: STATE_ORDER.index(s["state"]))  # stable: by path within a state
     print(json.dumps(statuses, indent=1) if args.json else (render(statuses) if statuses else "no unfinished runs"))
     return 0
 
