@@ -81,7 +81,9 @@ def run_status(run_dir: Path, running: set[Path], now: datetime) -> dict:
         state = "lost"
     eta = None
     if state == "running" and pace is not None:
-        eta = now + timedelta(seconds=pace * (planned - done))
+        # counted from when the last iteration ended (metrics.jsonl's last write), not from now
+        last_row_at = datetime.fromtimestamp((run_dir / "metrics.jsonl").stat().st_mtime, timezone.utc) if rows else now
+        eta = last_row_at + timedelta(seconds=pace * (planned - done))
     return {"run_dir": str(run_dir), "env": config.get("env"), "algo": config.get("algo"),
             "tier": config.get("tier"), "seed": config.get("seed"), "state": state,
             "iterations_done": done, "iterations_planned": planned,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,11 +23,12 @@ def test_state_pace_and_eta(tmp_path):
     now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
     # iterations took 300 (the first, with the initial collection), 100, 110 and 400 s: median of the last three 110
     running = make_run(tmp_path / "a", [300.0, 400.0, 510.0, 910.0], torn_tail=True)
+    os.utime(running / "metrics.jsonl", (now.timestamp() - 60, now.timestamp() - 60))  # last row a minute ago
     report = status.run_status(running, {running.resolve()}, now)
     assert report["state"] == "running" and report["iterations_done"] == 4 and report["iterations_planned"] == 20
     assert report["meta_test_return"] == -97.0
     assert report["seconds_per_iteration"] == 110.0
-    assert report["eta"] == "2026-12-01T12:29+00:00"  # 16 iterations of 110 s
+    assert report["eta"] == "2026-12-01T12:28+00:00"  # 16 iterations of 110 s after the last row
 
     stopped = make_run(tmp_path / "b", [300.0])
     assert status.run_status(stopped, set(), now)["state"] == "lost"
