@@ -104,22 +104,29 @@ def run_code_changes(commits: Iterable[str], repo: Path = REPO_ROOT) -> list[str
     return sorted(changed)
 
 
+def run_code_verdict(commits: Iterable[str | None], repo: Path = REPO_ROOT) -> str:
+    """For cells at several commits: ``same run code``, ``run code differs: <files>``, or that git cannot tell
+    (``RUN_CODE_PATHS``); empty for one commit or none."""
+    distinct = unique(c for c in commits if c)
+    if len(distinct) < 2:
+        return ""
+    changes = run_code_changes(distinct, repo)
+    if changes is None:
+        return "differs between cells; git cannot compare them here"
+    if not changes:
+        return "same run code"
+    shown = ", ".join(f"`{name}`" for name in changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    return f"run code differs: {shown}"
+
+
 def format_commits(commits: Iterable[str | None], repo: Path = REPO_ROOT) -> str:
-    """The distinct commits of a group of cells, short; where there are several, whether their run code is the
-    same (``RUN_CODE_PATHS``), or which files differ: a mixed table is flagged, but not cried wolf over."""
+    """The distinct commits of a group of cells, short, with ``run_code_verdict`` where there are several: a mixed
+    table is flagged, but not cried wolf over."""
     distinct = unique(c for c in commits if c)
     if not distinct:
         return DASH
-    text = " / ".join(short_commit(c) for c in distinct)
-    if len(distinct) == 1:
-        return text
-    changes = run_code_changes(distinct, repo)
-    if changes is None:
-        return text + " (differs between cells; git cannot compare them here)"
-    if not changes:
-        return text + " (same run code)"
-    shown = ", ".join(f"`{name}`" for name in changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
-    return text + f" (run code differs: {shown})"
+    verdict = run_code_verdict(distinct, repo)
+    return " / ".join(short_commit(c) for c in distinct) + (f" ({verdict})" if verdict else "")
 
 
 def display_path(path: Path) -> str:

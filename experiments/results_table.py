@@ -26,10 +26,10 @@ from algos import methods_with_role
 from algos.core.io import atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from algos.core.meta_sac import MetaSACConfig
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
-                                display_name, final_eval_value, fmt, format_commits, format_mean_std, join_unique,
+                                display_name, final_eval_value, fmt, format_mean_std, join_unique,
                                 known_optimum,
                                 mean_std, ordered, ours, plural, provenance, reevaluation_paths, reference_for,
-                                report_heading, short_commit, table, unique)
+                                report_heading, run_code_verdict, short_commit, table, unique)
 
 # SPEC section 7: the reference benchmark's own runs (20 iterations, full gradient budget, mean of three seeds).
 REFERENCE_LABEL = ("reference's own runs at the benchmark tier (20 iterations × full gradient budget), "
@@ -275,12 +275,6 @@ def _hyperparameter_text(summary: dict) -> str:
             "configs): " + " · ".join(lines) + ".")
 
 
-def _same_code_text(commits: list[str]) -> str:
-    """`` (same run code)`` or `` (run code differs: …)`` for one method's commits (``format_commits``' verdict)."""
-    verdict = format_commits(commits)
-    return verdict[verdict.index(" ("):] if " (" in verdict else ""
-
-
 def _code_text(summary: dict) -> str:
     """Which commit each method's cells ran: a reader must see when one table mixes versions of a method."""
     commits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -298,8 +292,9 @@ def _code_text(summary: dict) -> str:
         if len(by_commit) == 1:
             parts.append(f"{algo} `{next(iter(by_commit))}`")
         else:
+            verdict = run_code_verdict(code_commits[algo])
             parts.append(f"{algo} " + "; ".join(f"`{c}` ({', '.join(cells)})" for c, cells in by_commit.items())
-                         + _same_code_text(code_commits[algo]))
+                         + (f" ({verdict})" if verdict else ""))
     return ("**Code.** The commit each method's cells ran at (`-dirty`: with uncommitted changes; `a → b`: started "
             "at `a`, resumed at `b`): "
             + " · ".join(parts) + ".")
