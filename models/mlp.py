@@ -6,6 +6,11 @@ from torch import nn
 
 # Small final-layer weights keep initial Q/V/policy outputs near zero (as in rlkit/PEARL).
 FINAL_LAYER_INIT = 3e-3
+# ``torch``: PyTorch's default for the hidden layers (U(+-1/sqrt(in_features)) weights and biases);
+# ``rlkit``: the initialisation of PEARL's reference code (rlkit), see :func:`rlkit_init_`.
+NETWORK_INITS = ("torch", "rlkit")
+RLKIT_HIDDEN_BIAS = 0.1
+RLKIT_POLICY_HEAD_INIT = 1e-3
 
 
 def build_mlp(input_dim: int, output_dim: int, hidden_dim: int = 300, num_hidden_layers: int = 3,
@@ -14,14 +19,37 @@ def build_mlp(input_dim: int, output_dim: int, hidden_dim: int = 300, num_hidden
     layers: list[nn.Module] = []
     width = input_dim
     for _ in range(num_hidden_layers):
-        layers += [nn.Linear(width, hidden_dim), activation()]
+        hidden = nn.Linear(width, hidden_dim)
+        hidden.init_role = "hidden"  # read by rlkit_init_
+        layers += [hidden, activation()]
         width = hidden_dim
     final = nn.Linear(width, output_dim)
     if small_final_init:
         nn.init.uniform_(final.weight, -FINAL_LAYER_INIT, FINAL_LAYER_INIT)
         nn.init.uniform_(final.bias, -FINAL_LAYER_INIT, FINAL_LAYER_INIT)
+        final.init_role = "output"
     layers.append(final)
     return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def rlkit_init_(module: nn.Module) -> nn.Module:
+    """Re-initialise, in place, the layers of ``module`` built by :func:`build_mlp` and :func:`build_policy` as
+    rlkit (PEARL's reference code) initialises its MLPs: hidden weights ``U(+-1/sqrt(out_features))`` (rlkit's
+    ``fanin_init`` reads ``weight.size(0)``, which for a torch ``Linear`` is the output width) and hidden biases
+    0.1; output layers ``U(+-3e-3)``; the policy's mean and log-std heads ``U(+-1e-3)``. Other layers (attention
+    blocks, GRUs, token embeddings) keep their initialisation. Returns ``module``."""
+    for layer in module.modules():
+        role = getattr(layer, "init_role", None)
+        if role == "hidden":
+            bound = 1.0 / layer.weight.shape[0] ** 0.5
+            layer.weight.uniform_(-bound, bound)
+            layer.bias.fill_(RLKIT_HIDDEN_BIAS)
+        elif role in ("output", "policy_head"):
+            bound = FINAL_LAYER_INIT if role == "output" else RLKIT_POLICY_HEAD_INIT
+            layer.weight.uniform_(-bound, bound)
+            layer.bias.uniform_(-bound, bound)
+    return module
 
 
 class ConcatMLP(nn.Module):

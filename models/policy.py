@@ -28,11 +28,13 @@ class TanhGaussianPolicy(nn.Module):
         super().__init__()
         self.trunk = build_mlp(obs_dim + latent_dim, hidden_dim, hidden_dim, num_hidden_layers - 1,
                                small_final_init=False)
+        self.trunk[-1].init_role = "hidden"  # forward applies the ReLU: the trunk is all hidden layers
         self.mean_head = nn.Linear(hidden_dim, action_dim)
         self.log_std_head = nn.Linear(hidden_dim, action_dim)
         for head in (self.mean_head, self.log_std_head):
             nn.init.uniform_(head.weight, -FINAL_LAYER_INIT, FINAL_LAYER_INIT)
             nn.init.uniform_(head.bias, -FINAL_LAYER_INIT, FINAL_LAYER_INIT)
+            head.init_role = "policy_head"
 
     def forward(self, obs: torch.Tensor, z: torch.Tensor, deterministic: bool = False) -> PolicyOutput:
         hidden = F.relu(self.trunk(torch.cat([obs, z], dim=-1)))

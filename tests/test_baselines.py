@@ -8,6 +8,7 @@ import torch
 from algos.focal import FocalAgent, FocalConfig, distance_metric_loss
 from algos.pearl import PearlAgent, PearlConfig, product_of_gaussians
 from algos.varibad import VariBADAgent, VariBADConfig
+from algos.core.trainer import build_config
 from tests.conftest import make_trainer
 
 OBS, ACT = 2, 2
@@ -118,3 +119,40 @@ def test_one_iteration_updates_every_network(env, algo, encoder_attr, tmp_path):
         assert changed, f"{algo} on {env}: {name} did not change"
     assert all(np.isfinite(v) for v in scalars.values())
     assert algorithm.grad_steps == trainer.config.protocol.num_train_steps_per_itr
+
+
+def test_rlkit_init_matches_pearls_reference_code(tmp_path):
+    """agent.network_init=rlkit: every hidden layer of the MLPs U(+-1/sqrt(out_features)) with biases 0.1, output
+    layers within 3e-3, the policy heads within 1e-3; other layers (PEARL has none) untouched; target V = V."""
+    trainer = make_trainer("sparse-point-robot", tmp_path / "run", algo="pearl", overrides=["agent.network_init=rlkit"])
+    algorithm = trainer.algorithm
+    agent, critic = algorithm.agent, algorithm.critic
+    hidden = [agent.context_encoder[0], agent.context_encoder[2], agent.context_encoder[4], *agent.policy.trunk[::2],
+              critic.qf1.net[0], critic.qf1.net[2], critic.qf1.net[4], critic.vf.net[0]]
+    for layer in hidden:
+        bound = 1.0 / layer.weight.shape[0] ** 0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert torch.all(layer.bias == 0.1)
+    # the first layers are narrow: PyTorch's default would have allowed weights up to 1/sqrt(in_features) > 0.3
+    assert agent.context_encoder[0].weight.abs().max() <= 1.0 / 200 ** 0.5
+    for layer in (agent.context_encoder[-1], critic.qf1.net[-1], critic.qf2.net[-1], critic.vf.net[-1]):
+        assert layer.weight.abs().max() <= 3e-3 and layer.bias.abs().max() <= 3e-3
+    for head in (agent.policy.mean_head, agent.policy.log_std_head):
+        assert head.weight.abs().max() <= 1e-3 and head.bias.abs().max() <= 1e-3
+    for a, b in zip(critic.target_vf.parameters(), critic.vf.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_default_init_is_pytorchs(tmp_path):
+    """The default (agent.network_init=torch) leaves PyTorch's initialisation: hidden biases are not rlkit's 0.1."""
+    trainer = make_trainer("sparse-point-robot", tmp_path / "run", algo="pearl")
+    first = trainer.algorithm.agent.context_encoder[0]
+    assert trainer.config.agent.network_init == "torch"
+    assert first.weight.abs().max() > 1.0 / 200 ** 0.5  # U(+-1/sqrt(5)) over 1000 weights exceeds 0.0707
+    assert not torch.all(first.bias == 0.1)
+
+
+def test_network_init_is_validated():
+    from algos.core.config import ConfigError
+    with pytest.raises(ConfigError, match="network_init"):
+        build_config("point-robot", "pearl", "smoke", 0, ["agent.network_init=xavier"])

@@ -27,7 +27,7 @@ from algos.core.algorithm import Algorithm
 from algos.core.buffers import MultiTaskReplayBuffer, RLBatch, sample_context, sample_rl_batch
 from algos.core.config import ConfigError, ProtocolConfig
 from algos.core.sampler import collect_data
-from models.mlp import build_qf, build_vf, count_parameters
+from models.mlp import NETWORK_INITS, build_qf, build_vf, count_parameters, rlkit_init_
 
 
 class TrainingDivergedError(RuntimeError):
@@ -47,6 +47,7 @@ class MetaSACConfig:
     policy_std_reg: float = 1e-3
     policy_pre_tanh_reg: float = 0.0
     critic_uses_dense_reward: bool = True  # on sparse tasks the reference trains the critic on dense rewards
+    network_init: str = "torch"    # the MLPs' initialisation: "torch" (PyTorch's default) or "rlkit" (PEARL's code)
 
     def validate(self) -> None:
         for name in ("latent_dim", "hidden_dim", "num_hidden_layers"):
@@ -59,6 +60,8 @@ class MetaSACConfig:
         for name in ("policy_mean_reg", "policy_std_reg", "policy_pre_tanh_reg"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.{name} must be >= 0, got {getattr(self, name)}")
+        if self.network_init not in NETWORK_INITS:
+            raise ConfigError(f"agent.network_init must be one of {list(NETWORK_INITS)}, got {self.network_init!r}")
 
 
 class TwinCritic(nn.Module):
@@ -123,6 +126,10 @@ class MetaSACAlgorithm(Algorithm):
         self.agent = self.make_agent().to(self.device)
         self.critic = TwinCritic(self.obs_dim, self.action_dim, config.latent_dim, config.hidden_dim,
                                  config.num_hidden_layers).to(self.device)
+        if config.network_init == "rlkit":
+            rlkit_init_(self.agent)
+            rlkit_init_(self.critic)
+            self.critic.target_vf.load_state_dict(self.critic.vf.state_dict())  # the target starts as V's copy
         self.optimizers = self.make_optimizers()
         self.env_steps = 0
         self.grad_steps = 0
