@@ -37,6 +37,19 @@ def make_trainer(env: str, run_dir: Path, algo: str = "sac-no-context", seed: in
     return Trainer(config, run_dir=run_dir, progress=False)
 
 
+def train_smoke_cell(run_dir: Path, env: str, algo: str, seed: int = 0) -> Path:
+    """A finished smoke-tier run in ``run_dir`` (results.json and checkpoint.pt), trained through the real CLI."""
+    from experiments.run import main as run_main
+    threads = torch.get_num_threads()  # the Trainer sets it; do not leak that into other tests
+    try:
+        code = run_main(["--env", env, "--algo", algo, "--tier", "smoke", "--seed", str(seed),
+                         "--run-dir", str(run_dir), "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    return run_dir
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]

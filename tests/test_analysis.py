@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from experiments import analysis  # noqa: E402
-from experiments.run import main as run_main  # noqa: E402
+from tests.conftest import train_smoke_cell  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {name: REPO_ROOT / "experiments" / "notebooks" / f"{name}.ipynb"
@@ -26,22 +26,10 @@ NOTEBOOKS = {name: REPO_ROOT / "experiments" / "notebooks" / f"{name}.ipynb"
 NUM_STEPS_PER_EVAL, EPISODE_LENGTH = 60, 20  # point-robot protocol: 3 episodes, the first explores
 
 
-def _train_smoke_run(root: Path, algo: str) -> Path:
-    run_dir = root / algo
-    threads = torch.get_num_threads()  # the Trainer sets it; do not leak that into other tests
-    try:
-        code = run_main(["--env", "point-robot", "--algo", algo, "--tier", "smoke", "--seed", "0",
-                         "--run-dir", str(run_dir), "--no-progress"])
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
-    return run_dir
-
-
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("analysis_runs")
-    return {algo: _train_smoke_run(root, algo) for algo in ("setformer", "pearl")}
+    return {algo: train_smoke_cell(root / algo, "point-robot", algo) for algo in ("setformer", "pearl")}
 
 
 @pytest.fixture(scope="module")

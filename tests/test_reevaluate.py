@@ -11,21 +11,15 @@ import torch
 
 from algos.core.config import ConfigError
 from experiments import reevaluate
-from experiments.run import main as run_main
+from tests.conftest import train_smoke_cell
 
 
 @pytest.fixture(scope="module")
 def smoke_root(tmp_path_factory) -> Path:
     """A benchmark root holding one finished setformer cell, laid out as the benchmark runner writes it."""
     root = tmp_path_factory.mktemp("reeval")
-    run_dir = root / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0"
-    threads = torch.get_num_threads()
-    try:
-        code = run_main(["--env", "sparse-point-robot", "--algo", "setformer", "--tier", "smoke", "--seed", "0",
-                         "--run-dir", str(run_dir), "--no-progress"])
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
+    train_smoke_cell(root / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0", "sparse-point-robot",
+                     "setformer")
     return root
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experiments import sparse_probe
-from experiments.run import main as run_main
+from tests.conftest import train_smoke_cell
 
 
 def test_summarize_splits_trials_by_whether_exploration_found_the_goal():
@@ -48,16 +48,7 @@ def test_arc_angle():
 
 @pytest.fixture(scope="module")
 def pearl_cell(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("probe") / "cell"
-    threads = torch.get_num_threads()
-    try:
-        code = run_main(["--env", "sparse-point-robot", "--algo", "pearl", "--tier", "smoke", "--seed", "0",
-                         "--run-dir", str(run_dir), "--no-progress"])
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
-    return run_dir
-
+    return train_smoke_cell(tmp_path_factory.mktemp("probe") / "cell", "sparse-point-robot", "pearl")
 
 def test_probe_on_a_smoke_cell(pearl_cell, tmp_path):
     out = tmp_path / "out"
