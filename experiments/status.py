@@ -2,7 +2,7 @@
 
     python -m experiments.status                                   # every run under benchmarks/ and runs/
     python -m experiments.status benchmarks/dev/cheetah-split-default runs/point-robot
-    python -m experiments.status --all                             # finished runs too
+    python -m experiments.status --all                             # lost and finished runs too
 
 A run is any directory with a ``config.json`` (a benchmark cell or an ``experiments.run`` run directory). It reads
 only what runs write as they go (``metrics.jsonl`` after every iteration, ``checkpoint.pt``, ``results.json`` at the
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.status", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="*", default=list(DEFAULT_ROOTS), help="folders to search for runs")
-    parser.add_argument("--all", action="store_true", help="list finished runs too")
+    parser.add_argument("--all", action="store_true", help="list lost and finished runs too")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     missing = [root for root in args.roots if not Path(root).exists()]
@@ -111,10 +111,17 @@ def main(argv=None) -> int:
     now = datetime.now(timezone.utc)
     running = running_run_dirs()
     statuses = [run_status(run_dir, running, now) for run_dir in find_runs([Path(r) for r in args.roots])]
+    # a lost run is usually one stopped on purpose long ago (or one a runner restarts from scratch): counted, not listed
+    lost = sum(s["state"] == "lost" for s in statuses)
     if not args.all:
-        statuses = [s for s in statuses if s["state"] != "finished"]
+        statuses = [s for s in statuses if s["state"] in ("running", "resumable")]
     statuses.sort(key=lambda s: STATE_ORDER.index(s["state"]))  # stable: by path within a state
-    print(json.dumps(statuses, indent=1) if args.json else (render(statuses) if statuses else "no unfinished runs"))
+    if args.json:
+        print(json.dumps(statuses, indent=1))
+        return 0
+    print(render(statuses) if statuses else "no running or resumable runs")
+    if lost and not args.all:
+        print(f"{lost} lost run(s) not listed (stopped before a checkpoint, or the checkpoint is gone): --all lists them")
     return 0
 
 

@@ -49,15 +49,22 @@ def test_running_runs_are_found_from_process_command_lines(tmp_path):
     assert status.running_run_dirs(proc) == {Path("/x/cells/a").resolve()}
 
 
-def test_cli_lists_unfinished_runs(tmp_path, capsys):
-    make_run(tmp_path / "cells" / "a", [300.0, 400.0])
+def test_cli_lists_running_and_resumable_runs_and_counts_lost_ones(tmp_path, capsys):
+    make_run(tmp_path / "cells" / "a", [300.0, 400.0])                      # no checkpoint, no process: lost
+    resumable = make_run(tmp_path / "cells" / "c", [300.0, 400.0, 500.0])
+    (resumable / "checkpoint.pt").write_bytes(b"")
     finished = make_run(tmp_path / "cells" / "b", [300.0])
     (finished / "results.json").write_text("{}")
     assert status.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "cells/a" in out and "cells/b" not in out and "| lost | 2/20 |" in out
+    assert "cells/c" in out and "| resumable | 3/20 |" in out
+    assert "cells/a" not in out and "cells/b" not in out
+    assert "1 lost run(s) not listed" in out
     assert status.main([str(tmp_path), "--all", "--json"]) == 0
-    assert [s["state"] for s in json.loads(capsys.readouterr().out)] == ["lost", "finished"]
+    assert [s["state"] for s in json.loads(capsys.readouterr().out)] == ["resumable", "lost", "finished"]
+    assert status.main([str(tmp_path), "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "| lost | 2/20 |" in out and "not listed" not in out
 
 
 def test_a_missing_folder_is_named(tmp_path, capsys):
