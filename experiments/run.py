@@ -35,9 +35,8 @@ def main(argv=None) -> int:
     from algos.core.trainer import Trainer, build_config
     try:
         if args.resume:
-            if args.overrides:
-                raise ConfigError("--resume continues a run with its saved config; --set is not allowed with it")
-            trainer = Trainer.from_run_dir(args.resume, progress=not args.no_progress)
+            # only how fast it continues may change (num_threads, device): Trainer.from_run_dir refuses the rest
+            trainer = Trainer.from_run_dir(args.resume, progress=not args.no_progress, overrides=args.overrides)
             resume = trainer.checkpoint_path.exists()
         else:
             if not args.env or not args.algo:

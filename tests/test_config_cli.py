@@ -172,7 +172,22 @@ def test_cli_resume_missing_dir(capsys, tmp_path):
 
 def test_cli_resume_rejects_set(capsys, tmp_path):
     code, _, err = run_cli(capsys, ["--resume", str(tmp_path), "--set", "num_iterations=3"])
-    assert code == 2 and "--set" in err
+    assert code == 2 and "num_iterations cannot be changed" in err
+
+
+def test_cli_resume_may_change_only_the_thread_count(capsys, tmp_path):
+    """A resumed run may continue on more threads (what it computes stays its saved config's)."""
+    run_dir = tmp_path / "run"
+    code, _, _ = run_cli(capsys, ["--env", "point-robot", "--algo", "sac-no-context", *BASE, "--run-dir", str(run_dir),
+                                  "--set", "num_iterations=1"])
+    assert code == 0
+    first = json.loads((run_dir / "results.json").read_text())
+    code, _, err = run_cli(capsys, ["--resume", str(run_dir), "--no-progress", "--set", "num_threads=2"])
+    assert code == 0, err
+    assert json.loads((run_dir / "config.json").read_text())["num_threads"] == 2
+    assert json.loads((run_dir / "results.json").read_text())["meta_test_return"] == first["meta_test_return"]
+    code, _, err = run_cli(capsys, ["--resume", str(run_dir), "--no-progress", "--set", "num_threads=1", "lr=0.1"])
+    assert code == 2 and "lr cannot be changed" in err
 
 
 def test_set_takes_several_overrides_at_once_or_repeated():

@@ -32,6 +32,8 @@ class ConfigError(ValueError):
 
 # keys that say where and how fast a run computes, not what it computes
 NON_SEMANTIC_KEYS = frozenset({"num_threads", "run_dir", "run_root", "device"})
+# of those, the ones a resumed run may change (``--resume RUN_DIR --set num_threads=2``): how fast it continues
+RESUME_OVERRIDABLE_KEYS = frozenset({"num_threads", "device"})
 DEVICES = ("auto", "cpu", "cuda")
 MAX_ITERATIONS = 1_000_000  # the protocol runs 20; anything near this is a typo, not an experiment
 

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 import envs_glue
 from algos import algorithm_class
-from algos.core.config import (ConfigError, ProtocolConfig, RunConfig, apply_overrides, flatten_config,
-                               protocol_for, to_dict, upgrade_flat_config, upgrade_saved_config)
+from algos.core.config import (RESUME_OVERRIDABLE_KEYS, ConfigError, ProtocolConfig, RunConfig, apply_overrides,
+                               flatten_config, protocol_for, to_dict, upgrade_flat_config, upgrade_saved_config)
 from algos.core.device import resolve_bf16, resolve_device, tune_cpu_allocator, warn_if_slow
 from algos.core.evaluation import EvalResult, evaluate
 from algos.core.sampler import num_eval_episodes
@@ -253,10 +253,17 @@ class Trainer:
         self.git_commits = [git_commit()]
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path | str, progress: bool = True, load_weights: bool = False) -> "Trainer":
+    def from_run_dir(cls, run_dir: Path | str, progress: bool = True, load_weights: bool = False,
+                     overrides: list[str] | None = None) -> "Trainer":
         """The run in ``run_dir``, rebuilt from its ``config.json``: ``run(resume=True)`` continues it from its
         checkpoint. With ``load_weights`` the checkpoint's weights and replay buffers are loaded now, read-only
-        (for analysis: the run's files and torch's global random state are left alone)."""
+        (for analysis: the run's files and torch's global random state are left alone). ``overrides`` may change
+        only how fast the run computes (``RESUME_OVERRIDABLE_KEYS``: threads, device), never what it computes."""
+        refused = [key for key in (item.split("=", 1)[0].strip() for item in overrides or [])
+                   if key not in RESUME_OVERRIDABLE_KEYS]
+        if refused:
+            raise ConfigError(f"a run continues with its saved config: {', '.join(refused)} cannot be changed (only "
+                              f"{', '.join(sorted(RESUME_OVERRIDABLE_KEYS))} can)")
         if run_dir is None:
             raise FileNotFoundError("no run directory given (and no run was found): train one first, e.g. "
                                     "python -m experiments.run --env point-robot --algo setformer --tier quick")
@@ -274,6 +281,8 @@ class Trainer:
                    "the run has not completed an iteration yet, or it was interrupted before its first checkpoint")
             raise FileNotFoundError(f"no checkpoint.pt in {run_dir}: {why}")
         config = config_from_dict(read_json(config_path, what="run config"))
+        if overrides:
+            apply_overrides(config, overrides)
         trainer = cls(config, run_dir=run_dir, progress=progress)
         if load_weights:
             trainer.load_checkpoint(for_resume=False)
