@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from datetime import datetime, timedelta, timezone
@@ -50,7 +51,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def running_run_dirs(proc: Path = Path("/proc")) -> set[Path]:
-    """Run directories named by ``--run-dir`` on a live process's command line (Linux; empty elsewhere)."""
+    """Run directories named by ``--run-dir`` or ``--resume`` on a live process's command line (Linux; empty
+    elsewhere). A relative path is taken as relative to that process's working directory."""
     held = set()
     for cmdline in proc.glob("[0-9]*/cmdline"):
         try:
@@ -58,8 +60,14 @@ def running_run_dirs(proc: Path = Path("/proc")) -> set[Path]:
         except OSError:  # the process ended while we looked
             continue
         for flag, value in zip(args, args[1:]):
-            if flag == b"--run-dir" and value:
-                held.add(Path(value.decode(errors="replace")).resolve())
+            if flag in (b"--run-dir", b"--resume") and value:
+                path = Path(value.decode(errors="replace"))
+                if not path.is_absolute():
+                    try:
+                        path = Path(os.readlink(cmdline.parent / "cwd")) / path
+                    except OSError:  # not ours to read, or gone: take it as relative to here
+                        pass
+                held.add(path.resolve())
     return held
 
 

@@ -46,7 +46,10 @@ def test_running_runs_are_found_from_process_command_lines(tmp_path):
     (proc / "123" / "cmdline").write_bytes(b"python\0-m\0experiments.run\0--run-dir\0/x/cells/a\0--no-progress\0")
     (proc / "124").mkdir()
     (proc / "124" / "cmdline").write_bytes(b"bash\0")
-    assert status.running_run_dirs(proc) == {Path("/x/cells/a").resolve()}
+    (proc / "125").mkdir()
+    (proc / "125" / "cmdline").write_bytes(b"python\0-m\0experiments.run\0--resume\0cells/b\0")
+    (proc / "125" / "cwd").symlink_to(tmp_path / "work")   # a relative path is the process's, not ours
+    assert status.running_run_dirs(proc) == {Path("/x/cells/a").resolve(), (tmp_path / "work" / "cells" / "b").resolve()}
 
 
 def test_cli_lists_running_and_resumable_runs_and_counts_lost_ones(tmp_path, capsys):
