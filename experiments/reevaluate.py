@@ -72,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--root", default=str(REPO_ROOT / "benchmarks"),
                         help="benchmark root holding <tier>/cells (default: benchmarks/)")
+    parser.add_argument("--carry-from", metavar="ROOT",
+                        help="another benchmark root whose re-evaluations of these cells to take over, for cells moved "
+                             "from there to --root (entries are taken only where they describe the cell now here)")
     args = parser.parse_args(argv)
     if args.variants is None:
         args.variants = ([[name, *overrides] for name, overrides in SETFORMER_VARIANTS.items()]
@@ -176,6 +179,32 @@ def entries_describe(entries: dict, results: dict) -> bool:
     return True
 
 
+def carry_over(source: Path, tier_dir: Path, algo: str, variants: dict, envs: list[str], seeds: list[int],
+               cells: dict, own_embedding: dict) -> list[str]:
+    """Take over ``source``'s re-evaluations (a ``reevaluations_<algo>.json``) of cells that moved into ``tier_dir``,
+    into ``cells`` and ``own_embedding``: only entries that describe the cell now in ``tier_dir`` (same commit and
+    finish time), so a cell rerun since is re-evaluated instead. Returns the cells taken over."""
+    other = read_json(source, what="re-evaluation results to carry over")
+    if other.get("algo") != algo or other.get("variants") != variants:
+        raise SystemExit(f"{source} holds re-evaluations of {other.get('algo')!r} under variants "
+                         f"{sorted(other.get('variants', {}))}, not {algo!r} under {sorted(variants)}: nothing to carry")
+    carried = []
+    for env in envs:
+        for seed in seeds:
+            entries = other.get("cells", {}).get(env, {}).get(str(seed))
+            results_path = cell_dir(tier_dir, env, algo, seed) / "results.json"
+            if not entries or not results_path.exists():
+                continue
+            if not entries_describe(entries, read_json(results_path, what="cell results")):
+                continue
+            cells.setdefault(env, {})[str(seed)] = entries
+            own = other.get("own_embedding", {}).get(env, {}).get(str(seed))
+            if own is not None:
+                own_embedding.setdefault(env, {})[str(seed)] = own
+            carried.append(f"{env} seed {seed}")
+    return carried
+
+
 def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, threads: int) -> dict:
     recorded = read_json(run_dir / "results.json", what="cell results")
     trainer = load_run(run_dir)
@@ -278,6 +307,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"{json_path} holds re-evaluations of {previous.get('algo')!r}, not {args.algo!r}")
     cells = previous.get("cells", {}) if previous.get("variants") == variants else {}
     own_embedding = previous.get("own_embedding", {})
+    if args.carry_from:
+        source, _ = reevaluation_paths(Path(args.carry_from) / args.tier, args.algo)
+        carried = carry_over(source, tier_dir, args.algo, variants, args.envs, args.seeds, cells, own_embedding)
+        print(f"carried over from {source}: {', '.join(carried) or 'nothing'}")
     report = {"algo": args.algo, "tier": args.tier, "envs": args.envs, "seeds": args.seeds, "variants": variants,
               "cells": cells, "own_embedding": own_embedding}
 
