@@ -32,9 +32,12 @@ from algos.core.config import NON_SEMANTIC_KEYS
 from envs_glue import ENV_SPECS
 from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, config_changes,
                                 lock_tier_dir, make_runner)
-from experiments.report import (DASH, ENV_ORDER, display_path, final_eval_value, fmt, format_delta,
-                                format_commits, format_mean_std, format_paired_test, mean_std, ordered, paired_test, provenance,
-                                report_heading, run_code_changes, table, unique, write_json_and_markdown)
+from algos.core.io import REPO_ROOT, read_json
+from experiments.report import (DASH, ENV_ORDER, descends_from, display_path, final_eval_value, fmt, format_delta,
+                                format_commits, format_mean_std, format_paired_test, mean_std, ordered, paired_test,
+                                provenance, report_heading, run_code_changes, short_commit, table, unique,
+                                write_json_and_markdown)
+from experiments.rerun_check import RERUN_CHECKS_FILE
 from experiments.results_table import collect_cells, render_tier
 
 ALGO = "setformer"
@@ -243,7 +246,9 @@ def render_markdown(report: dict) -> str:
             if code_changes:
                 notes.append(f"{name}: its cells and the full method's ran different code (`git diff` of their "
                              f"commits touches {', '.join(f'`{f}`' for f in code_changes)}), so the Δ holds whatever "
-                             f"else those changes did; check that they left the full method's computation alone.")
+                             f"else those changes did; "
+                             + rerun_check_sentence(report.get("rerun_checks", {}), env, full, both,
+                                                    f"{report['full_dir']}/{RERUN_CHECKS_FILE}"))
             unpaired = sorted(s for s, r in records.items() if "full_meta_test_return" not in r)
             if unpaired:
                 notes.append(f"{name}: no full-method cell for seed(s) {', '.join(map(str, unpaired))}, so no Δ "
@@ -258,6 +263,38 @@ def render_markdown(report: dict) -> str:
         if notes:
             parts += [*(f"- {note}" for note in notes), ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def rerun_check_sentence(checks: dict, env: str, full: dict, commits: list[str], checks_file: str,
+                         repo: Path = REPO_ROOT) -> str:
+    """What ``experiments.rerun_check`` found for the full method's cells of ``env`` (the cells the note is
+    about), as the end of a note on code that changed between an ablation's cells and the full method's."""
+    full = {int(seed): record for seed, record in full.items()}
+    found = {}
+    for entry in checks.values():
+        seed = entry.get("seed")
+        if (entry.get("env") == env and entry.get("algo") == ALGO and seed in full
+                and entry.get("cell_commit") == full[seed].get("git_commit")):
+            found[seed] = entry
+    if not found:
+        return ("check that they left the full method's computation alone (`python -m experiments.rerun_check` on "
+                "its cells does).")
+    differing = sorted(s for s, e in found.items() if not e["identical"])
+    if differing:
+        return (f"**a rerun check of the full method's cells differs for seed(s) {', '.join(map(str, differing))}** "
+                f"(`{checks_file}`): the changes may have moved its numbers.")
+    checked_at = unique(e["checked_at_commit"] for e in found.values())
+    iterations = min(e["iterations"] for e in found.values())
+    unchecked = sorted(set(full) - set(found))
+    sentence = (f"the code at {' / '.join(f'`{short_commit(c)}`' for c in checked_at)} reproduces the full method's "
+                f"cells ({', '.join(f'seed {s}' for s in sorted(found))}) bit for bit over their first {iterations} "
+                f"iteration(s) (`{checks_file}`)")
+    if all(descends_from(c, commits, repo) for c in checked_at):
+        sentence += (", and it descends from every commit here, so the changes left the full method's computation "
+                     "alone over those iterations")
+    if unchecked:
+        sentence += f"; seed(s) {', '.join(map(str, unchecked))} not checked"
+    return sentence + "."
 
 
 def build_report(out: Path, full_root: Path, tier: str, command: str) -> dict:
@@ -275,9 +312,11 @@ def build_report(out: Path, full_root: Path, tier: str, command: str) -> dict:
                   for c in full_cells if c["algo"] == ALGO and c["env"] == env} for env in ordered(envs, ENV_ORDER)}
     seeds = sorted({s for by_env in results.values() for entry in by_env.values() for s in entry["seeds"]}
                    | {s for by_seed in full.values() for s in by_seed})
+    checks_path = full_root / tier / "rerun_checks.json"
+    checks = read_json(checks_path, what="rerun checks")["checks"] if checks_path.exists() else {}
     return {"tier": tier, **provenance(command), "full_dir": display_path(full_root / tier),
             "ablations": ablations, "envs": ordered(envs, ENV_ORDER), "seeds": seeds, "full": full,
-            "results": results, "notes": problems}
+            "results": results, "rerun_checks": checks, "notes": problems}
 
 
 def write_report(out: Path, report: dict) -> Path:

@@ -104,6 +104,21 @@ def run_code_changes(commits: Iterable[str], repo: Path = REPO_ROOT) -> list[str
     return sorted(changed)
 
 
+def descends_from(commit: str, ancestors: Iterable[str], repo: Path = REPO_ROOT) -> bool:
+    """Whether ``commit`` has every one of ``ancestors`` in its history (``False`` where git cannot tell)."""
+    for ancestor in ancestors:
+        if any(not c or c == "unknown" or c.endswith("-dirty") for c in (commit, ancestor)):
+            return False
+        try:
+            out = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=repo,
+                                 capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        if out.returncode:
+            return False
+    return True
+
+
 def run_code_verdict(commits: Iterable[str | None], repo: Path = REPO_ROOT) -> str:
     """For cells at several commits: ``same run code``, ``run code differs: <files>``, or that git cannot tell
     (``RUN_CODE_PATHS``); empty for one commit or none."""

@@ -10,9 +10,10 @@ import torch
 
 from algos.core.agent import MetaAgent
 from algos.core.trainer import Trainer, build_config
+from experiments.rerun_check import TIMING_METRICS
 
 # Keys of a metrics row that legitimately differ between two identical runs.
-NONDETERMINISTIC_KEYS = {"wall_time_s"}
+NONDETERMINISTIC_KEYS = TIMING_METRICS
 
 
 @pytest.fixture(autouse=True)

@@ -132,6 +132,27 @@ def test_commits_are_compared_by_the_code_a_run_imports(tmp_path):
     assert format_commits([first, "0" * 40], tmp_path).endswith("(differs between cells; git cannot compare them here)")
     assert format_commits([None], tmp_path) == "—"
 
+    # a rerun check of the full method's cells (experiments.rerun_check) answers the question the note raises
+    from experiments.ablations import rerun_check_sentence
+    from experiments.report import descends_from
+    assert descends_from(code, [first, docs], tmp_path) and not descends_from(first, [code], tmp_path)
+    assert not descends_from(code + "-dirty", [first], tmp_path)
+    full = {42: {"git_commit": first}, "123": {"git_commit": first}}
+    check = {"env": "point-robot", "algo": "setformer", "cell_commit": first, "checked_at_commit": code,
+             "iterations": 2, "identical": True}
+    checks = {"a": {**check, "seed": 42}}
+    sentence = rerun_check_sentence(checks, "point-robot", full, [first, docs], "Q.md", tmp_path)
+    assert sentence.startswith(f"the code at `{code[:7]}` reproduces the full method's cells (seed 42) bit for bit")
+    assert "descends from every commit here" in sentence and sentence.endswith("seed(s) 123 not checked.")
+    checks["b"] = {**check, "seed": 123, "checked_at_commit": first}  # not a descendant of `docs`
+    assert "descends" not in rerun_check_sentence(checks, "point-robot", full, [first, docs], "Q.md", tmp_path)
+    checks["b"]["identical"] = False
+    assert "differs for seed(s) 123" in rerun_check_sentence(checks, "point-robot", full, [first], "Q.md", tmp_path)
+    # a check of another environment, or of a cell at another commit, says nothing about these cells
+    assert rerun_check_sentence(checks, "cheetah-vel", full, [first], "Q.md", tmp_path).startswith("check that")
+    stale = {"c": {**check, "seed": 42, "cell_commit": docs}}
+    assert rerun_check_sentence(stale, "point-robot", full, [first], "Q.md", tmp_path).startswith("check that")
+
 
 def test_unknown_ablation_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):

@@ -1,0 +1,191 @@
+"""Does the code today still compute what a finished cell computed? Rerun the cell's first iterations from its saved
+config at the current commit and compare every logged number with its metrics.jsonl, bit for bit.
+
+    python -m experiments.rerun_check benchmarks/quick/cells/sparse-point-robot/setformer/42 --iterations 2
+    python -m experiments.rerun_check benchmarks/quick/cells/point-robot/setformer/* --out benchmarks/quick
+
+A table that pairs cells run at different commits (an ablation and the full method's cells, say) holds only if
+the commits in between left the shared computation alone. ``git diff`` says which files changed, not whether the
+numbers did; this does. Training is deterministic for a given seed, config, thread count and CPU kind (the test
+suite checks it), so a rerun that matches every loss, Q-value and evaluation return of the first iterations ran
+the same math: the losses depend on every weight, batch and collected transition so far. A mismatch names the
+first differing number. It can also come from a different CPU kind than the cell ran on (its results.json and the
+report record both), so a mismatch is a question, a match an answer.
+
+What a rerun leaves out: the later iterations (a change that acts only after them, e.g. at a learning-rate
+milestone, is not seen) and the low-noise final evaluation (``final_eval_repeats`` is 0 here). Timings
+(``TIMING_METRICS``) are not compared.
+
+The results accumulate in ``<out>/rerun_checks.json`` and ``RERUN_CHECKS.md`` (default ``<out>``: the tier
+folder the first cell lies in), one entry per cell, the latest check replacing an older one.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from algos.core.config import ConfigError
+from algos.core.io import read_json
+from experiments.report import (DASH, display_path, provenance, report_heading, short_commit, table,
+                                write_json_and_markdown)
+
+DEFAULT_ITERATIONS = 2
+# the metrics.jsonl keys that measure time, not what was computed: a rerun of the same run repeats every other one
+TIMING_METRICS = frozenset({"wall_time_s"})
+RERUN_CHECKS_FILE = "RERUN_CHECKS.md"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.rerun_check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cells", nargs="+", help="finished cell folders (config.json, metrics.jsonl, results.json)")
+    parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                        help=f"iterations to rerun and compare (default: {DEFAULT_ITERATIONS})")
+    parser.add_argument("--out", help="writes <out>/rerun_checks.json and RERUN_CHECKS.md (default: the tier folder "
+                                      "of the first cell, <tier>/cells/<env>/<algo>/<seed> -> <tier>)")
+    args = parser.parse_args(argv)
+    if args.iterations < 1:
+        parser.error(f"--iterations must be at least 1, got {args.iterations}")
+    return args
+
+
+def is_timing(key: str) -> bool:
+    return key in TIMING_METRICS
+
+
+def same_number(recorded, rerun) -> bool:
+    if isinstance(recorded, float) and isinstance(rerun, float) and math.isnan(recorded) and math.isnan(rerun):
+        return True
+    return recorded == rerun
+
+
+def compare_rows(recorded: list[dict], rerun: list[dict]) -> dict:
+    """Every non-timing number of each recorded row against the rerun's row of the same iteration. Keys the
+    rerun logs that the recorded row lacks (e.g. an evaluation forced at the rerun's last iteration) are not
+    compared: they count only as ``extra``."""
+    compared, mismatches, extra = 0, [], []
+    for old, new in zip(recorded, rerun):
+        for key, value in old.items():
+            if is_timing(key):
+                continue
+            compared += 1
+            if key not in new:
+                mismatches.append({"iteration": old.get("iteration"), "key": key, "recorded": value, "rerun": None})
+            elif not same_number(value, new[key]):
+                mismatches.append({"iteration": old.get("iteration"), "key": key, "recorded": value,
+                                   "rerun": new[key]})
+        extra += [f"{new.get('iteration')}:{k}" for k in new if k not in old and not is_timing(k)]
+    return {"numbers_compared": compared, "identical": not mismatches and compared > 0,
+            "mismatches": mismatches[:20], "mismatch_count": len(mismatches), "extra_keys": extra}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    import json
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise ConfigError(f"{path} line {number} is not JSON: the metrics file is corrupt") from None
+    return rows
+
+
+def check_cell(cell: Path, iterations: int) -> dict:
+    """Rerun ``cell``'s first ``iterations`` from its saved config in a scratch folder and compare."""
+    from algos.core.trainer import Trainer, config_from_dict
+
+    for name in ("config.json", "metrics.jsonl", "results.json"):
+        if not (cell / name).exists():
+            raise FileNotFoundError(f"{cell} holds no {name}: not a finished cell (rerun_check needs all three)")
+    results = read_json(cell / "results.json", what="cell results")
+    recorded = read_metrics(cell / "metrics.jsonl")
+    if len(recorded) < iterations:
+        raise ConfigError(f"{cell} logged {len(recorded)} iteration(s), fewer than --iterations {iterations}")
+    config = config_from_dict(read_json(cell / "config.json", what="run config"))
+    config.protocol.num_iterations = iterations
+    config.protocol.final_eval_repeats = 0
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rerun-check-") as scratch:
+        trainer = Trainer(config, run_dir=Path(scratch) / "run", progress=False)
+        trainer.run(resume=False)
+        rerun = read_metrics(Path(scratch) / "run" / "metrics.jsonl")
+    return {"cell": display_path(cell), "env": results.get("env"), "algo": results.get("algo"),
+            "seed": results.get("seed"), "cell_commit": results.get("git_commit"),
+            "cell_cpu": (results.get("machine") or {}).get("cpu"), "iterations": iterations,
+            "rerun_wall_time_s": time.perf_counter() - started,
+            **compare_rows(recorded[:iterations], rerun[:iterations])}
+
+
+def default_out(cell: Path) -> Path:
+    # <tier>/cells/<env>/<algo>/<seed>
+    parents = cell.resolve().parents
+    return parents[3] if len(parents) > 3 and parents[2].name == "cells" else cell.resolve().parent
+
+
+def verdict(entry: dict) -> str:
+    if entry["identical"]:
+        return f"**identical** ({entry['numbers_compared']} numbers)"
+    first = entry["mismatches"][0] if entry["mismatches"] else {}
+    return (f"**differs**: {entry['mismatch_count']} of {entry['numbers_compared']} numbers, first at iteration "
+            f"{first.get('iteration')} `{first.get('key')}` (recorded {first.get('recorded')}, rerun "
+            f"{first.get('rerun')})")
+
+
+def render_markdown(report: dict) -> str:
+    rows = [[f"`{e['cell']}`", short_commit(e.get("cell_commit")), short_commit(e.get("checked_at_commit")),
+             e.get("cell_cpu") or DASH, e.get("checked_on_cpu") or DASH, str(e["iterations"]), verdict(e),
+             e.get("checked_at") or DASH]
+            for e in sorted(report["checks"].values(), key=lambda e: e["cell"])]
+    return "\n".join([
+        *report_heading("Rerun checks: does today's code compute what the cells computed?", report),
+        "Each cell's first iterations rerun from its saved config (same seed and thread count; no final evaluation) "
+        "and every logged number except timings compared with its `metrics.jsonl`, bit for bit "
+        "(`experiments/rerun_check.py` says what a match does and does not show). *identical* means the code at "
+        "*checked at* computes what the code at *cell commit* computed for those iterations. A mismatch on "
+        "another CPU kind than the cell's may be the CPU, not the code. The heading names the last invocation; each "
+        "row its own commit and date.",
+        "",
+        table(["cell", "cell commit", "checked at", "cell CPU", "checked on", "iterations", "verdict", "when"], rows),
+        "",
+    ])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cells = [Path(c) for c in args.cells]
+    missing = [str(c) for c in cells if not c.is_dir()]
+    if missing:
+        print(f"error: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else default_out(cells[0])
+    json_path = out / "rerun_checks.json"
+    command = shlex.join(["python", "-m", "experiments.rerun_check", *(sys.argv[1:] if argv is None else argv)])
+    previous = read_json(json_path, what="rerun checks") if json_path.exists() else {}
+    report = {**provenance(command), "checks": dict(previous.get("checks", {}))}
+    code = 0
+    for cell in cells:
+        try:
+            entry = check_cell(cell, args.iterations)
+        except (ConfigError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            code = 2
+            continue
+        entry.update(checked_at_commit=report["git_commit"], checked_on_cpu=report["machine"].get("cpu"),
+                     checked_at=report["generated_at"])
+        report["checks"][entry["cell"]] = entry
+        print(f"{entry['cell']}: {verdict(entry)}")
+        if not entry["identical"]:
+            code = max(code, 1)
+        # after every cell, so a long invocation that is killed keeps what it checked
+        write_json_and_markdown(json_path, report, out / RERUN_CHECKS_FILE, render_markdown(report))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
