@@ -418,6 +418,8 @@ COMPANIONS = {
     "../ablations/ABLATIONS_{tier}.md": "setformer retrained with one switch flipped, paired seed by seed",
     "../baselines-lr1e-3/{tier}/RESULTS.md": "baselines rerun at lr 1e-3 (setformer's lr until it took the baselines' 3e-4), same budget",
     "../THROUGHPUT.md": "gradient steps/s, environment steps/s and adapt() latency, one controlled run",
+    "RERUN_CHECKS.md": "cells' first iterations rerun at a later commit and compared bit for bit: whether the code "
+                       "changes between cells (the Code line) changed what they compute",
 }
 
 

@@ -227,6 +227,7 @@ def test_renderer_links_the_companion_files_that_exist(synthetic_summary, tmp_pa
     tier_dir = tmp_path / "quick"
     tier_dir.mkdir()
     (tier_dir / "REEVALUATIONS_setformer.md").write_text("# Re-evaluations\n")
+    (tier_dir / "RERUN_CHECKS.md").write_text("# Rerun checks\n")
     (tmp_path / "ablations").mkdir()
     (tmp_path / "ablations" / "ABLATIONS_quick.md").write_text("# Training ablations\n")
     (tmp_path / "ablations" / "ABLATIONS_benchmark.md").write_text("# another tier's\n")
@@ -234,6 +235,7 @@ def test_renderer_links_the_companion_files_that_exist(synthetic_summary, tmp_pa
     see_also = next(line for line in markdown_path.read_text().splitlines() if line.startswith("**See also.**"))
     assert "[REEVALUATIONS_setformer.md](REEVALUATIONS_setformer.md)" in see_also
     assert "REEVALUATIONS_pearl" not in see_also          # no PEARL re-evaluation here: not linked
+    assert "[RERUN_CHECKS.md](RERUN_CHECKS.md)" in see_also
     assert "[../ablations/ABLATIONS_quick.md](../ablations/ABLATIONS_quick.md)" in see_also  # this tier's only
     assert "ABLATIONS_benchmark" not in see_also
     assert "THROUGHPUT" not in see_also                   # no ../THROUGHPUT.md here: not linked
