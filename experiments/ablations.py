@@ -245,8 +245,7 @@ def render_markdown(report: dict) -> str:
             code_changes = run_code_changes(both) if len(both) > 1 else []
             if code_changes:
                 notes.append(f"{name}: its cells and the full method's ran different code (`git diff` of their "
-                             f"commits touches {', '.join(f'`{f}`' for f in code_changes)}), so the Δ holds whatever "
-                             f"else those changes did; "
+                             f"commits touches {', '.join(f'`{f}`' for f in code_changes)}); "
                              + rerun_check_sentence(report.get("rerun_checks", {}), env, full, both,
                                                     f"{report['full_dir']}/{RERUN_CHECKS_FILE}"))
             unpaired = sorted(s for s, r in records.items() if "full_meta_test_return" not in r)
@@ -277,18 +276,18 @@ def rerun_check_sentence(checks: dict, env: str, full: dict, commits: list[str],
                 and entry.get("cell_commit") == full[seed].get("git_commit")):
             found[seed] = entry
     if not found:
-        return ("check that they left the full method's computation alone (`python -m experiments.rerun_check` on "
-                "its cells does).")
+        return ("so the Δ holds whatever else those changes did: check that they left the full method's computation "
+                "alone (`python -m experiments.rerun_check` on its cells does).")
     differing = sorted(s for s, e in found.items() if not e["identical"])
     if differing:
         return (f"**a rerun check of the full method's cells differs for seed(s) {', '.join(map(str, differing))}** "
-                f"(`{checks_file}`): the changes may have moved its numbers.")
+                f"(`{checks_file}`): the changes may have moved its numbers, and the Δ holds whatever they did.")
     checked_at = unique(e["checked_at_commit"] for e in found.values())
     iterations = min(e["iterations"] for e in found.values())
     unchecked = sorted(set(full) - set(found))
     sentence = (f"the code at {' / '.join(f'`{short_commit(c)}`' for c in checked_at)} reproduces the full method's "
                 f"cells ({', '.join(f'seed {s}' for s in sorted(found))}) bit for bit over their first {iterations} "
-                f"iteration(s) (`{checks_file}`)")
+                f"iteration{'s' if iterations > 1 else ''} (`{checks_file}`)")
     if all(descends_from(c, commits, repo) for c in checked_at):
         sentence += (", and it descends from every commit here, so the changes left the full method's computation "
                      "alone over those iterations")

@@ -149,9 +149,9 @@ def test_commits_are_compared_by_the_code_a_run_imports(tmp_path):
     checks["b"]["identical"] = False
     assert "differs for seed(s) 123" in rerun_check_sentence(checks, "point-robot", full, [first], "Q.md", tmp_path)
     # a check of another environment, or of a cell at another commit, says nothing about these cells
-    assert rerun_check_sentence(checks, "cheetah-vel", full, [first], "Q.md", tmp_path).startswith("check that")
+    assert rerun_check_sentence(checks, "cheetah-vel", full, [first], "Q.md", tmp_path).startswith("so the Δ holds")
     stale = {"c": {**check, "seed": 42, "cell_commit": docs}}
-    assert rerun_check_sentence(stale, "point-robot", full, [first], "Q.md", tmp_path).startswith("check that")
+    assert rerun_check_sentence(stale, "point-robot", full, [first], "Q.md", tmp_path).startswith("so the Δ holds")
 
 
 def test_unknown_ablation_is_refused_by_name(capsys):
