@@ -33,6 +33,7 @@ from algos.core.config import ConfigError
 from algos.core.io import read_json
 from experiments.report import (DASH, display_path, provenance, report_heading, short_commit, table,
                                 write_json_and_markdown)
+from experiments.status import read_metrics
 
 DEFAULT_ITERATIONS = 2
 # the metrics.jsonl keys that measure time, not what was computed: a rerun of the same run repeats every other one
@@ -84,18 +85,6 @@ def compare_rows(recorded: list[dict], rerun: list[dict]) -> dict:
             "mismatches": mismatches[:20], "mismatch_count": len(mismatches), "extra_keys": extra}
 
 
-def read_metrics(path: Path) -> list[dict]:
-    import json
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise ConfigError(f"{path} line {number} is not JSON: the metrics file is corrupt") from None
-    return rows
-
-
 def check_cell(cell: Path, iterations: int) -> dict:
     """Rerun ``cell``'s first ``iterations`` from its saved config in a scratch folder and compare."""
     from algos.core.trainer import Trainer, config_from_dict
@@ -104,7 +93,7 @@ def check_cell(cell: Path, iterations: int) -> dict:
         if not (cell / name).exists():
             raise FileNotFoundError(f"{cell} holds no {name}: not a finished cell (rerun_check needs all three)")
     results = read_json(cell / "results.json", what="cell results")
-    recorded = read_metrics(cell / "metrics.jsonl")
+    recorded = read_metrics(cell, strict=True)
     if len(recorded) < iterations:
         raise ConfigError(f"{cell} logged {len(recorded)} iteration(s), fewer than --iterations {iterations}")
     config = config_from_dict(read_json(cell / "config.json", what="run config"))
@@ -114,7 +103,7 @@ def check_cell(cell: Path, iterations: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="rerun-check-") as scratch:
         trainer = Trainer(config, run_dir=Path(scratch) / "run", progress=False)
         trainer.run(resume=False)
-        rerun = read_metrics(Path(scratch) / "run" / "metrics.jsonl")
+        rerun = read_metrics(Path(scratch) / "run", strict=True)
     return {"cell": display_path(cell), "env": results.get("env"), "algo": results.get("algo"),
             "seed": results.get("seed"), "cell_commit": results.get("git_commit"),
             "cell_cpu": (results.get("machine") or {}).get("cpu"), "iterations": iterations,

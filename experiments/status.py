@@ -24,6 +24,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from algos.core.config import ConfigError
 from experiments.report import DASH, display_path, fmt, table
 
 DEFAULT_ROOTS = ("benchmarks", "runs")
@@ -37,15 +38,18 @@ def find_runs(roots: list[Path]) -> list[Path]:
     return sorted(runs)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The run's per-iteration rows; a torn last line (a write in progress) is skipped."""
+def read_metrics(run_dir: Path, strict: bool = False) -> list[dict]:
+    """The run's per-iteration rows; a torn last line (a write in progress) is skipped, or with ``strict`` (a
+    finished run, whose file must be whole) any line that is not JSON is a ``ConfigError`` naming it."""
     rows = []
     path = run_dir / "metrics.jsonl"
     if path.exists():
-        for line in path.read_text().splitlines():
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
             try:
                 rows.append(json.loads(line))
             except ValueError:
+                if strict and line.strip():
+                    raise ConfigError(f"{path} line {number} is not JSON: the metrics file is corrupt") from None
                 continue
     return rows
 

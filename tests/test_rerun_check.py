@@ -67,3 +67,9 @@ def test_bad_input_fails_with_a_clear_error(smoke_cell, tmp_path, capsys):
         rerun_check.parse_args([str(smoke_cell), "--iterations", "0"])
     assert _check(str(smoke_cell), "--iterations", "99", "--out", str(tmp_path)) == 2
     assert "fewer than --iterations 99" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(smoke_cell, corrupt)
+    with open(corrupt / "metrics.jsonl", "a") as handle:
+        handle.write('{"iteration": 2, "train/qf_loss": 1.\n')  # torn: a finished cell's file must be whole
+    assert _check(str(corrupt), "--out", str(tmp_path)) == 2
+    assert "line 3 is not JSON" in capsys.readouterr().err
