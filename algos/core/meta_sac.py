@@ -6,13 +6,16 @@ losses below are written once:
 
 - ``Q_i(o, a, z)`` regresses ``r * reward_scale + (1 - done) * discount * V_target(o', z)``; ``z`` is *not*
   detached here, so the encoder learns from the critic and is stepped with it.
-- ``V(o, z.detach())`` regresses ``min_i Q_i(o, a~pi, z.detach()) - log pi``.
-- ``pi(.|o, z.detach())`` minimises ``log pi - min_i Q_i`` plus mean/std regularisers.
+- ``V(o, z.detach())`` regresses ``min_i Q_i(o, a~pi, z.detach()) - alpha log pi``.
+- ``pi(.|o, z.detach())`` minimises ``alpha log pi - min_i Q_i`` plus mean/std regularisers.
+- ``alpha``, the entropy temperature, is 1 (the reward scale sets the trade-off, as in the reference) unless
+  ``learn_temperature``: then ``log alpha`` minimises ``-log alpha * (log pi + target entropy)``.
 """
 from __future__ import annotations
 
 import copy
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -48,6 +51,10 @@ class MetaSACConfig:
     policy_pre_tanh_reg: float = 0.0
     critic_uses_dense_reward: bool = True  # on sparse tasks the reference trains the critic on dense rewards
     network_init: str = "torch"    # the MLPs' initialisation: "torch" (PyTorch's default) or "rlkit" (PEARL's code)
+    # SAC's entropy temperature, on the scaled reward: fixed at 1 (the reference's SAC, whose reward_scale sets it),
+    # or learned (Haarnoja et al. 2018b) from 1 so the policy's entropy holds at target_entropy_per_dim x action_dim
+    learn_temperature: bool = False
+    target_entropy_per_dim: float = -1.0
 
     def validate(self) -> None:
         for name in ("latent_dim", "hidden_dim", "num_hidden_layers"):
@@ -60,6 +67,8 @@ class MetaSACConfig:
         for name in ("policy_mean_reg", "policy_std_reg", "policy_pre_tanh_reg"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.{name} must be >= 0, got {getattr(self, name)}")
+        if not math.isfinite(self.target_entropy_per_dim):
+            raise ConfigError(f"agent.target_entropy_per_dim must be finite, got {self.target_entropy_per_dim}")
         if self.network_init not in NETWORK_INITS:
             raise ConfigError(f"agent.network_init must be one of {list(NETWORK_INITS)}, got {self.network_init!r}")
 
@@ -130,6 +139,9 @@ class MetaSACAlgorithm(Algorithm):
             rlkit_init_(self.agent)
             rlkit_init_(self.critic)
             self.critic.target_vf.load_state_dict(self.critic.vf.state_dict())  # the target starts as V's copy
+        # log of the learned entropy temperature (a scalar), None when it is fixed at 1
+        self.log_temperature = (torch.zeros((), device=self.device, requires_grad=True) if config.learn_temperature
+                                else None)
         self.optimizers = self.make_optimizers()
         self.env_steps = 0
         self.grad_steps = 0
@@ -175,6 +187,8 @@ class MetaSACAlgorithm(Algorithm):
         encoder_params = self.encoder_parameters()
         if encoder_params:
             optimizers["encoder"] = adam(encoder_params, lr=self.config.encoder_lr or self.config.lr)
+        if self.log_temperature is not None:
+            optimizers["temperature"] = adam([self.log_temperature])
         check_one_optimizer_each([self.agent, self.critic], optimizers)
         return optimizers
 
@@ -301,10 +315,13 @@ class MetaSACAlgorithm(Algorithm):
             min_q_new = critic.min_q(obs, pi.action, z_detached).float()
             # V loss
             v_pred = critic.vf(obs, z_detached).float()
-            v_target = (min_q_new - pi.log_prob).detach()
+            # the entropy term; with a fixed temperature (1) exactly log pi, so the reference's SAC computes as before
+            entropy_term = (pi.log_prob if self.log_temperature is None
+                            else self.log_temperature.detach().exp() * pi.log_prob)
+            v_target = (min_q_new - entropy_term).detach()
             vf_loss = F.mse_loss(v_pred, v_target)
             # policy loss
-            policy_loss = (pi.log_prob - min_q_new).mean()
+            policy_loss = (entropy_term - min_q_new).mean()
             policy_reg = (c.policy_mean_reg * (pi.mean ** 2).mean() + c.policy_std_reg * (pi.log_std ** 2).mean()
                           + c.policy_pre_tanh_reg * (pi.pre_tanh ** 2).sum(-1).mean())
             policy_loss = policy_loss + policy_reg
@@ -318,11 +335,20 @@ class MetaSACAlgorithm(Algorithm):
         self.optimizers["policy"].step()
         critic.qf1.requires_grad_(True)
         critic.qf2.requires_grad_(True)
+        temperature = {}
+        if self.log_temperature is not None:
+            # the temperature rises while the policy's entropy (-log pi) is below the target, and falls above it
+            target_entropy = c.target_entropy_per_dim * self.action_dim
+            temperature_loss = -(self.log_temperature * (pi.log_prob.detach().float() + target_entropy)).mean()
+            self.optimizers["temperature"].zero_grad(set_to_none=True)
+            temperature_loss.backward()
+            self.optimizers["temperature"].step()
+            temperature = {"temperature": self.log_temperature.detach().exp()}
         self.grad_steps += 1
 
         # tensors, not floats: reading them back would wait for the device every step
         out = {"qf_loss": qf_loss, "vf_loss": vf_loss, "policy_loss": policy_loss,
-               "q_mean": q1_pred.mean(), "log_pi": pi.log_prob.mean()}
+               "q_mean": q1_pred.mean(), "log_pi": pi.log_prob.mean(), **temperature}
         out.update(encoder_losses)
         return {k: v.detach() for k, v in out.items()}
 
@@ -334,6 +360,7 @@ class MetaSACAlgorithm(Algorithm):
             "rl_buffer": self.rl_buffer.state_dict(), "enc_buffer": self.enc_buffer.state_dict(),
             "rng": self.rng.bit_generator.state, "env_rng": self.env.unwrapped.np_random.bit_generator.state,
             "env_steps": self.env_steps, "grad_steps": self.grad_steps, "timings": dict(self.timings),
+            **({"log_temperature": self.log_temperature.detach().clone()} if self.log_temperature is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -348,4 +375,7 @@ class MetaSACAlgorithm(Algorithm):
         self.rng.bit_generator.state = state["rng"]
         self.env.unwrapped.np_random.bit_generator.state = state["env_rng"]
         self.env_steps, self.grad_steps = state["env_steps"], state["grad_steps"]
+        if self.log_temperature is not None:
+            with torch.no_grad():
+                self.log_temperature.copy_(state["log_temperature"])
         self.timings.update(state.get("timings", {}))
