@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from algos.core.config import ConfigError
 from algos.core.io import load_checkpoint
 from algos.core.trainer import Trainer, build_config
 from experiments import run as cli
@@ -305,3 +306,42 @@ def test_divergence_in_the_first_iteration_says_no_checkpoint_exists(tmp_path, m
     assert "train/vf_loss became inf at gradient step 1 (iteration 0" in error
     assert "no checkpoint was written" in error and "is intact" not in error
     assert not (run_dir / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("target, direction", [(5.0, 1), (-20.0, -1)], ids=["entropy-below-target", "above"])
+def test_learned_temperature_moves_toward_the_target_entropy(tmp_path, target, direction):
+    """SAC's temperature rule: it rises while the policy's entropy is below the target and falls while above; a
+    smoke policy's entropy is about 0.5 nats per action dimension, between the two targets."""
+    trainer = make_trainer("point-robot", tmp_path / "run", seed=3,
+                           overrides=["agent.learn_temperature=true", f"agent.target_entropy_per_dim={target}"])
+    algorithm = trainer.algorithm
+    assert float(algorithm.log_temperature.detach()) == 0.0 and "temperature" in algorithm.optimizers
+    algorithm.collect_initial_data()
+    temperatures = [float(algorithm.train_step()["temperature"]) for _ in range(3)]
+    assert np.all(np.sign(np.diff([1.0, *temperatures])) == direction)
+    # Adam's steps are lr-sized at first: exp(+-lr) per step
+    assert temperatures[0] == pytest.approx(np.exp(direction * algorithm.config.lr), rel=1e-5)
+
+
+def test_learned_temperature_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """The temperature and its optimiser are checkpointed: a killed run resumes to the uninterrupted run's numbers."""
+    overrides = [*RESUME_OVERRIDES, "agent.learn_temperature=true"]
+    reference = make_trainer("point-robot", tmp_path / "whole", seed=7, overrides=overrides)
+    reference.run()
+    trainer = make_trainer("point-robot", tmp_path / "killed", seed=7, overrides=overrides)
+    interrupt_on_call(monkeypatch, trainer.algorithm, 3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert "log_temperature" in load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["algorithm"]
+    torch.manual_seed(12345)
+    Trainer.from_run_dir(tmp_path / "killed", progress=False).run(resume=True)
+    rows = strip_nondeterministic(read_metrics(tmp_path / "killed"))
+    assert rows == strip_nondeterministic(read_metrics(tmp_path / "whole"))
+    assert all(row["train/temperature"] != 1.0 for row in rows)
+
+
+def test_fixed_temperature_has_no_state_and_a_bad_target_is_named(tmp_path):
+    trainer = make_trainer("point-robot", tmp_path / "run", seed=3)
+    assert trainer.algorithm.log_temperature is None and "temperature" not in trainer.algorithm.optimizers
+    with pytest.raises(ConfigError, match="target_entropy_per_dim"):
+        build_config("point-robot", "sac-no-context", "smoke", 0, ["agent.target_entropy_per_dim=nan"])
