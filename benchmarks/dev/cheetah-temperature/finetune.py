@@ -31,9 +31,9 @@ from experiments.analysis import load_run
 STEADY_FROM = 50  # steps: the velocity error is read once the cheetah has had time to reach its gait
 
 
-def known_task_profile(trainer, seed: int) -> dict:
-    """Each training task run once on its own embedding, deterministically: return, and velocity error after
-    ``STEADY_FROM`` steps (signed mean and mean absolute)."""
+def known_task_profile(trainer, seed: int, deterministic: bool = True) -> dict:
+    """Each training task run once on its own embedding (deterministically unless told): return, and velocity
+    error after ``STEADY_FROM`` steps (signed mean and mean absolute)."""
     alg, agent, env = trainer.algorithm, trainer.algorithm.agent, trainer.env
     env.reset(seed=seed)
     rows = []
@@ -45,7 +45,7 @@ def known_task_profile(trainer, seed: int) -> dict:
         goal = float(env.unwrapped.task[0])
         rewards, velocities = [], []
         for _ in range(alg.max_path_length):
-            action, _ = agent.get_action(obs, deterministic=True)
+            action, _ = agent.get_action(obs, deterministic=deterministic)
             obs, reward, terminated, truncated, info = env.step(action)
             rewards.append(reward)
             velocities.append(info["forward_velocity"])
@@ -61,7 +61,31 @@ def known_task_profile(trainer, seed: int) -> dict:
             "per_task": rows}
 
 
+def profile_main(argv) -> int:
+    """``finetune.py profile CELL --out DIR``: the known-task profile of a cell's final weights as they are,
+    deterministic and stochastic, into ``DIR/profile-<seed>.json``."""
+    parser = argparse.ArgumentParser(description="known-task velocity profile of a cell's final weights")
+    parser.add_argument("cell", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    trainer = load_run(args.cell)
+    torch.manual_seed(0)
+    result = {"cell": str(args.cell), "deterministic": known_task_profile(trainer, seed=12345),
+              "stochastic": known_task_profile(trainer, seed=12345, deterministic=False),
+              "command": shlex.join([sys.executable, *sys.argv]),
+              "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / f"profile-{args.cell.name}.json", result)
+    for mode in ("deterministic", "stochastic"):
+        print(f"{mode}: known-task {result[mode]['return']:.2f}, steady |v error| {result[mode]['steady_abs_error']:.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["profile"]:
+        return profile_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cell", type=Path)
     parser.add_argument("--arm", choices=("fixed", "learned"), required=True)
