@@ -164,13 +164,16 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
                         else "low-noise final eval")
     header = ["method", "meta-test return (protocol)", low_noise_header, "per seed (protocol)",
               "online return per episode", "parameters", "wall time (min)", "reference†"]
-    rows, figures = [], {}
+    rows, figures, seed_figures = [], {}, {}
     for algo in algos:
         by_seed = grouped.get((env, algo), {})
         done = [by_seed[s] for s in seeds if s in by_seed]
         protocol_values = [c["meta_test_return"] for c in done if c.get("meta_test_return") is not None]
         final_values = [v for v in (final_eval_value(c) for c in done) if v is not None]
         figures[algo] = (protocol_values, final_values)
+        seed_figures[algo] = ({s: by_seed[s]["meta_test_return"] for s in seeds
+                               if s in by_seed and by_seed[s].get("meta_test_return") is not None},
+                              {s: v for s in seeds if s in by_seed and (v := final_eval_value(by_seed[s])) is not None})
         per_seed = " · ".join(
             f"{s}: {fmt(by_seed[s].get('meta_test_return')) if s in by_seed else DASH}" for s in seeds)
         online = [c["online_returns"] for c in done if c.get("online_returns")]
@@ -202,7 +205,7 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
         listed = ", ".join(f"{name} {value:.3f}" for name, value in references.items())
         parts.append(f"**† Reference numbers ({reference_label(tier)}):** {listed}.")
         parts.append("")
-    margin = _margin_text(env, figures, tier)
+    margin = _margin_text(env, seed_figures, tier)
     if margin:
         parts += [margin, ""]
     if curve_file:
@@ -217,31 +220,41 @@ def reference_lines_of(figures: dict[str, tuple[list[float], list[float]]]) -> l
     return [algo for algo in methods_with_role("reference") if figures.get(algo) and figures[algo][0]]
 
 
-def _margin_text(env: str, figures: dict[str, tuple[list[float], list[float]]], tier: str) -> str:
+def _margin_text(env: str, seed_figures: dict[str, tuple[dict[int, float], dict[int, float]]], tier: str) -> str:
     """How far the project's method is above the strongest baseline run here (equal budget), and above the
     best reference number (only indicative below the benchmark tier, whose budget it has). Empty until both
-    sides have data."""
-    return " ".join(text for algo in ours() if (text := _margin_of(algo, env, figures, tier)))
+    sides have data. ``seed_figures``: per method, its protocol and low-noise figures by seed."""
+    return " ".join(text for algo in ours() if (text := _margin_of(algo, env, seed_figures, tier)))
 
 
-def _margin_of(algo: str, env: str, figures: dict[str, tuple[list[float], list[float]]], tier: str) -> str:
-    mine = figures.get(algo)
+def _paired_difference(mine: dict[int, float], theirs: dict[int, float], label: str) -> str:
+    """``mine`` minus ``theirs`` on the seeds both have: a method's mean over three seeds set against another's over
+    one would mix the methods' difference with the seeds' spread. Names the seeds when not every seed is shared."""
+    shared = sorted(set(mine) & set(theirs))
+    if not shared:
+        return f"no {label} figure on a seed both have run"
+    difference = float(np.mean([mine[s] - theirs[s] for s in shared]))
+    if set(shared) == set(mine) == set(theirs):
+        return f"{difference:+.2f} on the {label} figure"
+    return f"{difference:+.2f} on the {label} figure (on seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))}, the ones both have run)"
+
+
+def _margin_of(algo: str, env: str, seed_figures: dict[str, tuple[dict[int, float], dict[int, float]]],
+               tier: str) -> str:
+    mine = seed_figures.get(algo)
     if not mine or not mine[0]:
         return ""
-    mine_protocol = float(np.mean(mine[0]))
-    mine_final = float(np.mean(mine[1])) if mine[1] else None
+    mine_protocol = float(np.mean(list(mine[0].values())))
     sentences = []
-    compared = {a: f for a, f in figures.items() if a in baselines() and f[0]}
+    compared = {a: f for a, f in seed_figures.items() if a in baselines() and f[0]}
     if compared:
-        best = max(compared, key=lambda a: np.mean(compared[a][0]))
+        best = max(compared, key=lambda a: np.mean(list(compared[a][0].values())))
         text = (f"{display_name(algo)} minus the strongest baseline run here at equal budget "
-                f"({display_name(best)}): {mine_protocol - float(np.mean(compared[best][0])):+.2f} on the protocol "
-                f"figure")
+                f"({display_name(best)}): {_paired_difference(mine[0], compared[best][0], 'protocol')}")
         best_final = [a for a in compared if compared[a][1]]
-        if mine_final is not None and best_final:
-            best_f = max(best_final, key=lambda a: np.mean(compared[a][1]))
-            text += (f", {mine_final - float(np.mean(compared[best_f][1])):+.2f} on the low-noise figure "
-                     f"(vs {display_name(best_f)})")
+        if mine[1] and best_final:
+            best_f = max(best_final, key=lambda a: np.mean(list(compared[a][1].values())))
+            text += f", {_paired_difference(mine[1], compared[best_f][1], 'low-noise')} (vs {display_name(best_f)})"
         sentences.append(text + ".")
     references = REFERENCE_RESULTS.get(env)
     if references:
