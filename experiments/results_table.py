@@ -168,12 +168,12 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
     for algo in algos:
         by_seed = grouped.get((env, algo), {})
         done = [by_seed[s] for s in seeds if s in by_seed]
-        protocol_values = [c["meta_test_return"] for c in done if c.get("meta_test_return") is not None]
-        final_values = [v for v in (final_eval_value(c) for c in done) if v is not None]
-        figures[algo] = (protocol_values, final_values)
+        # protocol and low-noise figures by seed (the margin pairs seeds), and as lists in seed order
         seed_figures[algo] = ({s: by_seed[s]["meta_test_return"] for s in seeds
                                if s in by_seed and by_seed[s].get("meta_test_return") is not None},
                               {s: v for s in seeds if s in by_seed and (v := final_eval_value(by_seed[s])) is not None})
+        protocol_values, final_values = (list(by_s.values()) for by_s in seed_figures[algo])
+        figures[algo] = (protocol_values, final_values)
         per_seed = " · ".join(
             f"{s}: {fmt(by_seed[s].get('meta_test_return')) if s in by_seed else DASH}" for s in seeds)
         online = [c["online_returns"] for c in done if c.get("online_returns")]
@@ -236,7 +236,8 @@ def _paired_difference(mine: dict[int, float], theirs: dict[int, float], label: 
     difference = float(np.mean([mine[s] - theirs[s] for s in shared]))
     if set(shared) == set(mine) == set(theirs):
         return f"{difference:+.2f} on the {label} figure"
-    return f"{difference:+.2f} on the {label} figure (on seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))}, the ones both have run)"
+    seeds_text = f"seed{'s' if len(shared) > 1 else ''} {', '.join(map(str, shared))}"
+    return f"{difference:+.2f} on the {label} figure (on {seeds_text}, the ones both have run)"
 
 
 def _margin_of(algo: str, env: str, seed_figures: dict[str, tuple[dict[int, float], dict[int, float]]],

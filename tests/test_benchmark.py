@@ -351,7 +351,8 @@ def test_hand_written_findings_are_included_and_labelled(synthetic_summary):
 
 def test_margin_over_a_baseline_pairs_seeds():
     from experiments.results_table import _paired_difference
-    assert _paired_difference({42: -6.0, 123: -8.0}, {42: -10.0, 123: -9.0}, "protocol") == "+2.50 on the protocol figure"
+    both = _paired_difference({42: -6.0, 123: -8.0}, {42: -10.0, 123: -9.0}, "protocol")
+    assert both == "+2.50 on the protocol figure"
     assert _paired_difference({42: -6.0, 123: -8.0}, {123: -9.0}, "protocol") == (
         "+1.00 on the protocol figure (on seed 123, the ones both have run)")
     assert _paired_difference({42: -6.0}, {123: -9.0}, "low-noise") == "no low-noise figure on a seed both have run"
