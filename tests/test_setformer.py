@@ -303,18 +303,19 @@ def test_mean_pool_encoder_is_a_permutation_invariant_mean_with_uniform_weights(
     assert torch.allclose(z, F.normalize(raw, dim=-1) * agent.latent_dim ** 0.5, atol=1e-5)
 
 
-def test_learning_rate_defaults_per_environment_and_yields_to_an_override():
+def test_environment_defaults_apply_per_environment_and_yield_to_an_override():
     from algos.core.trainer import build_config
-    from algos.setformer import ENCODER_LR_BY_ENV, LR_BY_ENV, SetFormerConfig
+    from algos.setformer import ENV_DEFAULTS, SetFormerConfig
 
     assert SetFormerConfig().lr == 3e-4  # the baselines' lr, on the point robots
     assert SetFormerConfig().encoder_lr == 0.0  # the encoder follows agent.lr
-    assert LR_BY_ENV == {"cheetah-vel": 1e-3}
-    assert ENCODER_LR_BY_ENV == {"cheetah-vel": 3e-4}
-    for env, lr, encoder_lr in (("point-robot", 3e-4, 0.0), ("sparse-point-robot", 3e-4, 0.0),
-                                ("cheetah-vel", 1e-3, 3e-4)):
+    assert SetFormerConfig().learn_temperature is False
+    assert ENV_DEFAULTS == {"cheetah-vel": {"lr": 1e-3, "encoder_lr": 3e-4, "learn_temperature": True}}
+    for env, lr, encoder_lr, learned in (("point-robot", 3e-4, 0.0, False), ("sparse-point-robot", 3e-4, 0.0, False),
+                                         ("cheetah-vel", 1e-3, 3e-4, True)):
         for tier in ("quick", "benchmark"):
             agent = build_config(env, "setformer", tier, 0).agent
-            assert (agent.lr, agent.encoder_lr) == (lr, encoder_lr)
-        overridden = build_config(env, "setformer", "quick", 0, ["lr=0.0005", "encoder_lr=0.0002"]).agent
-        assert (overridden.lr, overridden.encoder_lr) == (0.0005, 0.0002)
+            assert (agent.lr, agent.encoder_lr, agent.learn_temperature) == (lr, encoder_lr, learned)
+        overridden = build_config(env, "setformer", "quick", 0,
+                                  ["lr=0.0005", "encoder_lr=0.0002", f"learn_temperature={not learned}"]).agent
+        assert (overridden.lr, overridden.encoder_lr, overridden.learn_temperature) == (0.0005, 0.0002, not learned)
