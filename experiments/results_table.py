@@ -47,6 +47,10 @@ def reference_label(tier: str) -> str:
 
 # MetaSACConfig's fields: every SAC-based method has them, so differing values are worth a line in the table
 SHARED_HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(MetaSACConfig))
+# a cell saved before a field existed ran without it, which is the field's default: new options arrive switched off
+# (computing as before), so a missing key is read as the default and a later cell that switched it on still shows
+SHARED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MetaSACConfig)
+                   if f.default is not dataclasses.MISSING}
 
 CELL_FIELDS = ("env", "algo", "seed", "meta_test_return", "final_eval", "online_returns", "learning_curve",
                "env_steps", "grad_steps", "wall_time_s", "parameter_count", "git_commit", "git_commits", "machine")
@@ -271,7 +275,10 @@ def _hyperparameter_text(summary: dict) -> str:
     this table: equal budget is not equal tuning, and a reader must see where the methods were set differently."""
     values: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     for cell in summary.get("cells") or []:
-        for key, value in (cell.get("shared_hyperparameters") or {}).items():
+        recorded = cell.get("shared_hyperparameters") or {}
+        if not recorded:
+            continue
+        for key, value in ({**SHARED_DEFAULTS, **recorded}).items():
             if value not in values[key][cell["algo"]]:
                 values[key][cell["algo"]].append(value)
     lines = []

@@ -339,6 +339,12 @@ def test_renderer_names_hyperparameters_that_differ_between_methods(synthetic_su
     line = next(l for l in render_markdown(synthetic_summary).splitlines() if "Hyperparameters that differ" in l)
     assert "`lr`: PEARL 0.0003; setformer (ours) 0.001" in line
     assert "tau" not in line  # the same everywhere: not listed
+    # a cell saved before an option existed ran at its default: a method that switched it on later still shows
+    for cell in synthetic_summary["cells"]:
+        if cell["algo"] == "setformer":
+            cell["shared_hyperparameters"]["learn_temperature"] = True
+    line = next(l for l in render_markdown(synthetic_summary).splitlines() if "Hyperparameters that differ" in l)
+    assert "`learn_temperature`: PEARL False; setformer (ours) True" in line
 
 
 def test_hand_written_findings_are_included_and_labelled(synthetic_summary):
