@@ -30,8 +30,8 @@ from pathlib import Path
 from algos.core.config import SEEDS, TIERS
 from algos.core.config import NON_SEMANTIC_KEYS
 from envs_glue import ENV_SPECS
-from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, config_changes,
-                                lock_tier_dir, make_runner)
+from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, claim_cells, config_changes,
+                                make_runner)
 from algos.core.io import REPO_ROOT, read_json
 from experiments.report import (DASH, ENV_ORDER, descends_from, display_path, final_eval_value, fmt, format_delta,
                                 format_commits, format_mean_std, format_paired_test, mean_std, ordered, paired_test,
@@ -128,19 +128,16 @@ def run(args: argparse.Namespace, out: Path) -> int:
         if error:
             print(f"error: ablation {name} cannot be set up: {error}", file=sys.stderr)
             return 2
-    locks = []
-    for name in args.ablations:  # the same lock experiments.benchmark takes on each ablation's tier folder
-        lock = lock_tier_dir(out / name / args.tier)
-        if lock is None:
-            print(f"error: another runner is using {out / name / args.tier}", file=sys.stderr)
-            return 2
-        locks.append(lock)
-    cells = plan_cells(out, args.tier, args.ablations, args.envs, args.seeds)
+    # the same per-cell claim experiments.benchmark takes: a cell another runner is running is left to it
+    cells, held_elsewhere, locks = claim_cells(plan_cells(out, args.tier, args.ablations, args.envs, args.seeds))
+    for cell in held_elsewhere:
+        print(f"note: {cell.run_dir} is being run by another runner; left to it")
     total = len(args.ablations) * len(args.envs) * len(args.seeds)
-    print(f"{total} ablation cells ({total - len(cells)} already finished, {sum(c.resumable for c in cells)} to "
+    done = total - len(cells) - len(held_elsewhere)
+    print(f"{total} ablation cells ({done} already finished, {sum(c.resumable for c in cells)} to "
           f"resume), {f'{args.workers} worker(s)' if args.backend == 'local' else 'Ray backend'}, tier {args.tier}, "
           f"output {out}")
-    outcome = make_runner(args, cells, total - len(cells), args.tier, [], out, progress=not args.no_progress).run()
+    outcome = make_runner(args, cells, done, args.tier, [], out, progress=not args.no_progress).run()
     if outcome.interrupted:
         print("stopped; rerun the same command to continue from the cells' checkpoints")
         return 130

@@ -27,8 +27,8 @@ from algos import ALGORITHMS
 from algos.core.config import SEEDS, TIERS
 from envs_glue import ENV_SPECS
 from experiments.results_table import render_tier
-from experiments.engine import (Cell, add_backend_arguments, cell_dir, make_runner, check_available, config_mismatch, lock_tier_dir,
-                                previous_plan, threads_per_cell, unsupported_combinations)
+from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, claim_cells, config_mismatch,
+                                make_runner, merged_plan, previous_plan, threads_per_cell, unsupported_combinations)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,10 +79,6 @@ def main(argv=None) -> int:
     algos = args.algos or list(ALGORITHMS)
     seeds = args.seeds or list(SEEDS)
     threads = threads_per_cell(args.workers, args.overrides)
-    lock = lock_tier_dir(tier_dir)
-    if lock is None:
-        print(f"error: another benchmark runner is using {tier_dir}", file=sys.stderr)
-        return 2
 
     # which combinations exist, and which of those the code can build right now
     skipped, notes, problems = unsupported_combinations(envs, algos), [], 0
@@ -121,8 +117,14 @@ def main(argv=None) -> int:
                     done += 1
                 else:
                     cells.append(cell)
-    plan = {"envs": envs, "algos": algos, "seeds": seeds, "skipped": skipped}
-    print(f"{done + len(cells)} cells ({done} already finished, {sum(c.resumable for c in cells)} to resume), "
+    # another runner may be using this tier folder for other cells; a cell it is running is left to it
+    planned = len(cells)
+    cells, held_elsewhere, locks = claim_cells(cells)
+    done += planned - len(cells) - len(held_elsewhere)  # finished by another runner while this one planned
+    for cell in held_elsewhere:
+        print(f"note: {cell.label} is being run by another runner; left to it")
+    plan = merged_plan(previous_plan(tier_dir), {"envs": envs, "algos": algos, "seeds": seeds, "skipped": skipped})
+    print(f"{done + len(cells) + len(held_elsewhere)} cells ({done} already finished, {sum(c.resumable for c in cells)} to resume), "
           + (f"{args.workers} worker(s) × {threads} thread(s)" if args.backend == "local"
              else f"Ray backend ({args.address or 'local instance'})")
           + f", tier {args.tier}, output {tier_dir}")

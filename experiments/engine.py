@@ -1,6 +1,6 @@
 """The cell engine: one (environment, method, seed) run in its own subprocess and its own folder, run
-``workers`` at a time; which cells exist, which are finished or resumable, and the lock that keeps two runners
-out of one tier folder. The benchmark and ablation commands plan cells and hand them to a runner from
+``workers`` at a time; which cells exist, which are finished or resumable, and the per-cell claim that keeps two
+runners from running one cell (two runners may share a tier folder, each running its own cells). The benchmark and ablation commands plan cells and hand them to a runner from
 :func:`make_runner`: :class:`CellRunner` here, or ``experiments.ray_backend.RayCellRunner`` on a Ray cluster, which
 takes the same :class:`Cell` list and honours the same folder contract: a cell is finished when its
 ``results.json`` exists and resumable while its ``checkpoint.pt`` does.
@@ -376,17 +376,48 @@ def previous_plan(tier_dir: Path) -> dict:
         return {}
 
 
-def lock_tier_dir(tier_dir: Path) -> IO[str] | None:
-    """Take the tier directory's runner lock, or return None while another runner holds it: two runners would
-    start the same cells twice. The lock is released when the returned file is closed or the process ends
-    (``.runner.lock`` is git-ignored)."""
-    (tier_dir / "cells").mkdir(parents=True, exist_ok=True)
-    lock = open(tier_dir / "cells" / ".runner.lock", "w")
+def merged_plan(previous: dict, current: dict) -> dict:
+    """The plan a runner's table is rendered with: the tier folder's previous plan widened by this run's, so a
+    runner of a few cells updates the tier's table (every method, environment and seed it showed, run or not)
+    instead of narrowing it to those cells."""
+    def union(key: str) -> list:
+        return list(dict.fromkeys([*previous.get(key, []), *current.get(key, [])]))
+
+    envs, algos = union("envs"), union("algos")
+    return {"envs": envs, "algos": algos, "seeds": sorted(set(union("seeds"))),
+            "skipped": unsupported_combinations(envs, algos)}
+
+
+def claim_cell(cell: Cell) -> IO[str] | None:
+    """Take ``cell``'s runner lock, or return None while another runner holds it (it is running that cell). The
+    lock is an ``flock`` on a hidden file beside the run directory (``.<seed>.lock``, git-ignored), outside it
+    because a cell killed before its first checkpoint has its folder deleted; it is released when the returned
+    file is closed or the process ends, so a killed runner never leaves a cell claimed."""
+    cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(cell.run_dir.parent / f".{cell.run_dir.name}.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
         return None
     return lock
+
+
+def claim_cells(cells: list[Cell]) -> tuple[list[Cell], list[Cell], list[IO[str]]]:
+    """Claim every cell a runner plans to run: ``(claimed, held_elsewhere, locks)``. Keep ``locks`` open for as
+    long as the runner runs. A cell another runner finished between planning and claiming is neither: it is done
+    (whether it finished is read again once the claim is held, so no finished cell is ever started again)."""
+    claimed, held_elsewhere, locks = [], [], []
+    for cell in cells:
+        lock = claim_cell(cell)
+        if lock is None:
+            held_elsewhere.append(cell)
+            continue
+        if cell.finished:
+            lock.close()
+        else:
+            claimed.append(cell)
+            locks.append(lock)
+    return claimed, held_elsewhere, locks
 
 

@@ -42,7 +42,6 @@ SYNC_SECONDS = float(os.environ.get("META_RL_RAY_SYNC_SECONDS", "5"))  # how oft
 # not shipped to the nodes: results, runs, checkpoints and caches (the code is a few hundred kB)
 CODE_EXCLUDES = ["benchmarks/", "runs/", ".git/", "**/__pycache__/", "*.pt", "**/tb/", ".pytest_cache/", "docs/",
                  "MUJOCO_LOG.TXT", "**/*.png"]
-SKIPPED_FILES = (".runner.lock",)
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -65,7 +64,7 @@ def _folder_files(folder: Path, since: dict[str, tuple[int, int]] | None = None)
     """Every file under ``folder`` (relative path -> bytes), or only those changed since ``since`` (which is updated)."""
     out = {}
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.name in SKIPPED_FILES or path.name.endswith(".tmp"):
+        if not path.is_file() or path.name.endswith((".tmp", ".lock")):  # half-written files, runner locks
             continue
         rel = str(path.relative_to(folder))
         try:

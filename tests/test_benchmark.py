@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from experiments import benchmark
-from experiments.engine import Cell, _last_line
+from experiments.engine import Cell, _last_line, claim_cell, claim_cells, merged_plan
 from experiments.results_table import REFERENCE_LABEL, render_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +144,56 @@ def test_failed_cell_is_reported_and_the_others_still_run(tmp_path, capsys):
     markdown = (tmp_path / "smoke" / "RESULTS.md").read_text()
     assert "cell point-robot/sac-no-context/42 failed" in markdown
     assert "— (0/1 seeds)" in table_row(markdown, "SAC (no context)")
+
+
+def test_claims_are_per_cell_and_released_with_their_file(tmp_path):
+    running = Cell("point-robot", "oracle", 42, cell_path(tmp_path, "oracle"))
+    finished = Cell("point-robot", "sac-no-context", 42, cell_path(tmp_path, "sac-no-context"))
+    finished.run_dir.mkdir(parents=True)
+    (finished.run_dir / "results.json").write_text("{}")
+    other_runner = claim_cell(running)
+    assert other_runner is not None
+    assert not running.run_dir.exists(), "the claim lives beside the run folder, which a fresh start deletes"
+    claimed, held_elsewhere, locks = claim_cells([running, finished])
+    assert claimed == [] and held_elsewhere == [running] and locks == []  # a finished cell is neither
+    other_runner.close()  # the other runner exits (or is killed): its claims go with it
+    claimed, held_elsewhere, locks = claim_cells([running])
+    assert claimed == [running] and held_elsewhere == [] and len(locks) == 1
+    assert claim_cell(running) is None  # held now by this "runner"
+    for lock in locks:
+        lock.close()
+
+
+def test_two_runners_share_a_tier_folder_and_the_table_keeps_both_plans(tmp_path, capsys):
+    args = ["--tier", "smoke", "--envs", "point-robot", "--seeds", "42", "--out", str(tmp_path), "--no-progress"]
+    oracle = Cell("point-robot", "oracle", 42, cell_path(tmp_path, "oracle"))
+    other_runner = claim_cell(oracle)  # another runner is running the oracle cell
+    try:
+        assert benchmark.main([*args, "--algos", "oracle", "sac-no-context"]) == 0
+    finally:
+        other_runner.close()
+    assert "point-robot/oracle/42 is being run by another runner; left to it" in capsys.readouterr().out
+    assert not oracle.run_dir.exists(), "a cell another runner holds was started"
+    sac_results = cell_path(tmp_path, "sac-no-context") / "results.json"
+    sac_mtime = sac_results.stat().st_mtime_ns
+
+    # the other runner's own command, run once the cell is free: it runs only its cell, and its table keeps the
+    # sac-no-context row the first runner's plan had
+    assert benchmark.main([*args, "--algos", "oracle"]) == 0
+    assert (oracle.run_dir / "results.json").exists() and sac_results.stat().st_mtime_ns == sac_mtime
+    summary = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    assert summary["plan"]["algos"] == ["oracle", "sac-no-context"] and len(summary["cells"]) == 2
+    assert "SAC (no context)" in (tmp_path / "smoke" / "RESULTS.md").read_text()
+
+
+def test_merged_plan_widens_and_recomputes_what_cannot_exist():
+    previous = {"envs": ["point-robot"], "algos": ["pearl", "oracle"], "seeds": [123, 42], "skipped": []}
+    current = {"envs": ["cheetah-vel"], "algos": ["oracle"], "seeds": [456], "skipped": []}
+    plan = merged_plan(previous, current)
+    assert plan["envs"] == ["point-robot", "cheetah-vel"] and plan["algos"] == ["pearl", "oracle"]
+    assert plan["seeds"] == [42, 123, 456]
+    assert [(s["env"], s["algo"]) for s in plan["skipped"]] == [("cheetah-vel", "oracle")]
+    assert merged_plan({}, current)["envs"] == ["cheetah-vel"]
 
 
 def test_progress_reads_only_complete_metric_lines(tmp_path):
