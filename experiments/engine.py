@@ -1,9 +1,10 @@
 """The cell engine: one (environment, method, seed) run in its own subprocess and its own folder, run
 ``workers`` at a time; which cells exist, which are finished or resumable, and the per-cell claim that keeps two
 runners from running one cell (two runners may share a tier folder, each running its own cells). The benchmark
-and ablation commands plan cells and hand them to a runner from :func:`make_runner`: :class:`CellRunner` here, or ``experiments.ray_backend.RayCellRunner`` on a Ray cluster, which
-takes the same :class:`Cell` list and honours the same folder contract: a cell is finished when its
-``results.json`` exists and resumable while its ``checkpoint.pt`` does.
+and ablation commands plan cells and hand them to a runner from :func:`make_runner`: :class:`CellRunner` here,
+or ``experiments.ray_backend.RayCellRunner`` on a Ray cluster, which takes the same :class:`Cell` list and honours
+the same folder contract: a cell is finished when its ``results.json`` exists and resumable while its
+``checkpoint.pt`` does.
 """
 from __future__ import annotations
 
