@@ -66,6 +66,9 @@ def cell_record(results: dict, cell_dir: str, with_config: bool = False) -> dict
     record["protocol"] = (results.get("config") or {}).get("protocol")
     agent = (results.get("config") or {}).get("agent") or {}
     record["shared_hyperparameters"] = {key: agent[key] for key in SHARED_HYPERPARAMETERS if key in agent}
+    # bf16=auto resolves per machine, so cells of one table may differ here; saved resolved (a bool), and a config
+    # from before the option existed ran fp32
+    record["bf16"] = bool((results.get("config") or {}).get("bf16", False))
     record["finished_at"] = results.get("finished_at")
     record["cell_dir"] = cell_dir
     if with_config:
@@ -321,6 +324,30 @@ def _code_text(summary: dict) -> str:
             + " · ".join(parts) + ".")
 
 
+def _precision_text(summary: dict) -> str:
+    """The arithmetic of each method's gradient steps. ``bf16=auto`` autocasts to bf16 only on CPUs with native
+    bf16, so a tier filled on several machines mixes bf16 and fp32 cells: the same math and budget, rounded
+    differently, and a reader must see which figure came from which."""
+    by_algo: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for cell in summary.get("cells") or []:
+        arithmetic = "bf16 autocast" if cell.get("bf16", False) else "fp32"
+        by_algo[display_name(cell["algo"])][arithmetic].append(f"{cell['env']} {cell['seed']}")
+    if not by_algo:
+        return ""
+    kinds = {kind for by_kind in by_algo.values() for kind in by_kind}
+    lead = "**Arithmetic.** Gradient steps ran in "
+    if len(kinds) == 1:
+        return f"{lead}{kinds.pop()} in every cell (`bf16`, resolved per machine, in each cell's config)."
+    parts = []
+    for algo, by_kind in by_algo.items():
+        if len(by_kind) == 1:
+            parts.append(f"{algo} {next(iter(by_kind))}")
+        else:
+            parts.append(f"{algo} " + "; ".join(f"{kind} ({', '.join(cells)})" for kind, cells in by_kind.items()))
+    return (f"{lead}bf16 autocast or fp32 as `bf16=auto` resolved on each cell's machine (the same math and "
+            "budget, rounded differently): " + " · ".join(parts) + ".")
+
+
 def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
                     companions: dict[str, str] | None = None) -> str:
     """RESULTS.md: setup and budget, one table per environment, reference lines, curves and notes.
@@ -343,6 +370,7 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
         "",
         _code_text(summary),
         "",
+        *([text, ""] if (text := _precision_text(summary)) else []),
         *([text, ""] if (text := _hyperparameter_text(summary)) else []),
         "**Figures.** *meta-test return (protocol)* is the protocol's own figure after the last iteration: on each "
         "held-out task the context is cleared, episodes run back to back, the first ones explore, and the task "

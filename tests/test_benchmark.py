@@ -14,7 +14,7 @@ import pytest
 
 from experiments import benchmark
 from experiments.engine import Cell, _last_line, claim_cell, claim_cells, merged_plan
-from experiments.results_table import REFERENCE_LABEL, render_markdown
+from experiments.results_table import REFERENCE_LABEL, cell_record, render_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -304,6 +304,26 @@ def test_renderer_names_the_code_each_method_ran(synthetic_summary):
     synthetic_summary["cells"][2]["git_commits"] = ["abc", "fedcba9876543210"]
     code = next(line for line in render_markdown(synthetic_summary).splitlines() if line.startswith("**Code.**"))
     assert "setformer (ours) `abc → fedcba9`" in code
+
+
+def test_renderer_names_the_arithmetic_of_each_cell(synthetic_summary):
+    def line() -> str:
+        return next(l for l in render_markdown(synthetic_summary).splitlines() if l.startswith("**Arithmetic.**"))
+    assert "fp32 in every cell" in line()  # no bf16 recorded: a cell from before the option ran fp32
+    for cell in synthetic_summary["cells"]:
+        cell["bf16"] = True
+    assert "bf16 autocast in every cell" in line()
+    # a cell filled on a machine without native bf16 ran fp32 (bf16=auto): the table says which
+    synthetic_summary["cells"][1]["bf16"] = False
+    text = line()
+    assert "PEARL bf16 autocast (point-robot 42); fp32 (point-robot 123)" in text
+    assert "setformer (ours) bf16 autocast" in text and "every cell" not in text
+
+
+def test_cell_record_reads_the_resolved_precision_from_the_config():
+    assert cell_record({"config": {"bf16": True}}, "cells/x")["bf16"] is True
+    assert cell_record({"config": {"bf16": False}}, "cells/x")["bf16"] is False
+    assert cell_record({"config": {}}, "cells/x")["bf16"] is False  # saved before the option existed: fp32
 
 
 def test_renderer_flags_unequal_budgets(synthetic_summary):
