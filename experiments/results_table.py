@@ -330,8 +330,10 @@ def _precision_text(summary: dict) -> str:
     differently, and a reader must see which figure came from which."""
     by_algo: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for cell in summary.get("cells") or []:
+        if cell.get("grad_steps") == 0:  # the oracle takes no gradient steps: no arithmetic to name
+            continue
         arithmetic = "bf16 autocast" if cell.get("bf16", False) else "fp32"
-        by_algo[display_name(cell["algo"])][arithmetic].append(f"{cell['env']} {cell['seed']}")
+        by_algo[cell["algo"]][arithmetic].append(f"{cell['env']} {cell['seed']}")
     if not by_algo:
         return ""
     kinds = {kind for by_kind in by_algo.values() for kind in by_kind}
@@ -339,11 +341,12 @@ def _precision_text(summary: dict) -> str:
     if len(kinds) == 1:
         return f"{lead}{kinds.pop()} in every cell (`bf16`, resolved per machine, in each cell's config)."
     parts = []
-    for algo, by_kind in by_algo.items():
+    for algo in ordered(by_algo, ALGO_ORDER):
+        by_kind, name = by_algo[algo], display_name(algo)
         if len(by_kind) == 1:
-            parts.append(f"{algo} {next(iter(by_kind))}")
+            parts.append(f"{name} {next(iter(by_kind))}")
         else:
-            parts.append(f"{algo} " + "; ".join(f"{kind} ({', '.join(cells)})" for kind, cells in by_kind.items()))
+            parts.append(f"{name} " + "; ".join(f"{kind} ({', '.join(cells)})" for kind, cells in by_kind.items()))
     return (f"{lead}bf16 autocast or fp32 as `bf16=auto` resolved on each cell's machine (the same math and "
             "budget, rounded differently): " + " · ".join(parts) + ".")
 

@@ -318,6 +318,12 @@ def test_renderer_names_the_arithmetic_of_each_cell(synthetic_summary):
     text = line()
     assert "PEARL bf16 autocast (point-robot 42); fp32 (point-robot 123)" in text
     assert "setformer (ours) bf16 autocast" in text and "every cell" not in text
+    assert text.index("PEARL") < text.index("setformer")  # the tables' method order
+    # a method that takes no gradient steps (the oracle) has no arithmetic to name
+    synthetic_summary["cells"][1]["bf16"] = True
+    synthetic_summary["cells"].append({**synthetic_summary["cells"][2], "algo": "oracle", "grad_steps": 0,
+                                       "bf16": False})
+    assert "bf16 autocast in every cell" in line()
 
 
 def test_cell_record_reads_the_resolved_precision_from_the_config():
