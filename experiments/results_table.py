@@ -62,17 +62,18 @@ def cell_record(results: dict, cell_dir: str, with_config: bool = False) -> dict
     the budget can be stated from what actually ran rather than from what was asked for; ``with_config`` keeps
     the whole saved config too (not written into the tier's results.json)."""
     record = {key: results.get(key) for key in CELL_FIELDS}
+    config = results.get("config") or {}
     record["tier"] = results.get("tier")
-    record["protocol"] = (results.get("config") or {}).get("protocol")
-    agent = (results.get("config") or {}).get("agent") or {}
+    record["protocol"] = config.get("protocol")
+    agent = config.get("agent") or {}
     record["shared_hyperparameters"] = {key: agent[key] for key in SHARED_HYPERPARAMETERS if key in agent}
     # bf16=auto resolves per machine, so cells of one table may differ here; saved resolved (a bool), and a config
     # from before the option existed ran fp32
-    record["bf16"] = bool((results.get("config") or {}).get("bf16", False))
+    record["bf16"] = bool(config.get("bf16", False))
     record["finished_at"] = results.get("finished_at")
     record["cell_dir"] = cell_dir
     if with_config:
-        record["config"] = results.get("config") or {}
+        record["config"] = config
     return record
 
 
