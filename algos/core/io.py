@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -46,6 +47,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_torch_save(path: Path, obj) -> None:
     _atomic_write(path, lambda h: torch.save(obj, h))
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """``source``'s bytes at ``target``, atomically. ``source`` is opened once, so a file another process replaces
+    atomically meanwhile (a checkpoint) is copied whole, the old version or the new one."""
+    with open(source, "rb") as handle:
+        _atomic_write(target, lambda out: shutil.copyfileobj(handle, out, 1 << 20))
 
 
 def atomic_savefig(fig, path: Path, dpi: int = 110) -> None:

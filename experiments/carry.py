@@ -1,0 +1,186 @@
+"""Carry unfinished runs' checkpoints from one checkout of this repository to the next.
+
+    python -m experiments.carry save        # before a session stops: copy what a new checkout would lose
+    python -m experiments.carry restore     # first thing in the next session: put it back, then resume the runs
+    python -m experiments.carry list        # what carry/ holds, and whether each run's files are here
+
+A run's committed files (``config.json``, ``metrics.jsonl``) come back with any checkout, but the files git ignores
+(``checkpoint.pt``, ``wall_time.json``, ``tb/``) do not, and a run without its checkpoint cannot be resumed or
+re-evaluated. Where a new checkout brings back the previous one's untracked files, as this project's workplace does,
+copies of the ignored files under ``carry/`` (untracked and *not* ignored, so never ``git add`` it) come back with it.
+
+``save`` copies the ignored files of every unfinished run (a ``checkpoint.pt`` and no ``results.json``) under
+``benchmarks/`` and ``runs/`` to ``carry/<the run's path>/``; each copy is written atomically and read back as a
+checkpoint, and a running run may be saved as it runs (the trainer replaces its checkpoint atomically, so a copy is
+always one whole iteration's). It leaves alone the carried copies of runs whose checkpoint is gone (the only copy
+left) and drops those of runs that have finished. ``restore`` puts carried files back where the run's own
+checkpoint is missing or older than the carried one, after checking that the checkpoint belongs to the run's
+``config.json`` (env, algo, tier, seed); the trainer's identity check still runs on resume. A carried checkpoint
+older than the run's ``metrics.jsonl`` is fine: resuming rewrites the metrics from the checkpoint's learning curve,
+so the iterations after it are run again, not duplicated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from algos.core.io import REPO_ROOT, CheckpointError, atomic_copy, load_checkpoint
+from experiments.report import DASH, table
+from experiments.status import DEFAULT_ROOTS, find_runs
+
+CARRY_DIR = "carry"
+IDENTITY_KEYS = ("env", "algo", "tier", "seed")
+SKIPPED_SUFFIXES = (".tmp", ".lock")  # half-written files and runner locks are never worth carrying
+
+
+def ignored_files(run_dir: Path, repo: Path) -> list[Path]:
+    """The files under ``run_dir`` that git ignores (what a fresh checkout lacks), relative to ``run_dir``."""
+    listing = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "-z", "--",
+                              str(run_dir.relative_to(repo))], cwd=repo, capture_output=True, check=True)
+    names = [Path(name) for name in listing.stdout.decode().split("\0") if name]
+    return sorted(repo / name for name in names if not name.name.endswith(SKIPPED_SUFFIXES)
+                  and (repo / name).is_file())
+
+
+def checkpoint_iteration(path: Path) -> int:
+    """The last finished iteration a checkpoint holds (a ``CheckpointError`` names a corrupt one)."""
+    return int(load_checkpoint(path)["iteration"])
+
+
+def check_belongs(checkpoint: Path, config_path: Path) -> int:
+    """The carried checkpoint's iteration, after checking it was written by the run ``config_path`` describes."""
+    state = load_checkpoint(checkpoint)
+    identity = state.get("identity") or {}
+    config = json.loads(config_path.read_text())
+    for key in IDENTITY_KEYS:
+        if key in identity and identity[key] != config.get(key):
+            raise CheckpointError(f"carried checkpoint {checkpoint} belongs to another run: {key} {identity[key]!r} "
+                                  f"in the checkpoint, {config.get(key)!r} in {config_path}")
+    return int(state["iteration"])
+
+
+def unfinished(run_dir: Path) -> bool:
+    return (run_dir / "checkpoint.pt").exists() and not (run_dir / "results.json").exists()
+
+
+def carried_runs(carry: Path) -> list[Path]:
+    """Every run folder under ``carry`` (one holding a carried checkpoint), relative to ``carry``."""
+    return sorted(path.parent.relative_to(carry) for path in carry.rglob("checkpoint.pt")) if carry.exists() else []
+
+
+def save(repo: Path, roots: list[str]) -> list[list[str]]:
+    carry = repo / CARRY_DIR
+    rows = []
+    for run_dir in find_runs([repo / root for root in roots]):
+        relative = run_dir.relative_to(repo)
+        if unfinished(run_dir):
+            files = ignored_files(run_dir, repo)
+            if not files:  # the run's checkpoint is tracked or beside the repository's rules: nothing to lose
+                continue
+            for source in files:
+                atomic_copy(source, carry / relative / source.relative_to(run_dir))
+            iteration = checkpoint_iteration(carry / relative / "checkpoint.pt")
+            size = sum(source.stat().st_size for source in files)
+            rows.append([str(relative), "saved", str(iteration + 1), f"{size / 2**20:.1f}"])
+        elif (run_dir / "results.json").exists() and (carry / relative).exists():
+            shutil.rmtree(carry / relative)
+            rows.append([str(relative), "dropped (finished)", DASH, DASH])
+    for relative in carried_runs(carry):
+        if not (repo / relative / "checkpoint.pt").exists():
+            rows.append([str(relative), "kept (the run's own checkpoint is gone)",
+                         str(checkpoint_iteration(carry / relative / "checkpoint.pt") + 1), DASH])
+    _remove_empty_dirs(carry)
+    return rows
+
+
+def restore(repo: Path) -> list[list[str]]:
+    carry = repo / CARRY_DIR
+    rows = []
+    for relative in carried_runs(carry):
+        run_dir, source = repo / relative, carry / relative
+        if (run_dir / "results.json").exists():
+            shutil.rmtree(source)
+            rows.append([str(relative), "dropped (the run finished)", DASH])
+            continue
+        # a run under runs/ is ignored whole, so its config.json travels with the checkpoint
+        config_path = next((d / "config.json" for d in (run_dir, source) if (d / "config.json").exists()), None)
+        if config_path is None:
+            rows.append([str(relative), "not restored: the run's config.json is not here", DASH])
+            continue
+        carried_iteration = check_belongs(source / "checkpoint.pt", config_path)
+        own = run_dir / "checkpoint.pt"
+        if own.exists() and checkpoint_iteration(own) >= carried_iteration:
+            shutil.rmtree(source)
+            rows.append([str(relative), "dropped (the run's own checkpoint is as new)", str(carried_iteration + 1)])
+            continue
+        # the checkpoint last: a restore cut short leaves a run that starts afresh, not one resuming from half its files
+        for path in sorted((p for p in source.rglob("*") if p.is_file()), key=lambda p: p.name == "checkpoint.pt"):
+            atomic_copy(path, run_dir / path.relative_to(source))
+        shutil.rmtree(source)
+        rows.append([str(relative), "restored", str(carried_iteration + 1)])
+    _remove_empty_dirs(carry)
+    return rows
+
+
+def listing(repo: Path) -> list[list[str]]:
+    carry = repo / CARRY_DIR
+    rows = []
+    for relative in carried_runs(carry):
+        here = repo / relative
+        state = ("finished" if (here / "results.json").exists() else "checkpoint here" if (here / "checkpoint.pt")
+                 .exists() else "checkpoint missing" if (here / "config.json").exists() else "run files missing")
+        size = sum(p.stat().st_size for p in (carry / relative).rglob("*") if p.is_file())
+        rows.append([str(relative), state, str(checkpoint_iteration(carry / relative / "checkpoint.pt") + 1),
+                     f"{size / 2**20:.1f}"])
+    return rows
+
+
+def _remove_empty_dirs(carry: Path) -> None:
+    if not carry.exists():
+        return
+    for path in sorted((p for p in carry.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(path.iterdir()):
+            path.rmdir()
+    if not any(carry.iterdir()):
+        carry.rmdir()
+
+
+def carry_is_ignored(repo: Path) -> bool:
+    return subprocess.run(["git", "check-ignore", "-q", f"{CARRY_DIR}/x/checkpoint.pt"], cwd=repo).returncode == 0
+
+
+def main(argv=None, repo: Path = REPO_ROOT) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.carry", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("save", "restore", "list"))
+    parser.add_argument("roots", nargs="*", default=list(DEFAULT_ROOTS),
+                        help="folders whose unfinished runs save copies (default: benchmarks runs)")
+    args = parser.parse_args(argv)
+    if args.action == "save":
+        if carry_is_ignored(repo):
+            parser.error(f"git ignores {CARRY_DIR}/: a new checkout would not bring it back; take it out of .gitignore")
+        rows = save(repo, args.roots)
+        print(table(["run", "carry", "iterations", "MiB"], rows) if rows else "no unfinished runs to carry")
+        if rows:
+            print(f"\n{CARRY_DIR}/ is untracked on purpose: never `git add` it. "
+                  "Next session: python -m experiments.carry restore")
+    elif args.action == "restore":
+        try:
+            rows = restore(repo)
+        except CheckpointError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(table(["run", "carry", "iterations"], rows) if rows else f"nothing carried ({CARRY_DIR}/ is empty)")
+    else:
+        rows = listing(repo)
+        print(table(["run", "here", "iterations carried", "MiB"], rows) if rows else
+              f"nothing carried ({CARRY_DIR}/ is empty)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""experiments.carry: a killed run's ignored files survive a fresh checkout through carry/, and it resumes exactly."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from algos.core.io import REPO_ROOT, CheckpointError, atomic_torch_save, load_checkpoint
+from algos.core.trainer import Trainer
+from experiments import carry
+from tests.conftest import make_trainer, read_metrics, strip_nondeterministic
+
+CELL = Path("benchmarks/benchmark/cells/point-robot/sac-no-context/7")
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A git repository with this project's ignore rules."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    shutil.copy(REPO_ROOT / ".gitignore", root / ".gitignore")
+    return root
+
+
+def fake_cell(repo: Path, relative: Path, iteration: int, seed: int = 7, finished: bool = False) -> Path:
+    """A cell folder as the runner leaves it, with a checkpoint that holds only what carry reads."""
+    run_dir = repo / relative
+    run_dir.mkdir(parents=True)
+    identity = {"env": "point-robot", "algo": "sac-no-context", "tier": "benchmark", "seed": seed}
+    (run_dir / "config.json").write_text(json.dumps({**identity, "protocol": {"num_iterations": 20}}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i}) + "\n" for i in range(iteration + 1)))
+    (run_dir / "wall_time.json").write_text(json.dumps({"elapsed": 100.0 * (iteration + 1)}))
+    (run_dir / "tb").mkdir()
+    (run_dir / "tb" / "events.out.tfevents.1").write_bytes(b"events")
+    atomic_torch_save(run_dir / "checkpoint.pt", {"iteration": iteration, "algorithm": {}, "identity": identity})
+    if finished:
+        (run_dir / "results.json").write_text("{}")
+    return run_dir
+
+
+def lose_ignored_files(repo: Path) -> None:
+    """What a fresh checkout does to the working tree: every file git ignores is gone, the rest stays."""
+    subprocess.run(["git", "clean", "-q", "-fdX"], cwd=repo, check=True)
+
+
+def carried(repo: Path) -> list[str]:
+    root = repo / carry.CARRY_DIR
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_save_copies_exactly_the_files_a_checkout_loses(repo):
+    cell = fake_cell(repo, CELL, iteration=4)
+    fake_cell(repo, CELL.parent / "8", iteration=19, finished=True)
+    (repo / "runs/point-robot/setformer").mkdir(parents=True)  # an experiments.run folder: ignored whole
+    fake_cell(repo, Path("runs/point-robot/setformer/1-stamp"), iteration=2)
+    rows = carry.save(repo, ["benchmarks", "runs"])
+    assert [row[:3] for row in rows] == [[str(CELL), "saved", "5"],
+                                         ["runs/point-robot/setformer/1-stamp", "saved", "3"]]
+    assert carried(repo) == [f"{CELL}/checkpoint.pt", f"{CELL}/tb/events.out.tfevents.1", f"{CELL}/wall_time.json",
+                             *(f"runs/point-robot/setformer/1-stamp/{name}" for name in
+                               ("checkpoint.pt", "config.json", "metrics.jsonl", "tb/events.out.tfevents.1",
+                                "wall_time.json"))]
+    assert (repo / carry.CARRY_DIR / CELL / "checkpoint.pt").read_bytes() == (cell / "checkpoint.pt").read_bytes()
+    # carry/ is untracked and not ignored: a checkout that keeps untracked files keeps it
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo,
+                            capture_output=True, text=True, check=True).stdout
+    assert f"?? carry/{CELL}/checkpoint.pt" in status
+    assert not carry.carry_is_ignored(repo)
+
+
+def test_restore_after_a_fresh_checkout(repo):
+    cell = fake_cell(repo, CELL, iteration=4)
+    checkpoint_bytes = (cell / "checkpoint.pt").read_bytes()
+    carry.save(repo, ["benchmarks"])
+    lose_ignored_files(repo)
+    assert not (cell / "checkpoint.pt").exists() and (cell / "metrics.jsonl").exists()
+    assert carry.listing(repo)[0][1:3] == ["checkpoint missing", "5"]
+    # saving again now must keep the only copy left
+    assert carry.save(repo, ["benchmarks"]) == [[str(CELL), "kept (the run's own checkpoint is gone)", "5", "—"]]
+    assert carry.restore(repo) == [[str(CELL), "restored", "5"]]
+    assert (cell / "checkpoint.pt").read_bytes() == checkpoint_bytes
+    assert (cell / "tb" / "events.out.tfevents.1").read_bytes() == b"events"
+    assert json.loads((cell / "wall_time.json").read_text()) == {"elapsed": 500.0}
+    assert not (repo / carry.CARRY_DIR).exists()  # restored copies are removed: the tree is clean again
+
+
+def test_restore_never_replaces_a_newer_checkpoint_and_drops_finished_runs(repo):
+    cell = fake_cell(repo, CELL, iteration=4)
+    done = fake_cell(repo, CELL.parent / "8", iteration=6)
+    carry.save(repo, ["benchmarks"])
+    atomic_torch_save(cell / "checkpoint.pt", {"iteration": 9, "algorithm": {}, "identity": {"seed": 7}})
+    (done / "results.json").write_text("{}")
+    rows = carry.restore(repo)
+    assert rows == [[str(CELL), "dropped (the run's own checkpoint is as new)", "5"],
+                    [str(CELL.parent / "8"), "dropped (the run finished)", "—"]]
+    assert load_checkpoint(cell / "checkpoint.pt")["iteration"] == 9
+    assert not (repo / carry.CARRY_DIR).exists()
+
+
+def test_restore_refuses_another_runs_checkpoint(repo, capsys):
+    cell = fake_cell(repo, CELL, iteration=4)
+    carry.save(repo, ["benchmarks"])
+    lose_ignored_files(repo)
+    config = json.loads((cell / "config.json").read_text())
+    (cell / "config.json").write_text(json.dumps({**config, "seed": 8}))
+    with pytest.raises(CheckpointError, match="seed 7 in the checkpoint, 8 in"):
+        carry.restore(repo)
+    assert carry.main(["restore"], repo=repo) == 1
+    assert "belongs to another run" in capsys.readouterr().err
+    assert not (cell / "checkpoint.pt").exists() and carried(repo)  # nothing restored, nothing thrown away
+
+
+def test_save_refuses_an_ignored_carry_folder(repo):
+    fake_cell(repo, CELL, iteration=1)
+    with open(repo / ".gitignore", "a") as handle:
+        handle.write("carry/\n")
+    with pytest.raises(SystemExit):
+        carry.main(["save"], repo=repo)
+    assert not carried(repo)
+
+
+def test_killed_run_carried_through_a_fresh_checkout_resumes_exactly(repo):
+    """End to end: a real run killed after two of four iterations, its ignored files lost and restored from carry/,
+    resumes to the very numbers of an uninterrupted run."""
+    overrides = ["num_iterations=4"]
+    reference = make_trainer("point-robot", repo.parent / "reference", seed=7, overrides=overrides)
+    reference_results = reference.run()
+    run_dir = repo / CELL
+    trainer = make_trainer("point-robot", run_dir, seed=7, overrides=overrides)
+    original, calls = trainer.algorithm.train_iteration, []
+
+    def killed_at_third(iteration_idx):
+        calls.append(iteration_idx)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(iteration_idx)
+
+    trainer.algorithm.train_iteration = killed_at_third
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert carry.save(repo, ["benchmarks"])[0][:3] == [str(CELL), "saved", "2"]
+    lose_ignored_files(repo)
+    assert not (run_dir / "checkpoint.pt").exists()
+    carry.restore(repo)
+    results = Trainer.from_run_dir(run_dir, progress=False).run(resume=True)
+    assert strip_nondeterministic(read_metrics(run_dir)) == strip_nondeterministic(read_metrics(repo.parent /
+                                                                                                "reference"))
+    assert results["final_eval"] == reference_results["final_eval"]
