@@ -31,7 +31,7 @@ from algos.core.config import SEEDS, TIERS
 from algos.core.config import NON_SEMANTIC_KEYS
 from envs_glue import ENV_SPECS
 from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, claim_cells, config_changes,
-                                make_runner)
+                                make_runner, refuse_unrestored_carries)
 from algos.core.io import REPO_ROOT, read_json
 from experiments.report import (DASH, ENV_ORDER, descends_from, display_path, final_eval_value, fmt, format_delta,
                                 format_commits, format_mean_std, format_paired_test, mean_std, ordered, paired_test,
@@ -128,8 +128,11 @@ def run(args: argparse.Namespace, out: Path) -> int:
         if error:
             print(f"error: ablation {name} cannot be set up: {error}", file=sys.stderr)
             return 2
+    planned = plan_cells(out, args.tier, args.ablations, args.envs, args.seeds)
+    if refuse_unrestored_carries(planned):
+        return 2
     # the same per-cell claim experiments.benchmark takes: a cell another runner is running is left to it
-    cells, held_elsewhere, locks = claim_cells(plan_cells(out, args.tier, args.ablations, args.envs, args.seeds))
+    cells, held_elsewhere, locks = claim_cells(planned)
     for cell in held_elsewhere:
         print(f"note: {cell.run_dir} is being run by another runner; left to it")
     total = len(args.ablations) * len(args.envs) * len(args.seeds)

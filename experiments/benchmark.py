@@ -28,7 +28,8 @@ from algos.core.config import SEEDS, TIERS
 from envs_glue import ENV_SPECS
 from experiments.results_table import render_tier
 from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, claim_cells, config_mismatch,
-                                make_runner, merged_plan, previous_plan, threads_per_cell, unsupported_combinations)
+                                make_runner, merged_plan, previous_plan, threads_per_cell, refuse_unrestored_carries,
+                                unsupported_combinations)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
                     done += 1
                 else:
                     cells.append(cell)
+    if refuse_unrestored_carries(cells):
+        return 2
     # another runner may be using this tier folder for other cells; a cell it is running is left to it
     planned = len(cells)
     cells, held_elsewhere, locks = claim_cells(cells)

@@ -67,6 +67,15 @@ def unfinished(run_dir: Path) -> bool:
     return (run_dir / "checkpoint.pt").exists() and not (run_dir / "results.json").exists()
 
 
+def carried_checkpoint(run_dir: Path, repo: Path = REPO_ROOT) -> Path | None:
+    """The checkpoint ``carry/`` holds for ``run_dir``, if any (None for a run outside the repository)."""
+    try:
+        path = repo / CARRY_DIR / Path(run_dir).resolve().relative_to(repo.resolve()) / "checkpoint.pt"
+    except ValueError:
+        return None
+    return path if path.exists() else None
+
+
 def carried_runs(carry: Path) -> list[Path]:
     """Every run folder under ``carry`` (one holding a carried checkpoint), relative to ``carry``."""
     return sorted(path.parent.relative_to(carry) for path in carry.rglob("checkpoint.pt")) if carry.exists() else []
@@ -78,6 +87,12 @@ def save(repo: Path, roots: list[str]) -> list[list[str]]:
     for run_dir in find_runs([repo / root for root in roots]):
         relative = run_dir.relative_to(repo)
         if unfinished(run_dir):
+            carried = carry / relative / "checkpoint.pt"
+            if carried.exists() and checkpoint_iteration(carried) > checkpoint_iteration(run_dir / "checkpoint.pt"):
+                # the run started afresh beside an unrestored copy: overwriting it would lose the iterations
+                rows.append([str(relative), "kept (the carried copy is ahead of the run's: restore it)",
+                             str(checkpoint_iteration(carried) + 1), DASH])
+                continue
             files = ignored_files(run_dir, repo)
             if not files:  # the run's checkpoint is tracked or beside the repository's rules: nothing to lose
                 continue

@@ -26,6 +26,7 @@ from typing import IO
 from algos import ALGORITHMS, algorithm_class
 from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, flatten_config, upgrade_flat_config
 from algos.core.io import REPO_ROOT
+from experiments.carry import carried_checkpoint
 
 POLL_SECONDS = 0.5
 TERMINATE_GRACE_SECONDS = 10.0
@@ -387,6 +388,18 @@ def merged_plan(previous: dict, current: dict) -> dict:
     envs, algos = union("envs"), union("algos")
     return {"envs": envs, "algos": algos, "seeds": sorted(set(union("seeds"))),
             "skipped": unsupported_combinations(envs, algos)}
+
+
+def refuse_unrestored_carries(cells: list[Cell]) -> bool:
+    """Print an error and return True if the runner would start a cell afresh (no checkpoint of its own) while
+    ``carry/`` holds one of its checkpoints: starting it would redo the carried iterations, and a later ``carry
+    save`` could lose them. A runner that refuses starts nothing."""
+    unrestored = [(cell, carried) for cell in cells if not cell.finished and not cell.resumable
+                  and (carried := carried_checkpoint(cell.run_dir)) is not None]
+    for cell, carried in unrestored:
+        print(f"error: carry/ holds a checkpoint of {cell.label} ({carried}) that was not restored: run "
+              f"`python -m experiments.carry restore` first, or delete it to start the cell afresh", file=sys.stderr)
+    return bool(unrestored)
 
 
 def claim_cell(cell: Cell) -> IO[str] | None:

@@ -150,3 +150,36 @@ def test_killed_run_carried_through_a_fresh_checkout_resumes_exactly(repo):
     assert strip_nondeterministic(read_metrics(run_dir)) == strip_nondeterministic(read_metrics(repo.parent /
                                                                                                 "reference"))
     assert results["final_eval"] == reference_results["final_eval"]
+
+
+def test_save_keeps_a_carried_copy_ahead_of_a_run_started_afresh(repo):
+    fake_cell(repo, CELL, iteration=9)
+    carry.save(repo, ["benchmarks"])
+    shutil.rmtree(repo / CELL)
+    fake_cell(repo, CELL, iteration=0)  # restarted from scratch without a restore
+    assert carry.save(repo, ["benchmarks"]) == [
+        [str(CELL), "kept (the carried copy is ahead of the run's: restore it)", "10", "—"]]
+    assert load_checkpoint(repo / carry.CARRY_DIR / CELL / "checkpoint.pt")["iteration"] == 9
+
+
+@pytest.mark.parametrize("runner", ["benchmark", "ablations"])
+def test_runners_refuse_to_start_afresh_a_cell_whose_checkpoint_is_carried(repo, monkeypatch, capsys, runner):
+    from experiments import ablations, benchmark, engine
+
+    monkeypatch.setattr(engine, "carried_checkpoint", lambda run_dir: carry.carried_checkpoint(run_dir, repo=repo))
+    out = repo / "benchmarks" / ("ablations" if runner == "ablations" else "")
+    if runner == "benchmark":
+        cell = out / "smoke" / "cells" / "point-robot" / "setformer" / "42"
+        main, args = benchmark.main, ["--tier", "smoke", "--envs", "point-robot", "--algos", "setformer",
+                                      "--seeds", "42", "--out", str(out), "--no-progress"]
+    else:
+        cell = out / "no-reward-head" / "smoke" / "cells" / "point-robot" / "setformer" / "42"
+        main, args = ablations.main, ["--tier", "smoke", "--ablations", "no-reward-head", "--envs", "point-robot",
+                                      "--seeds", "42", "--out", str(out), "--no-progress"]
+    carried = repo / carry.CARRY_DIR / cell.relative_to(repo) / "checkpoint.pt"
+    atomic_torch_save(carried, {"iteration": 3, "algorithm": {}})
+    cell.mkdir(parents=True)
+    (cell / "metrics.jsonl").write_text('{"iteration": 0}\n')  # what a checkout leaves of it: no checkpoint
+    assert main(args) == 2
+    assert "carry/ holds a checkpoint of point-robot" in capsys.readouterr().err
+    assert sorted(p.name for p in cell.iterdir()) == ["metrics.jsonl"]  # nothing started, nothing discarded
