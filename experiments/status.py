@@ -9,8 +9,9 @@ only what runs write as they go (``metrics.jsonl`` after every iteration, ``chec
 end) and which processes run now (``--run-dir`` on a command line in ``/proc``), so it is safe beside the runs.
 
 *state*: ``running`` (a process holds the run directory), ``finished`` (``results.json``), ``resumable`` (stopped
-with a checkpoint: the runner or ``--resume`` continues it) or ``lost`` (stopped before its first checkpoint, or
-its checkpoint is gone: it starts afresh). *s/iteration* is the median over the last three iterations, and *ETA*
+with a checkpoint: the runner or ``--resume`` continues it), ``carried`` (its checkpoint is gone but ``carry/``
+holds a copy: ``python -m experiments.carry restore`` makes it resumable) or ``lost`` (stopped before its first
+checkpoint, or its checkpoint is gone: it starts afresh). *s/iteration* is the median over the last three iterations, and *ETA*
 the remaining iterations at that pace (the final evaluation not counted) for a running run: in a workplace where
 the machine does not outlive a session, a run whose ETA lies past the session's end is lost.
 """
@@ -29,7 +30,7 @@ from experiments.report import DASH, display_path, fmt, table
 
 DEFAULT_ROOTS = ("benchmarks", "runs")
 RECENT_ITERATIONS = 3  # the pace is the median of this many latest iteration durations
-STATE_ORDER = ("running", "resumable", "lost", "finished")  # what needs attention first
+STATE_ORDER = ("carried", "running", "resumable", "lost", "finished")  # what needs attention first
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
@@ -123,15 +124,21 @@ def main(argv=None) -> int:
     now = datetime.now(timezone.utc)
     running = running_run_dirs()
     statuses = [run_status(run_dir, running, now) for run_dir in find_runs([Path(r) for r in args.roots])]
+    from experiments.carry import carried_checkpoint  # here, not at the top: experiments.carry builds on this module
+    for s in statuses:
+        if s["state"] == "lost" and carried_checkpoint(Path(s["run_dir"])) is not None:
+            s["state"] = "carried"
     # a lost run is usually one stopped on purpose long ago (or one a runner restarts from scratch): counted, not listed
     lost = sum(s["state"] == "lost" for s in statuses)
     if not args.all:
-        statuses = [s for s in statuses if s["state"] in ("running", "resumable")]
+        statuses = [s for s in statuses if s["state"] in ("carried", "running", "resumable")]
     statuses.sort(key=lambda s: STATE_ORDER.index(s["state"]))  # stable: by path within a state
     if args.json:
         print(json.dumps(statuses, indent=1))
         return 0
     print(render(statuses) if statuses else "no running or resumable runs")
+    if any(s["state"] == "carried" for s in statuses):
+        print("carried runs lost their checkpoints in this checkout: `python -m experiments.carry restore` first")
     if lost and not args.all:
         print(f"{lost} lost run(s) not listed (stopped before a checkpoint, or the checkpoint is gone): --all lists them")
     return 0

@@ -32,7 +32,8 @@ def fake_cell(repo: Path, relative: Path, iteration: int, seed: int = 7, finishe
     run_dir.mkdir(parents=True)
     identity = {"env": "point-robot", "algo": "sac-no-context", "tier": "benchmark", "seed": seed}
     (run_dir / "config.json").write_text(json.dumps({**identity, "protocol": {"num_iterations": 20}}))
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i}) + "\n" for i in range(iteration + 1)))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "wall_time_s": 100.0 * (i + 1)}) + "\n"
+                                              for i in range(iteration + 1)))
     (run_dir / "wall_time.json").write_text(json.dumps({"elapsed": 100.0 * (iteration + 1)}))
     (run_dir / "tb").mkdir()
     (run_dir / "tb" / "events.out.tfevents.1").write_bytes(b"events")
@@ -183,3 +184,19 @@ def test_runners_refuse_to_start_afresh_a_cell_whose_checkpoint_is_carried(repo,
     assert main(args) == 2
     assert "carry/ holds a checkpoint of point-robot" in capsys.readouterr().err
     assert sorted(p.name for p in cell.iterdir()) == ["metrics.jsonl"]  # nothing started, nothing discarded
+
+
+def test_status_shows_a_run_whose_checkpoint_only_carry_holds(repo, monkeypatch, capsys):
+    from experiments import status
+
+    original = carry.carried_checkpoint
+    monkeypatch.setattr(carry, "carried_checkpoint", lambda run_dir: original(run_dir, repo=repo))
+    fake_cell(repo, CELL, iteration=4)
+    fake_cell(repo, CELL.parent / "8", iteration=2)
+    carry.save(repo, ["benchmarks"])
+    lose_ignored_files(repo)
+    shutil.rmtree(repo / carry.CARRY_DIR / CELL.parent / "8")  # seed 8 was not carried: it is lost
+    assert status.main([str(repo / "benchmarks")]) == 0
+    out = capsys.readouterr().out
+    assert f"| {repo / CELL} | carried | 5/20 |" in out and "carry restore` first" in out
+    assert "1 lost run(s) not listed" in out
