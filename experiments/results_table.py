@@ -258,13 +258,15 @@ def _margin_of(algo: str, env: str, seed_figures: dict[str, tuple[dict[int, floa
     compared = {a: f for a, f in seed_figures.items() if a in baselines() and f[0]}
     if compared:
         best = max(compared, key=lambda a: np.mean(list(compared[a][0].values())))
-        text = (f"{display_name(algo)} minus the strongest baseline run here at equal budget "
-                f"({display_name(best)}): {_paired_difference(mine[0], compared[best][0], 'protocol')}")
+        differences, strongest = [_paired_difference(mine[0], compared[best][0], "protocol")], display_name(best)
         best_final = [a for a in compared if compared[a][1]]
         if mine[1] and best_final:
             best_f = max(best_final, key=lambda a: np.mean(list(compared[a][1].values())))
-            text += f", {_paired_difference(mine[1], compared[best_f][1], 'low-noise')} (vs {display_name(best_f)})"
-        sentences.append(text + ".")
+            differences.append(_paired_difference(mine[1], compared[best_f][1], "low-noise"))
+            if best_f != best:  # the baselines' order differs between the two figures: name each figure's
+                strongest += f" on the protocol figure, {display_name(best_f)} on the low-noise one"
+        sentences.append(f"{display_name(algo)} minus the strongest baseline run here at equal budget "
+                         f"({strongest}): {', '.join(differences)}.")
     references = REFERENCE_RESULTS.get(env)
     if references:
         best_ref = max(references.values())

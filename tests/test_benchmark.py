@@ -259,7 +259,14 @@ def test_renderer_states_exact_figures(synthetic_summary):
     # ours minus the strongest baseline (PEARL) on the seeds both ran: seed 42 only, not ours' 42 against PEARL's mean
     assert ("setformer (ours) minus the strongest baseline run here at equal budget (PEARL): +4.00 on the protocol "
             "figure (on seed 42, the ones both have run), +6.50 on the low-noise figure (on seed 42, the ones both "
-            "have run) (vs PEARL).") in markdown
+            "have run).") in markdown
+    # where another baseline is strongest on the low-noise figure, each figure names its own
+    focal = synthetic_cell("focal", 42, -13.0, -4.0)
+    markdown = render_markdown({**synthetic_summary, "cells": synthetic_summary["cells"] + [focal]},
+                               {"point-robot": "curves_point-robot.png"})
+    assert ("setformer (ours) minus the strongest baseline run here at equal budget (PEARL on the protocol figure, "
+            "FOCAL (online SAC variant) on the low-noise one): +4.00 on the protocol figure (on seed 42, the ones both "
+            "have run), -1.00 on the low-noise figure.") in markdown
     assert "ddof = 1" in markdown
     assert "| point-robot | 2 | 200 | 16 × 64 | 64 | 10,400 | 400 |" in markdown
     assert "![Learning curves on point-robot](curves_point-robot.png)" in markdown
