@@ -38,7 +38,7 @@ SKIPPED_SUFFIXES = (".tmp", ".lock")  # half-written files and runner locks are 
 
 
 def ignored_files(run_dir: Path, repo: Path) -> list[Path]:
-    """The files under ``run_dir`` that git ignores (what a fresh checkout lacks), relative to ``run_dir``."""
+    """The files under ``run_dir`` that git ignores (what a fresh checkout lacks)."""
     listing = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "-z", "--",
                               str(run_dir.relative_to(repo))], cwd=repo, capture_output=True, check=True)
     names = [Path(name) for name in listing.stdout.decode().split("\0") if name]
@@ -146,8 +146,9 @@ def listing(repo: Path) -> list[list[str]]:
     rows = []
     for relative in carried_runs(carry):
         here = repo / relative
-        state = ("finished" if (here / "results.json").exists() else "checkpoint here" if (here / "checkpoint.pt")
-                 .exists() else "checkpoint missing" if (here / "config.json").exists() else "run files missing")
+        state = next((label for name, label in (("results.json", "finished"), ("checkpoint.pt", "checkpoint here"),
+                                                ("config.json", "checkpoint missing")) if (here / name).exists()),
+                     "run files missing")
         size = sum(p.stat().st_size for p in (carry / relative).rglob("*") if p.is_file())
         rows.append([str(relative), state, str(checkpoint_iteration(carry / relative / "checkpoint.pt") + 1),
                      f"{size / 2**20:.1f}"])

@@ -11,8 +11,8 @@ end) and which processes run now (``--run-dir`` on a command line in ``/proc``),
 *state*: ``running`` (a process holds the run directory), ``finished`` (``results.json``), ``resumable`` (stopped
 with a checkpoint: the runner or ``--resume`` continues it), ``carried`` (its checkpoint is gone but ``carry/``
 holds a copy: ``python -m experiments.carry restore`` makes it resumable) or ``lost`` (stopped before its first
-checkpoint, or its checkpoint is gone: it starts afresh). *s/iteration* is the median over the last three iterations, and *ETA*
-the remaining iterations at that pace (the final evaluation not counted) for a running run: in a workplace where
+checkpoint, or its checkpoint is gone: it starts afresh). *s/iteration* is the median over the last three
+iterations, and *ETA* the remaining iterations at that pace (the final evaluation not counted) for a running run: in a workplace where
 the machine does not outlive a session, a run whose ETA lies past the session's end is lost.
 """
 from __future__ import annotations
