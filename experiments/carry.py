@@ -18,6 +18,10 @@ checkpoint is missing or older than the carried one, after checking that the che
 ``config.json`` (env, algo, tier, seed); the trainer's identity check still runs on resume. A carried checkpoint
 older than the run's ``metrics.jsonl`` is fine: resuming rewrites the metrics from the checkpoint's learning curve,
 so the iterations after it are run again, not duplicated.
+
+The benchmark and ablation runners do ``save``'s work themselves with ``--carry`` (after every new checkpoint of a
+running cell, and dropping the copy when the cell finishes), and refuse to start afresh a cell whose checkpoint
+``carry/`` holds unrestored.
 """
 from __future__ import annotations
 
@@ -81,28 +85,46 @@ def carried_runs(carry: Path) -> list[Path]:
     return sorted(path.parent.relative_to(carry) for path in carry.rglob("checkpoint.pt")) if carry.exists() else []
 
 
+def save_run(run_dir: Path, repo: Path = REPO_ROOT) -> list[str] | None:
+    """Carry one unfinished run's ignored files to ``carry/``; its row of ``save``'s table, or None where there is
+    nothing to carry (no checkpoint yet, or nothing of it ignored)."""
+    relative = Path(run_dir).resolve().relative_to(Path(repo).resolve())
+    run_dir, carry = repo / relative, repo / CARRY_DIR
+    carried = carry / relative / "checkpoint.pt"
+    if carried.exists() and checkpoint_iteration(carried) > checkpoint_iteration(run_dir / "checkpoint.pt"):
+        # the run started afresh beside an unrestored copy: overwriting it would lose the iterations
+        return [str(relative), "kept (the carried copy is ahead of the run's: restore it)",
+                str(checkpoint_iteration(carried) + 1), DASH]
+    files = ignored_files(run_dir, repo)
+    if not files:  # the run's checkpoint is tracked or beside the repository's rules: nothing to lose
+        return None
+    for source in files:
+        atomic_copy(source, carry / relative / source.relative_to(run_dir))
+    iteration = checkpoint_iteration(carried)
+    size = sum(source.stat().st_size for source in files)
+    return [str(relative), "saved", str(iteration + 1), f"{size / 2**20:.1f}"]
+
+
+def drop_run(run_dir: Path, repo: Path = REPO_ROOT) -> bool:
+    """Remove ``carry/``'s copy of a run (one that finished); whether there was one."""
+    relative = Path(run_dir).resolve().relative_to(Path(repo).resolve())
+    if not (repo / CARRY_DIR / relative).exists():
+        return False
+    shutil.rmtree(repo / CARRY_DIR / relative)
+    _remove_empty_dirs(repo / CARRY_DIR)
+    return True
+
+
 def save(repo: Path, roots: list[str]) -> list[list[str]]:
     carry = repo / CARRY_DIR
     rows = []
     for run_dir in find_runs([repo / root for root in roots]):
         relative = run_dir.relative_to(repo)
         if unfinished(run_dir):
-            carried = carry / relative / "checkpoint.pt"
-            if carried.exists() and checkpoint_iteration(carried) > checkpoint_iteration(run_dir / "checkpoint.pt"):
-                # the run started afresh beside an unrestored copy: overwriting it would lose the iterations
-                rows.append([str(relative), "kept (the carried copy is ahead of the run's: restore it)",
-                             str(checkpoint_iteration(carried) + 1), DASH])
-                continue
-            files = ignored_files(run_dir, repo)
-            if not files:  # the run's checkpoint is tracked or beside the repository's rules: nothing to lose
-                continue
-            for source in files:
-                atomic_copy(source, carry / relative / source.relative_to(run_dir))
-            iteration = checkpoint_iteration(carry / relative / "checkpoint.pt")
-            size = sum(source.stat().st_size for source in files)
-            rows.append([str(relative), "saved", str(iteration + 1), f"{size / 2**20:.1f}"])
-        elif (run_dir / "results.json").exists() and (carry / relative).exists():
-            shutil.rmtree(carry / relative)
+            row = save_run(run_dir, repo)
+            if row:
+                rows.append(row)
+        elif (run_dir / "results.json").exists() and drop_run(run_dir, repo):
             rows.append([str(relative), "dropped (finished)", DASH, DASH])
     for relative in carried_runs(carry):
         if not (repo / relative / "checkpoint.pt").exists():

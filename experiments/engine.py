@@ -25,8 +25,8 @@ from typing import IO
 
 from algos import ALGORITHMS, algorithm_class
 from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, flatten_config, upgrade_flat_config
-from algos.core.io import REPO_ROOT
-from experiments.carry import carried_checkpoint
+from algos.core.io import REPO_ROOT, CheckpointError
+from experiments.carry import carried_checkpoint, drop_run, save_run
 
 POLL_SECONDS = 0.5
 TERMINATE_GRACE_SECONDS = 10.0
@@ -199,6 +199,7 @@ class RunningCell:
     process: subprocess.Popen
     stderr: IO[bytes]
     started: float = field(default_factory=time.monotonic)
+    carried_checkpoint_ns: int = 0  # the mtime of the checkpoint last copied to carry/
 
 
 @dataclass
@@ -212,7 +213,8 @@ class CellRunner:
     """Runs cells as subprocesses, ``workers`` at a time, with a progress bar; stops them all on interrupt."""
 
     def __init__(self, cells: list[Cell], already_done: int, workers: int, tier: str, overrides: list[str],
-                 threads: int, progress: bool = True):
+                 threads: int, progress: bool = True, carry_repo: Path | None = None):
+        self.carry_repo = carry_repo  # with a repository: keep carry/ copies of the running cells' checkpoints
         self.queue = deque(cells)
         self.already_done = already_done
         self.workers = workers
@@ -274,6 +276,7 @@ class CellRunner:
                 for running in list(self.running):
                     code = running.process.poll()
                     if code is None:
+                        self._carry(running, bar)
                         continue
                     running.stderr.close()
                     self.running.remove(running)
@@ -294,11 +297,29 @@ class CellRunner:
             bar.close()
         return outcome
 
+    def _carry(self, running: RunningCell, bar) -> None:
+        """Copy a running cell's git-ignored files to carry/ once after each new checkpoint (``--carry``)."""
+        if self.carry_repo is None:
+            return
+        try:
+            written = (running.cell.run_dir / "checkpoint.pt").stat().st_mtime_ns
+        except FileNotFoundError:  # before its first checkpoint
+            return
+        if written == running.carried_checkpoint_ns:
+            return
+        running.carried_checkpoint_ns = written
+        try:
+            save_run(running.cell.run_dir, self.carry_repo)
+        except (OSError, ValueError, CheckpointError, subprocess.CalledProcessError) as error:
+            bar.write(f"warning: could not copy {running.cell.label}'s checkpoint to carry/ ({error})")
+
     def _finish(self, running: RunningCell, code: int, outcome: Outcome, bar) -> None:
         cell = running.cell
         log = cell.run_dir / "stderr.log"
         minutes = (time.monotonic() - running.started) / 60.0
         if code == 0 and cell.finished:
+            if self.carry_repo is not None:
+                drop_run(cell.run_dir, self.carry_repo)
             outcome.finished.append(cell)
             bar.write(f"finished {cell.label} in {minutes:.1f} min")
             return
@@ -345,6 +366,10 @@ def add_backend_arguments(parser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="local: subprocesses on this machine, --workers at a time (default); ray: one Ray task "
                              "per cell on a Ray cluster, as many at once as its CPUs allow")
+    parser.add_argument("--carry", action="store_true",
+                        help="local backend: after each checkpoint, copy the running cell's git-ignored files "
+                             "(checkpoint, clock, TensorBoard) to carry/ (see experiments.carry), for a workplace "
+                             "whose next checkout keeps untracked files but loses ignored ones")
     parser.add_argument("--address", default=None, metavar="HOST:PORT",
                         help="with --backend ray: the cluster to join (HOST:PORT of `ray start --head`, or auto); "
                              "without it a local Ray instance is started")
@@ -355,12 +380,14 @@ def make_runner(args, cells: list[Cell], done: int, tier: str, overrides: list[s
     """The runner of ``args.backend`` for ``cells``: ``CellRunner`` here, or ``RayCellRunner`` on a cluster (one
     thread per cell unless ``num_threads`` is set, each Ray task reserving that many CPUs)."""
     if args.backend == "ray":
+        if args.carry:
+            print("note: --carry applies to the local backend; Ray cells keep their checkpoints on the driver")
         from experiments.ray_backend import RayCellRunner, connect
         connect(args.address, num_cpus=available_cpus() if args.address is None else None)
         return RayCellRunner(cells, done, tier, overrides, threads_per_cell(available_cpus(), overrides), root,
                              progress=progress)
     return CellRunner(cells, done, args.workers, tier, overrides, threads_per_cell(args.workers, overrides),
-                      progress=progress)
+                      progress=progress, carry_repo=REPO_ROOT if args.carry else None)
 
 
 def threads_per_cell(workers: int, overrides: list[str]) -> int:

@@ -200,3 +200,55 @@ def test_status_shows_a_run_whose_checkpoint_only_carry_holds(repo, monkeypatch,
     out = capsys.readouterr().out
     assert f"| {repo / CELL} | carried | 5/20 |" in out and "carry restore` first" in out
     assert "1 lost run(s) not listed" in out
+
+
+class _Bar:
+    def __init__(self):
+        self.lines = []
+
+    def write(self, line):
+        self.lines.append(line)
+
+
+def test_runner_with_carry_copies_each_new_checkpoint_once_and_drops_the_copy_when_the_cell_finishes(repo):
+    import os
+
+    from experiments.engine import Cell, CellRunner, Outcome, RunningCell
+
+    run_dir = fake_cell(repo, CELL, iteration=4)
+    cell = Cell("point-robot", "sac-no-context", 7, run_dir)
+    runner, bar = CellRunner([], 0, 1, "benchmark", [], 1, progress=False, carry_repo=repo), _Bar()
+    running = RunningCell(cell, process=None, stderr=None)
+    runner._carry(running, bar)
+    carried = repo / carry.CARRY_DIR / CELL / "checkpoint.pt"
+    assert load_checkpoint(carried)["iteration"] == 4
+    carried.unlink()
+    runner._carry(running, bar)  # the same checkpoint: not copied again
+    assert not carried.exists()
+    atomic_torch_save(run_dir / "checkpoint.pt", {"iteration": 5, "algorithm": {}, "identity": {"seed": 7}})
+    os.utime(run_dir / "checkpoint.pt", ns=(running.carried_checkpoint_ns + 1, running.carried_checkpoint_ns + 1))
+    runner._carry(running, bar)
+    assert load_checkpoint(carried)["iteration"] == 5 and not bar.lines
+    (run_dir / "results.json").write_text("{}")
+    outcome = Outcome()
+    runner._finish(running, 0, outcome, bar)
+    assert outcome.finished == [cell] and not (repo / carry.CARRY_DIR).exists()
+
+
+def test_runner_without_carry_copies_nothing(repo):
+    from experiments.engine import Cell, CellRunner, RunningCell
+
+    run_dir = fake_cell(repo, CELL, iteration=4)
+    runner = CellRunner([], 0, 1, "benchmark", [], 1, progress=False)
+    runner._carry(RunningCell(Cell("point-robot", "sac-no-context", 7, run_dir), process=None, stderr=None), _Bar())
+    assert not (repo / carry.CARRY_DIR).exists()
+
+
+def test_carry_flag_reaches_the_local_runner():
+    from experiments import benchmark
+    from experiments.engine import make_runner
+
+    args = benchmark.parse_args(["--tier", "smoke", "--carry"])
+    assert make_runner(args, [], 0, "smoke", [], REPO_ROOT, progress=False).carry_repo == REPO_ROOT
+    args = benchmark.parse_args(["--tier", "smoke"])
+    assert make_runner(args, [], 0, "smoke", [], REPO_ROOT, progress=False).carry_repo is None
