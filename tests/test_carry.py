@@ -49,8 +49,9 @@ def lose_ignored_files(repo: Path) -> None:
 
 
 def carried(repo: Path) -> list[str]:
+    """The run files carry/ holds, as ``<run path>/<file>``."""
     root = repo / carry.CARRY_DIR
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return sorted(f"{run}/{name}" for run in carry.carried_runs(root) for name in carry.carried_names(root / run))
 
 
 def test_save_copies_exactly_the_files_a_checkout_loses(repo):
@@ -65,11 +66,15 @@ def test_save_copies_exactly_the_files_a_checkout_loses(repo):
                              *(f"runs/point-robot/setformer/1-stamp/{name}" for name in
                                ("checkpoint.pt", "config.json", "metrics.jsonl", "tb/events.out.tfevents.1",
                                 "wall_time.json"))]
-    assert (repo / carry.CARRY_DIR / CELL / "checkpoint.pt").read_bytes() == (cell / "checkpoint.pt").read_bytes()
+    carried_run = repo / carry.CARRY_DIR / CELL
+    assert carry.read_carried(carried_run, "checkpoint.pt") == (cell / "checkpoint.pt").read_bytes()
+    # small files are one part each, beside the manifest that names them
+    assert sorted(p.name.split(".")[0] for p in carried_run.rglob("*") if p.is_file()) == [
+        "MANIFEST", "checkpoint", "events", "wall_time"]
     # carry/ is untracked and not ignored: a checkout that keeps untracked files keeps it
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo,
                             capture_output=True, text=True, check=True).stdout
-    assert f"?? carry/{CELL}/checkpoint.pt" in status
+    assert f"?? carry/{CELL}/MANIFEST.json" in status and ".part000" in status
     assert not carry.carry_is_ignored(repo)
 
 
@@ -124,9 +129,10 @@ def test_save_refuses_an_ignored_carry_folder(repo):
     assert not carried(repo)
 
 
-def test_killed_run_carried_through_a_fresh_checkout_resumes_exactly(repo):
-    """End to end: a real run killed after two of four iterations, its ignored files lost and restored from carry/,
-    resumes to the very numbers of an uninterrupted run."""
+def test_killed_run_carried_through_a_fresh_checkout_resumes_exactly(repo, monkeypatch):
+    """End to end: a real run killed after two of four iterations, its ignored files lost and restored from carry/
+    (the checkpoint in several parts), resumes to the very numbers of an uninterrupted run."""
+    monkeypatch.setattr(carry, "PART_BYTES", 256 * 1024)
     overrides = ["num_iterations=4"]
     reference = make_trainer("point-robot", repo.parent / "reference", seed=7, overrides=overrides)
     reference_results = reference.run()
@@ -144,6 +150,7 @@ def test_killed_run_carried_through_a_fresh_checkout_resumes_exactly(repo):
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert carry.save(repo, ["benchmarks"])[0][:3] == [str(CELL), "saved", "2"]
+    assert len(json.loads((repo / carry.CARRY_DIR / CELL / carry.MANIFEST).read_text())["checkpoint.pt"]["parts"]) > 2
     lose_ignored_files(repo)
     assert not (run_dir / "checkpoint.pt").exists()
     carry.restore(repo)
@@ -160,7 +167,7 @@ def test_save_keeps_a_carried_copy_ahead_of_a_run_started_afresh(repo):
     fake_cell(repo, CELL, iteration=0)  # restarted from scratch without a restore
     assert carry.save(repo, ["benchmarks"]) == [
         [str(CELL), "kept (the carried copy is ahead of the run's: restore it)", "10", "—"]]
-    assert load_checkpoint(repo / carry.CARRY_DIR / CELL / "checkpoint.pt")["iteration"] == 9
+    assert carry.carried_state(repo / carry.CARRY_DIR / CELL)["iteration"] == 9
 
 
 @pytest.mark.parametrize("runner", ["benchmark", "ablations"])
@@ -177,6 +184,7 @@ def test_runners_refuse_to_start_afresh_a_cell_whose_checkpoint_is_carried(repo,
         cell = out / "no-reward-head" / "smoke" / "cells" / "point-robot" / "setformer" / "42"
         main, args = ablations.main, ["--tier", "smoke", "--ablations", "no-reward-head", "--envs", "point-robot",
                                       "--seeds", "42", "--out", str(out), "--no-progress"]
+    # a copy as saved before parts existed (one whole file, no manifest), which carry still reads
     carried = repo / carry.CARRY_DIR / cell.relative_to(repo) / "checkpoint.pt"
     atomic_torch_save(carried, {"iteration": 3, "algorithm": {}})
     cell.mkdir(parents=True)
@@ -220,15 +228,15 @@ def test_runner_with_carry_copies_each_new_checkpoint_once_and_drops_the_copy_wh
     runner, bar = CellRunner([], 0, 1, "benchmark", [], 1, progress=False, carry_repo=repo), _Bar()
     running = RunningCell(cell, process=None, stderr=None)
     runner._carry(running, bar)
-    carried = repo / carry.CARRY_DIR / CELL / "checkpoint.pt"
-    assert load_checkpoint(carried)["iteration"] == 4
-    carried.unlink()
+    carried_run = repo / carry.CARRY_DIR / CELL
+    assert carry.carried_state(carried_run)["iteration"] == 4
+    shutil.rmtree(carried_run)
     runner._carry(running, bar)  # the same checkpoint: not copied again
-    assert not carried.exists()
+    assert not carried_run.exists()
     atomic_torch_save(run_dir / "checkpoint.pt", {"iteration": 5, "algorithm": {}, "identity": {"seed": 7}})
     os.utime(run_dir / "checkpoint.pt", ns=(running.carried_checkpoint_ns + 1, running.carried_checkpoint_ns + 1))
     runner._carry(running, bar)
-    assert load_checkpoint(carried)["iteration"] == 5 and not bar.lines
+    assert carry.carried_state(carried_run)["iteration"] == 5 and not bar.lines
     (run_dir / "results.json").write_text("{}")
     outcome = Outcome()
     runner._finish(running, 0, outcome, bar)
@@ -252,3 +260,63 @@ def test_carry_flag_reaches_the_local_runner():
     assert make_runner(args, [], 0, "smoke", [], REPO_ROOT, progress=False).carry_repo == REPO_ROOT
     args = benchmark.parse_args(["--tier", "smoke"])
     assert make_runner(args, [], 0, "smoke", [], REPO_ROOT, progress=False).carry_repo is None
+
+
+@pytest.mark.parametrize("size, parts", [(0, 1), (1000, 1), (1001, 2), (2500, 3)])
+def test_files_go_in_parts_of_at_most_part_bytes_and_come_back_byte_for_byte(tmp_path, monkeypatch, size, parts):
+    monkeypatch.setattr(carry, "PART_BYTES", 1000)
+    run_dir, carried_run = tmp_path / "run", tmp_path / "carry" / "run"
+    (run_dir / "tb").mkdir(parents=True)
+    data = bytes(range(256)) * 10
+    (run_dir / "tb" / "events").write_bytes(data[:size])
+    assert carry.write_carried(run_dir, [run_dir / "tb" / "events"], carried_run) == size
+    entry = json.loads((carried_run / carry.MANIFEST).read_text())["tb/events"]
+    assert len(entry["parts"]) == parts and entry["size"] == size
+    assert all((carried_run / part).stat().st_size <= 1000 for part in entry["parts"])
+    assert carry.read_carried(carried_run, "tb/events") == data[:size]
+
+
+def test_a_new_save_replaces_the_previous_parts_and_leaves_no_strays(repo, monkeypatch):
+    monkeypatch.setattr(carry, "PART_BYTES", 200)
+    cell = fake_cell(repo, CELL, iteration=4)
+    carry.save(repo, ["benchmarks"])
+    atomic_torch_save(cell / "checkpoint.pt", {"iteration": 5, "algorithm": {"pad": b"x" * 500}, "identity": {}})
+    carry.save(repo, ["benchmarks"])
+    carried_run = repo / carry.CARRY_DIR / CELL
+    manifest = json.loads((carried_run / carry.MANIFEST).read_text())
+    named = {carry.MANIFEST, *(part for entry in manifest.values() for part in entry["parts"])}
+    assert {p.relative_to(carried_run).as_posix() for p in carried_run.rglob("*") if p.is_file()} == named
+    assert len(manifest["checkpoint.pt"]["parts"]) > 2 and carry.carried_iteration(carried_run) == 5
+
+
+@pytest.mark.parametrize("damage, message", [("missing", "is incomplete: 1 of its"), ("flipped", "is corrupt")])
+def test_a_carried_copy_that_came_back_damaged_is_an_error_naming_it(repo, monkeypatch, capsys, damage, message):
+    monkeypatch.setattr(carry, "PART_BYTES", 200)
+    cell = fake_cell(repo, CELL, iteration=4)
+    atomic_torch_save(cell / "checkpoint.pt", {"iteration": 4, "algorithm": {"pad": b"x" * 500}, "identity": {}})
+    carry.save(repo, ["benchmarks"])
+    lose_ignored_files(repo)
+    carried_run = repo / carry.CARRY_DIR / CELL
+    part = carried_run / json.loads((carried_run / carry.MANIFEST).read_text())["checkpoint.pt"]["parts"][1]
+    if damage == "missing":
+        part.unlink()
+    else:
+        part.write_bytes(bytes([part.read_bytes()[0] ^ 1]) + part.read_bytes()[1:])
+    with pytest.raises(CheckpointError, match=message):
+        carry.restore(repo)
+    assert carry.main(["restore"], repo=repo) == 1
+    assert f"of checkpoint.pt in {carried_run}" in capsys.readouterr().err
+    assert not (cell / "checkpoint.pt").exists() and not (cell / "wall_time.json").exists()  # nothing half-restored
+
+
+def test_restore_reads_a_copy_saved_as_whole_files_before_parts_existed(repo):
+    cell = fake_cell(repo, CELL, iteration=4)
+    checkpoint_bytes = (cell / "checkpoint.pt").read_bytes()
+    for name in ("checkpoint.pt", "wall_time.json", "tb/events.out.tfevents.1"):  # the earlier layout, by hand
+        (repo / carry.CARRY_DIR / CELL / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cell / name, repo / carry.CARRY_DIR / CELL / name)
+    lose_ignored_files(repo)
+    assert carry.listing(repo)[0][1:3] == ["checkpoint missing", "5"]
+    assert carry.restore(repo) == [[str(CELL), "restored", "5"]]
+    assert (cell / "checkpoint.pt").read_bytes() == checkpoint_bytes
+    assert (cell / "tb" / "events.out.tfevents.1").read_bytes() == b"events"

@@ -1,10 +1,10 @@
 """Atomic file writes and checkpoint loading with clear errors: no run loses data."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -49,13 +49,6 @@ def atomic_torch_save(path: Path, obj) -> None:
     _atomic_write(path, lambda h: torch.save(obj, h))
 
 
-def atomic_copy(source: Path, target: Path) -> None:
-    """``source``'s bytes at ``target``, atomically. ``source`` is opened once, so a file another process replaces
-    atomically meanwhile (a checkpoint) is copied whole, the old version or the new one."""
-    with open(source, "rb") as handle:
-        _atomic_write(target, lambda out: shutil.copyfileobj(handle, out, 1 << 20))
-
-
 def atomic_savefig(fig, path: Path, dpi: int = 110) -> None:
     """A matplotlib figure as a PNG, atomically."""
     _atomic_write(path, lambda h: fig.savefig(h, format="png", dpi=dpi))
@@ -65,12 +58,14 @@ class CheckpointError(RuntimeError):
     """A missing, corrupt or foreign checkpoint or run file; the message names the file."""
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, data: bytes | None = None) -> dict:
+    """The checkpoint at ``path``; ``data`` holds its bytes where they are not one file there (a copy carried in
+    parts, ``experiments.carry``), and ``path`` then only names it in errors."""
     path = Path(path)
-    if not path.exists():
+    if data is None and not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or "iteration" not in state or "algorithm" not in state:
