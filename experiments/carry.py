@@ -31,6 +31,8 @@ running cell, and dropping the copy when the cell finishes), and refuse to start
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import secrets
@@ -46,6 +48,7 @@ from experiments.status import DEFAULT_ROOTS, find_runs
 
 CARRY_DIR = "carry"
 MANIFEST = "MANIFEST.json"
+LOCK = ".lock"  # held while a copy is written: a runner's --carry and a `carry save` beside it take turns
 PART_BYTES = 15 * 2**20  # a 16.5 MB checkpoint came back whole on 2026-12-02; whether larger files do is unknown
 IDENTITY_KEYS = ("env", "algo", "tier", "seed")
 SKIPPED_SUFFIXES = (".tmp", ".lock")  # half-written files and runner locks are never worth carrying
@@ -86,10 +89,20 @@ def write_carried(run_dir: Path, files: list[Path], carried_run: Path) -> int:
                     break
         manifest[name] = {"size": size, "sha256": digest.hexdigest(), "parts": parts}
     atomic_write_json(carried_run / MANIFEST, manifest)
-    keep = {carried_run / MANIFEST, *(carried_run / part for entry in manifest.values() for part in entry["parts"])}
+    keep = {carried_run / MANIFEST, carried_run / LOCK,
+            *(carried_run / part for entry in manifest.values() for part in entry["parts"])}
     for path in [p for p in carried_run.rglob("*") if p.is_file() and p not in keep]:
         path.unlink()
     return sum(entry["size"] for entry in manifest.values())
+
+
+@contextlib.contextmanager
+def _writing(carried_run: Path):
+    """Hold ``carried_run``'s write lock: two writers' parts and clean-ups must not interleave."""
+    carried_run.mkdir(parents=True, exist_ok=True)
+    with open(carried_run / LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _manifest(carried_run: Path) -> dict | None:
@@ -101,7 +114,8 @@ def carried_names(carried_run: Path) -> list[str]:
     """The run files a carried folder holds, relative to the run."""
     manifest = _manifest(carried_run)
     if manifest is None:  # a copy saved before parts existed (2026-12-02): whole files
-        return sorted(p.relative_to(carried_run).as_posix() for p in carried_run.rglob("*") if p.is_file())
+        return sorted(p.relative_to(carried_run).as_posix() for p in carried_run.rglob("*")
+                      if p.is_file() and p.name != LOCK)
     return sorted(manifest)
 
 
@@ -177,15 +191,16 @@ def save_run(run_dir: Path, repo: Path = REPO_ROOT) -> list[str] | None:
     nothing to carry (no checkpoint yet, or nothing of it ignored)."""
     relative = Path(run_dir).resolve().relative_to(Path(repo).resolve())
     run_dir, carried_run = repo / relative, repo / CARRY_DIR / relative
-    if holds_checkpoint(carried_run) and (ahead := carried_iteration(carried_run)) > checkpoint_iteration(
-            run_dir / "checkpoint.pt"):
-        # the run started afresh beside an unrestored copy: overwriting it would lose the iterations
-        return [str(relative), "kept (the carried copy is ahead of the run's: restore it)", str(ahead + 1), DASH]
     files = ignored_files(run_dir, repo)
     if not files:  # the run's checkpoint is tracked or beside the repository's rules: nothing to lose
         return None
-    size = write_carried(run_dir, files, carried_run)
-    iteration = carried_iteration(carried_run)  # read back now: a copy that does not load fails here, not next session
+    with _writing(carried_run):
+        if holds_checkpoint(carried_run) and (ahead := carried_iteration(carried_run)) > checkpoint_iteration(
+                run_dir / "checkpoint.pt"):
+            # the run started afresh beside an unrestored copy: overwriting it would lose the iterations
+            return [str(relative), "kept (the carried copy is ahead of the run's: restore it)", str(ahead + 1), DASH]
+        size = write_carried(run_dir, files, carried_run)
+        iteration = carried_iteration(carried_run)  # read back now: a copy that does not load fails here, not later
     return [str(relative), "saved", str(iteration + 1), f"{size / 2**20:.1f}"]
 
 

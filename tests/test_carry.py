@@ -69,7 +69,7 @@ def test_save_copies_exactly_the_files_a_checkout_loses(repo):
     carried_run = repo / carry.CARRY_DIR / CELL
     assert carry.read_carried(carried_run, "checkpoint.pt") == (cell / "checkpoint.pt").read_bytes()
     # small files are one part each, beside the manifest that names them
-    assert sorted(p.name.split(".")[0] for p in carried_run.rglob("*") if p.is_file()) == [
+    assert sorted(p.name.split(".")[0] for p in carried_run.rglob("*") if p.is_file() and p.name != carry.LOCK) == [
         "MANIFEST", "checkpoint", "events", "wall_time"]
     # carry/ is untracked and not ignored: a checkout that keeps untracked files keeps it
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo,
@@ -284,7 +284,7 @@ def test_a_new_save_replaces_the_previous_parts_and_leaves_no_strays(repo, monke
     carry.save(repo, ["benchmarks"])
     carried_run = repo / carry.CARRY_DIR / CELL
     manifest = json.loads((carried_run / carry.MANIFEST).read_text())
-    named = {carry.MANIFEST, *(part for entry in manifest.values() for part in entry["parts"])}
+    named = {carry.MANIFEST, carry.LOCK, *(part for entry in manifest.values() for part in entry["parts"])}
     assert {p.relative_to(carried_run).as_posix() for p in carried_run.rglob("*") if p.is_file()} == named
     assert len(manifest["checkpoint.pt"]["parts"]) > 2 and carry.carried_iteration(carried_run) == 5
 
@@ -320,3 +320,29 @@ def test_restore_reads_a_copy_saved_as_whole_files_before_parts_existed(repo):
     assert carry.restore(repo) == [[str(CELL), "restored", "5"]]
     assert (cell / "checkpoint.pt").read_bytes() == checkpoint_bytes
     assert (cell / "tb" / "events.out.tfevents.1").read_bytes() == b"events"
+
+
+def test_two_writers_of_one_carried_copy_take_turns(repo, monkeypatch):
+    """A `carry save` beside a runner's --carry: each copy is written whole under the lock, never interleaved."""
+    import threading
+
+    monkeypatch.setattr(carry, "PART_BYTES", 100)
+    cell = fake_cell(repo, CELL, iteration=4)
+    atomic_torch_save(cell / "checkpoint.pt", {"iteration": 4, "algorithm": {"pad": b"x" * 2000}, "identity": {}})
+    errors = []
+
+    def save_repeatedly():
+        try:
+            for _ in range(5):
+                carry.save_run(cell, repo)
+        except Exception as error:  # noqa: BLE001 - any failure of a writer fails the test below
+            errors.append(error)
+
+    writers = [threading.Thread(target=save_repeatedly) for _ in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert not errors
+    carried_run = repo / carry.CARRY_DIR / CELL
+    assert carry.read_carried(carried_run, "checkpoint.pt") == (cell / "checkpoint.pt").read_bytes()
