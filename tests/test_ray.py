@@ -39,7 +39,7 @@ def cluster(tmp_path_factory):
                              "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
                              "--object-store-memory=100000000"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True,
-                            # Ray >= 2.5x drains a node for 30 s on SIGTERM (for Serve); this cluster serves nothing
+                            # recent Ray (2.60 here) drains a node for 30 s on SIGTERM, for Serve; this cluster serves nothing
                             env={**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + HEAD_START_TIMEOUT
