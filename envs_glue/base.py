@@ -5,16 +5,25 @@ import gymnasium as gym
 import numpy as np
 
 
-class MetaEnv(gym.Env):
-    """A gymnasium environment holding a fixed task list.
+VALIDATION_TASK_SEED = 4242  # every environment draws its validation list with its own RandomState(4242)
+NUM_VALIDATION_TASKS = 10
 
-    ``tasks[:num_train_tasks]`` are the meta-training tasks, ``tasks[-num_test_tasks:]`` the held-out ones.
+
+class MetaEnv(gym.Env):
+    """A gymnasium environment holding a fixed task list, in three parts:
+
+    - ``train_task_ids``: the first ``num_train_tasks`` tasks, the only ones meta-training sees;
+    - ``test_task_ids``: the ``num_test_tasks`` held-out tasks after them, which tables report;
+    - ``validation_task_ids``: ``num_validation_tasks`` more tasks from the training distribution, drawn with their
+      own seed and appended last, on which settings are chosen (``docs/PROTOCOL.md#selection-rule``).
+
     ``reset_task(i)`` switches the task; the next ``reset()`` starts an episode in it.
     """
 
     max_episode_steps: int
     num_train_tasks: int
     num_test_tasks: int
+    num_validation_tasks: int = NUM_VALIDATION_TASKS
 
     @property
     def tasks(self) -> np.ndarray:
@@ -34,5 +43,18 @@ class MetaEnv(gym.Env):
 
     @property
     def test_task_ids(self) -> list[int]:
-        n = len(self.tasks)
-        return list(range(n - self.num_test_tasks, n))
+        return list(range(self.num_train_tasks, self.num_train_tasks + self.num_test_tasks))
+
+    @property
+    def validation_task_ids(self) -> list[int]:
+        start = self.num_train_tasks + self.num_test_tasks
+        return list(range(start, start + self.num_validation_tasks))
+
+    def task_ids(self, split: str) -> list[int]:
+        """The task ids of ``split``: ``train``, ``test`` or ``validation``."""
+        if split not in TASK_SPLITS:
+            raise ValueError(f"unknown task split {split!r}; choose one of {list(TASK_SPLITS)}")
+        return getattr(self, f"{split}_task_ids")
+
+
+TASK_SPLITS = ("train", "test", "validation")

@@ -13,7 +13,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
-from envs_glue.base import MetaEnv
+from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED, MetaEnv
 
 TASK_SEED = 1337
 NUM_TASKS = 40
@@ -41,9 +41,9 @@ def known_model_warnings_silenced():
         mujoco.set_mju_user_warning(previous)
 
 
-def cheetah_velocities(num_tasks: int = NUM_TASKS) -> np.ndarray:
-    """Goal velocities: ``RandomState(1337).uniform(0, 3, size=40)``."""
-    return np.random.RandomState(TASK_SEED).uniform(0.0, 3.0, size=(num_tasks,))
+def cheetah_velocities(num_tasks: int = NUM_TASKS, seed: int = TASK_SEED) -> np.ndarray:
+    """Goal velocities: ``RandomState(1337).uniform(0, 3, size=40)`` (validation: ``RandomState(4242)``, 10)."""
+    return np.random.RandomState(seed).uniform(0.0, 3.0, size=(num_tasks,))
 
 
 class CheetahVelEnv(HalfCheetahEnv, MetaEnv):
@@ -54,7 +54,8 @@ class CheetahVelEnv(HalfCheetahEnv, MetaEnv):
     num_test_tasks = 10
 
     def __init__(self, render_mode: str | None = None):
-        self.velocities = cheetah_velocities()
+        self.velocities = np.concatenate([cheetah_velocities(),
+                                          cheetah_velocities(NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED)])
         self._goal_velocity = float(self.velocities[0])
         self.task_idx = 0
         with known_model_warnings_silenced():

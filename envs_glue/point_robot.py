@@ -8,16 +8,16 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from envs_glue.base import MetaEnv
+from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED, MetaEnv
 
 TASK_SEED = 1337
 NUM_TASKS = 50
 SPARSE_GOAL_RADIUS = 0.2
 
 
-def point_robot_goals(num_tasks: int = NUM_TASKS) -> np.ndarray:
+def point_robot_goals(num_tasks: int = NUM_TASKS, seed: int = TASK_SEED) -> np.ndarray:
     """Goals of ``point-robot``: for each goal draw x then y from ``uniform(-1, 1)``. Shape ``(num_tasks, 2)``."""
-    rng = np.random.RandomState(TASK_SEED)
+    rng = np.random.RandomState(seed)
     return np.array([[rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0)] for _ in range(num_tasks)])
 
 
@@ -27,6 +27,13 @@ def sparse_point_robot_goals(num_tasks: int = NUM_TASKS) -> np.ndarray:
     goals = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     np.random.RandomState(TASK_SEED).shuffle(goals)
     return goals
+
+
+def sparse_point_robot_validation_goals(num_tasks: int = NUM_VALIDATION_TASKS) -> np.ndarray:
+    """Validation goals of ``sparse-point-robot``: angles ``uniform(0, pi)`` from ``RandomState(4242)``, on the same
+    half-circle as the training goals but off their grid."""
+    angles = np.random.RandomState(VALIDATION_TASK_SEED).uniform(0.0, np.pi, size=num_tasks)
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
 
 def sparsify(dense_reward: float, goal_radius: float = SPARSE_GOAL_RADIUS) -> float:
@@ -53,7 +60,8 @@ class PointRobotEnv(MetaEnv):
 
     @staticmethod
     def make_goals() -> np.ndarray:
-        return point_robot_goals()
+        """Train and test goals, then the validation goals: ``(50 + 10, 2)``."""
+        return np.concatenate([point_robot_goals(), point_robot_goals(NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED)])
 
     @property
     def tasks(self) -> np.ndarray:
@@ -89,7 +97,7 @@ class SparsePointRobotEnv(PointRobotEnv):
 
     @staticmethod
     def make_goals() -> np.ndarray:
-        return sparse_point_robot_goals()
+        return np.concatenate([sparse_point_robot_goals(), sparse_point_robot_validation_goals()])
 
     def _initial_position(self) -> np.ndarray:
         return np.zeros(2)

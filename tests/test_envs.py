@@ -14,7 +14,7 @@ from envs_glue import ENV_SPECS, ScaledActionWrapper, env_spec, make_env
 ALL_ENVS = ["point-robot", "sparse-point-robot", "cheetah-vel"]
 
 
-# ---------------------------------------------------------------------- task lists (SPEC section 2)
+# ---------------------------------------------------------------------- task lists (docs/PROTOCOL.md#task-lists)
 def expected_point_goals() -> np.ndarray:
     rng = np.random.RandomState(1337)
     goals = []
@@ -41,12 +41,15 @@ def expected_cheetah_velocities() -> np.ndarray:
     ("sparse-point-robot", expected_sparse_goals(), 40, 10),
     ("cheetah-vel", expected_cheetah_velocities()[:, None], 30, 10),
 ])
-def test_task_lists_match_spec(name, expected, n_train, n_test):
+def test_task_lists_match_the_protocol(name, expected, n_train, n_test):
     env = make_env(name)
     meta = env.unwrapped
-    np.testing.assert_array_equal(np.asarray(meta.tasks), expected)
+    # train and test exactly as the reference's lists; the validation tasks come after them
+    np.testing.assert_array_equal(np.asarray(meta.tasks)[:len(expected)], expected)
     assert meta.train_task_ids == list(range(n_train))
     assert meta.test_task_ids == list(range(len(expected) - n_test, len(expected)))
+    assert meta.validation_task_ids == list(range(len(expected), len(expected) + 10)) == meta.task_ids("validation")
+    assert len(meta.tasks) == len(expected) + 10
     assert (meta.num_train_tasks, meta.num_test_tasks) == (n_train, n_test)
     for task in (0, meta.test_task_ids[0], meta.test_task_ids[-1]):
         meta.reset_task(task)
@@ -58,20 +61,44 @@ def test_task_lists_pinned_literals():
     point = make_env("point-robot").unwrapped.tasks
     np.testing.assert_allclose(point[0], [-0.4759506499688366, -0.6826320556910688], rtol=0, atol=1e-12)
     np.testing.assert_allclose(point[40], [0.4478957959728618, 0.5860460652583859], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(point[-1], [0.02141879193245, -0.7491940078235533], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(point[49], [0.02141879193245, -0.7491940078235533], rtol=0, atol=1e-12)
 
     sparse = make_env("sparse-point-robot").unwrapped.tasks
     np.testing.assert_allclose(sparse[0], [1.0, 0.0], rtol=0, atol=1e-12)
     np.testing.assert_allclose(sparse[40], [0.8713187041233894, 0.49071755200393785], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(sparse[-1], [0.09602302590768189, 0.9953791129491982], rtol=0, atol=1e-12)
-    # every goal on the upper unit half-circle, all 50 distinct
+    np.testing.assert_allclose(sparse[49], [0.09602302590768189, 0.9953791129491982], rtol=0, atol=1e-12)
+    # every goal (validation ones too) on the upper unit half-circle, all 60 distinct
     np.testing.assert_allclose(np.linalg.norm(sparse, axis=1), 1.0, atol=1e-12)
-    assert np.all(sparse[:, 1] >= 0) and len(np.unique(sparse, axis=0)) == 50
+    assert np.all(sparse[:, 1] >= 0) and len(np.unique(sparse, axis=0)) == 60
 
     cheetah = make_env("cheetah-vel").unwrapped.tasks[:, 0]
     np.testing.assert_allclose(cheetah[[0, 30, 39]], [0.7860740250467451, 0.5557528352161346, 0.37990433907251275],
                                rtol=0, atol=1e-12)
     assert np.all((cheetah >= 0) & (cheetah < 3))
+
+
+@pytest.mark.parametrize("name", ALL_ENVS)
+def test_validation_tasks_come_from_the_training_distribution_with_their_own_seed(name):
+    meta = make_env(name).unwrapped
+    tasks = np.asarray(meta.tasks, dtype=np.float64)
+    validation = tasks[meta.validation_task_ids]
+    others = tasks[meta.train_task_ids + meta.test_task_ids]
+    # disjoint from the train and test lists
+    assert min(np.abs(others - v).max(axis=1).min() for v in validation) > 1e-6
+    rng = np.random.RandomState(4242)
+    if name == "point-robot":
+        expected = np.array([[rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0)] for _ in range(10)])
+    elif name == "sparse-point-robot":
+        angles = rng.uniform(0.0, np.pi, size=10)
+        expected = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    else:
+        expected = rng.uniform(0.0, 3.0, size=10)[:, None]
+    np.testing.assert_array_equal(validation, expected)
+    # within the range the training tasks span
+    assert np.all(validation.min(axis=0) >= others.min(axis=0) - 0.05)
+    assert np.all(validation.max(axis=0) <= others.max(axis=0) + 0.05)
+    with pytest.raises(ValueError, match="unknown task split"):
+        meta.task_ids("val")
 
 
 def test_task_lists_do_not_touch_global_numpy_state():

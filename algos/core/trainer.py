@@ -34,6 +34,7 @@ from algos.core.io import (CheckpointError, atomic_torch_save, atomic_write_json
                            load_checkpoint, machine_description, read_json)
 
 FINAL_EVAL_OFFSET = 999_983  # eval seeds: seed * 1_000_003 + iteration (final: + this offset)
+VALIDATION_EVAL_OFFSET = 500_009  # a validation evaluation: its test evaluation's seed + this offset
 
 
 def build_config(env: str, algo: str, tier: str, seed: int, overrides: list[str] | None = None) -> RunConfig:
@@ -304,14 +305,23 @@ class Trainer:
         finally:
             meta_env.np_random.bit_generator.state = env_rng_state
 
-    def evaluate(self, eval_seed: int, num_repeats: int) -> EvalResult:
+    def evaluate(self, eval_seed: int, num_repeats: int, split: str = "test") -> EvalResult:
+        """The protocol's meta-test evaluation on the ``test`` or the ``validation`` tasks, with its own seeds."""
         p = self.config.protocol
         meta_env = self.env.unwrapped
+        if split == "validation":
+            eval_seed += VALIDATION_EVAL_OFFSET
         # evaluation runs in the training env (an oracle reads its task there) with its own seeds
         with self.isolated_randomness(eval_seed):
-            return evaluate(self.env, self.algorithm.agent, meta_env.test_task_ids, p.num_steps_per_eval,
+            return evaluate(self.env, self.algorithm.agent, meta_env.task_ids(split), p.num_steps_per_eval,
                             p.num_exp_traj_eval, num_repeats, meta_env.max_episode_steps, p.sparse_rewards,
                             p.deterministic_exploration)
+
+    def evaluate_validation_then_test(self, eval_seed: int, num_repeats: int) -> tuple[EvalResult, EvalResult]:
+        """Both evaluations of one policy. Validation runs first: the test evaluation then leaves the agent as it
+        would have without validation tasks, so adding them changed no number a run computed before."""
+        validation = self.evaluate(eval_seed, num_repeats, "validation")
+        return validation, self.evaluate(eval_seed, num_repeats, "test")
 
     def wall_time_split(self) -> dict[str, float]:
         """``wall_time_s`` by phase: collection, gradient steps, the per-iteration evaluations, and the rest
@@ -327,10 +337,10 @@ class Trainer:
         iteration, ``FINAL_EVAL_OFFSET`` for the final one), so no two evaluations or runs share episodes."""
         return self.config.seed * 1_000_003 + offset
 
-    def final_evaluation(self, num_repeats: int | None = None) -> EvalResult:
+    def final_evaluation(self, num_repeats: int | None = None, split: str = "test") -> EvalResult:
         """The low-noise evaluation of the final policy: its own seeds, ``final_eval_repeats`` repeats unless told."""
         p = self.config.protocol
-        return self.evaluate(self.eval_seed(FINAL_EVAL_OFFSET), num_repeats or p.final_eval_repeats)
+        return self.evaluate(self.eval_seed(FINAL_EVAL_OFFSET), num_repeats or p.final_eval_repeats, split)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -416,9 +426,10 @@ class Trainer:
             scalars = dict(self.algorithm.train_iteration(iteration))
             if (iteration + 1) % p.eval_interval == 0 or iteration == p.num_iterations - 1:
                 evaluation_started = time.perf_counter()
-                result = self.evaluate(self.eval_seed(iteration), p.num_evals)
+                validation, result = self.evaluate_validation_then_test(self.eval_seed(iteration), p.num_evals)
                 self.evaluation_s += time.perf_counter() - evaluation_started
                 scalars.update(result.scalars())
+                scalars["validation_return"] = validation.meta_test_return
                 bar.set_postfix(meta_test_return=f"{result.meta_test_return:.3f}")
             self.elapsed = time.perf_counter() - started
             row = {"iteration": iteration, "env_steps": self.algorithm.env_steps,
@@ -443,19 +454,25 @@ class Trainer:
         wall_time_split = self.wall_time_split()
         if p.final_eval_repeats > 0:
             started = time.perf_counter()
-            result = self.final_evaluation()
+            validation, result = self.evaluate_validation_then_test(self.eval_seed(FINAL_EVAL_OFFSET),
+                                                                    p.final_eval_repeats)
             wall_time_split["final_evaluation_s"] = time.perf_counter() - started
             final_eval = {"meta_test_return": result.meta_test_return, "num_repeats": p.final_eval_repeats,
                           "online_returns": result.online_returns,
-                          "per_task_final_returns": result.per_task_final_returns}
+                          "per_task_final_returns": result.per_task_final_returns,
+                          # the figure every choice of settings reads (docs/PROTOCOL.md#selection-rule)
+                          "validation_return": validation.meta_test_return,
+                          "per_validation_task_final_returns": validation.per_task_final_returns}
         results = {
             "env": cfg.env, "algo": cfg.algo, "tier": cfg.tier, "seed": cfg.seed,
             "meta_test_return": last.get("meta_test_return"),
+            "validation_return": last.get("validation_return"),
             "online_returns": [last[k] for k in sorted((k for k in last if k.startswith("online_return/")),
                                                        key=lambda k: int(k.rsplit("_", 1)[1]))],
             "final_eval": final_eval,
             "learning_curve": [{k: row[k] for k in ("iteration", "env_steps", "grad_steps", "wall_time_s",
-                                                     "meta_test_return") if k in row} for row in self.learning_curve],
+                                                     "meta_test_return", "validation_return") if k in row}
+                               for row in self.learning_curve],
             "env_steps": self.algorithm.env_steps, "grad_steps": self.algorithm.grad_steps,
             "wall_time_s": self.elapsed, "wall_time_split_s": wall_time_split,
             "parameter_count": self.algorithm.parameter_count(),
