@@ -136,18 +136,22 @@ def test_a_cell_whose_node_is_lost_resumes_from_its_last_checkpoint(cluster, tmp
     assert len(commands) == 2 and "--resume" in commands[1], commands
 
 
-def test_two_trial_sweep_writes_its_table(cluster, tmp_path):
+def test_two_point_sweep_runs_its_cells_on_ray_and_selects_on_validation(cluster, tmp_path):
     out = tmp_path / "sweep"
-    result = _run("experiments.sweep", "--env", "point-robot", "--algo", "pearl", "--tier", "smoke", "--grid",
-                  "lr=0.0003,0.001", "--seeds", "1", "--backend", "ray", "--address", cluster, "--out", str(out))
+    result = _run("experiments.sweep", "--envs", "point-robot", "--algos", "pearl", "--tier", "smoke", "--grid",
+                  "lr=0.0003,0.001", "--seeds", "1", "--no-progress", "--backend", "ray", "--address", cluster,
+                  "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "sweep.json").read_text())
-    assert sorted(t["overrides"][0] for t in report["trials"]) == ["lr=0.0003", "lr=0.001"]
-    assert all(t["finished"] and len(t["curve"]) == 2 and t["low_noise"] is not None for t in report["trials"])
-    markdown = (out / "SWEEP.md").read_text()
-    assert "| `lr=0.0003` |" in markdown and "| `lr=0.001` |" in markdown and "**Best configuration:**" in markdown
-    best = max(report["trials"], key=lambda t: t["meta_test_return"])
-    assert report["best"]["overrides"] == best["overrides"]
+    report = json.loads((out / "selection.json").read_text())
+    assert sorted(t["point"] for t in report["trials"]) == ["lr-0.0003", "lr-0.001"]
+    assert all(t["validation_low_noise"] is not None and t["test_low_noise"] is not None for t in report["trials"])
+    for trial in report["trials"]:  # the cells are ordinary benchmark cells, one folder per point
+        assert (out / trial["cell"] / "results.json").exists() and (out / trial["cell"] / "checkpoint.pt").exists()
+    [selection] = report["selections"]
+    best = max(report["trials"], key=lambda t: t["validation_low_noise"])
+    assert selection["selected"] == best["point"] and selection["selected_overrides"] == best["overrides"]
+    markdown = (out / "SELECTION.md").read_text()
+    assert "| `lr-0.0003` | 1 |" in markdown and "| `lr-0.001` | 1 |" in markdown
 
 
 # ---------------------------------------------------------------------- without a cluster
@@ -155,42 +159,42 @@ def test_grid_parsing_and_bad_sweeps_are_refused_before_anything_runs():
     assert sweep.parse_grid(["lr=0.0003, 0.001", "aux.reward=0,1"]) == {"lr": ["0.0003", "0.001"],
                                                                       "aux.reward": ["0", "1"]}
     assert sweep.configurations({"a": ["1", "2"], "b": ["x"]}) == [("a=1", "b=x"), ("a=2", "b=x")]
+    assert sweep.point_name(("lr=0.001", "aux.reward=0")) == "lr-0.001_aux.reward-0"
     for bad, named in ((["lr"], "key=value1"), (["lr=1", "lr=2"], "twice")):
         with pytest.raises(ConfigError, match=named):
             sweep.parse_grid(bad)
     with pytest.raises(ConfigError, match="unknown config key 'no_such_key'"):
-        sweep.check_configurations("point-robot", "pearl", "smoke", {"no_such_key": ["1"]}, [])
+        sweep.check_configurations(["point-robot"], ["pearl"], "smoke", {"p": ("no_such_key=1",)}, [])
     with pytest.raises(ConfigError, match="both swept"):
-        sweep.check_configurations("point-robot", "pearl", "smoke", {"lr": ["0.1"]}, ["lr=0.2"])
-    result = _run("experiments.sweep", "--env", "point-robot", "--algo", "pearl", "--tier", "smoke", "--grid",
+        sweep.check_configurations(["point-robot"], ["pearl"], "smoke", {"p": ("lr=0.1",)}, ["lr=0.2"])
+    # the tuning grid builds for every method that learns, on every environment
+    sweep.check_configurations(["point-robot", "cheetah-vel"], ["setformer", "pearl", "focal", "varibad"], "smoke",
+                               sweep.TUNING_GRID, [])
+    assert not set(sweep.TUNING_SEEDS) & {42, 123, 456}
+    result = _run("experiments.sweep", "--envs", "point-robot", "--algos", "pearl", "--tier", "smoke", "--grid",
                   "lr=abc", "--out", "/tmp/never-written-sweep")
     assert result.returncode == 2 and "expects a float" in result.stderr
     assert not Path("/tmp/never-written-sweep").exists()
 
 
-def test_sweep_summary_ranks_only_complete_configurations():
-    records = [
-        {"overrides": ["lr=1"], "seed": 1, "meta_test_return": -5.0, "low_noise": -5.5, "finished": True,
-         "error": None, "iterations": 4},
-        {"overrides": ["lr=1"], "seed": 2, "meta_test_return": -7.0, "low_noise": -6.5, "finished": True,
-         "error": None, "iterations": 4},
-        {"overrides": ["lr=2"], "seed": 1, "meta_test_return": -1.0, "low_noise": None, "finished": False,
-         "error": None, "iterations": 1},
-        {"overrides": ["lr=2"], "seed": 2, "meta_test_return": -2.0, "low_noise": -2.0, "finished": True,
-         "error": None, "iterations": 4},
-    ]
-    summary, best = sweep.summarise(records, [1, 2])
-    by_point = {tuple(s["overrides"]): s for s in summary}
-    assert by_point[("lr=1",)]["mean"] == pytest.approx(-6.0) and by_point[("lr=1",)]["std"] == pytest.approx(2 ** 0.5)
-    assert by_point[("lr=2",)]["stopped_early"] == {"1": 1} and not by_point[("lr=2",)]["complete"]
-    assert best["overrides"] == ["lr=1"]  # lr=2 scores higher but was stopped early on seed 1
-    report = {"env": "point-robot", "algo": "pearl", "tier": "smoke", "seeds": [1, 2], "grid": {"lr": ["1", "2"]},
-              "search": "grid", "num_samples": 1, "asha": True, "grace_period": 1, "reduction_factor": 3.0,
-              "fixed": [], "num_iterations": 4, "configurations": summary, "best": best, "command": "cmd",
-              "generated_at": "now", "git_commit": "abc", "machine": {}}
-    markdown = sweep.render_markdown(report)
-    assert "stopped early by ASHA: seed 1 after 1 of 4 iterations" in markdown
-    assert "| `lr=1` | -6.00 ± 1.41 (n=2) | -6.00 |" in markdown
+def _trial(point: str, seed: int, validation: float | None, test: float) -> dict:
+    return {"point": point, "overrides": [point], "env": "point-robot", "algo": "pearl", "tier": "quick",
+            "seed": seed, "validation_low_noise": validation, "test_low_noise": test}
+
+
+def test_selection_reads_the_validation_figure_only_and_ranks_complete_points():
+    trials = [_trial("a", 1, -6.0, -9.0), _trial("a", 2, -6.0, -9.0),       # best on validation
+              _trial("b", 1, -7.0, -1.0), _trial("b", 2, -7.0, -1.0),       # far better on test: not read
+              _trial("c", 1, -1.0, -9.0)]                                    # best, but seed 2 did not finish
+    [selection] = sweep.select(trials, ["b", "a", "c"])
+    assert selection["selected"] == "a"
+    by_point = {p["point"]: p for p in selection["points"]}
+    assert by_point["a"]["mean"] == -6.0 and by_point["a"]["complete"] and not by_point["c"]["complete"]
+    assert [p["point"] for p in selection["points"]] == ["b", "a", "c"]  # in grid order
+    # equal validation figures: the point listed first wins
+    tie = [_trial("a", 1, -5.0, 0.0), _trial("b", 1, -5.0, 1.0)]
+    assert sweep.select(tie, ["b", "a"])[0]["selected"] == "b"
+    assert sweep.select(tie, ["a", "b"])[0]["selected"] == "a"
 
 
 def test_address_needs_the_ray_backend():
