@@ -75,7 +75,7 @@ class FocalAgent(MetaAgent):
 
 class FOCAL(MetaSACAlgorithm):
     name = "focal"
-    display_name = "FOCAL (online SAC variant)"  # SPEC section 6: the reference's online adaptation
+    display_name = "FOCAL (online SAC variant)"  # the reference's online adaptation: docs/PROTOCOL.md#baselines
     role = "baseline"
     reference_row = "FOCAL"
     report_rank = 2

@@ -1,5 +1,5 @@
 """``oracle``: an agent handed the true task. It proves the evaluation bookkeeping: run through the real
-evaluation code it must reproduce the analytic known-goal optimum of the point robots (SPEC section 7).
+evaluation code it must reproduce the analytic known-goal optimum of the point robots (``docs/PROTOCOL.md#known-optima-and-limits``).
 
 On the point robots it is scripted: each coordinate moves toward the goal by ``min(0.1, |gap|)`` per step,
 which is optimal for ``-||position - goal||`` under a ``[-0.1, 0.1]^2`` action box. It reads the task from

@@ -26,7 +26,7 @@ MIN_VARIANCE = 1e-7
 class PearlConfig(MetaSACConfig):
     encoder_hidden_dim: int = 200
     encoder_num_hidden_layers: int = 3
-    kl_lambda: float = 0.1           # weight of the KL to the prior; 1.0 on the sparse task (SPEC section 6)
+    kl_lambda: float = 0.1           # weight of the KL to the prior; 1.0 on the sparse task (docs/PROTOCOL.md#baselines)
 
     def validate(self) -> None:
         super().validate()

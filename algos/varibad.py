@@ -86,7 +86,7 @@ class VariBADAgent(MetaAgent):
 
 class VariBAD(MetaSACAlgorithm):
     name = "varibad"
-    display_name = "VariBAD (online SAC variant)"  # SPEC section 6: the reference's online adaptation
+    display_name = "VariBAD (online SAC variant)"  # the reference's online adaptation: docs/PROTOCOL.md#baselines
     role = "baseline"
     reference_row = "VariBAD"
     report_rank = 3

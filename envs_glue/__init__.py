@@ -4,7 +4,7 @@
 ``env.unwrapped`` is the :class:`~envs_glue.base.MetaEnv` holding the task list.
 
 An environment is its module plus two entries: its :class:`EnvSpec` below, the one source of its facts (every
-tool and table reads them from here), and its protocol in ``algos.core.config.BENCHMARK`` (SPEC section 3).
+tool and table reads them from here), and its protocol in ``algos.core.config.BENCHMARK`` (``docs/PROTOCOL.md#training-protocol``).
 ``ENV_SPECS`` is in table order.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ class EnvSpec:
     entry_point: str
     max_episode_steps: int               # also the smoke tier's episode and step counts
     sparse_reward: bool                  # the context and every reported return use the sparse reward
-    known_optimum: float | None          # SPEC section 7: the final episode's best score when the task is known
+    known_optimum: float | None          # the final episode's best score when the task is known: docs/PROTOCOL.md#known-optima-and-limits
     known_optimum_note: str              # how that number was obtained, as tables quote it
     task_label: str                      # the one scalar that names a task in plots
     goal_plane: bool = False             # tasks are goals (x, y) on a plane: plots draw positions and goals

@@ -31,7 +31,7 @@ DASH = "—"
 ALGO_ORDER = ALGORITHMS                 # role, then report rank (algos/__init__.py)
 ENV_ORDER = tuple(ENV_SPECS)
 
-# SPEC section 7, as data: the reference benchmark's own numbers per environment and row
+# docs/PROTOCOL.md#reference-numbers, as data: the reference benchmark's own numbers per environment and row
 REFERENCE = read_json(Path(__file__).with_name("reference_results.json"), what="reference results")
 REFERENCE_RESULTS: dict[str, dict[str, float]] = REFERENCE["results"]
 

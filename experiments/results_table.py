@@ -6,7 +6,7 @@
 - ``benchmarks/<tier>/results.json``: every finished cell's figures plus where, when and how they were made;
 - ``benchmarks/<tier>/RESULTS.md``: per environment a table (rows = methods) with the protocol's
   ``meta_test_return`` and the low-noise final evaluation as mean ± std over seeds, beside the reference
-  benchmark's own numbers (SPEC section 7) and the known-task optimum;
+  benchmark's own numbers (``docs/PROTOCOL.md#reference-numbers``) and the known-task optimum;
 - ``benchmarks/<tier>/curves_<env>.png``: learning curves, mean ± std band over seeds.
 
 Rendering reads only the aggregated ``results.json`` dict, so a table can be re-rendered (or tested) without
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from algos import methods_with_role
-from algos.core.io import atomic_savefig, atomic_write_json, atomic_write_text, read_json
+from algos.core.io import REPO_ROOT, atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from algos.core.meta_sac import MetaSACConfig
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
                                 display_name, final_eval_value, fmt, format_mean_std, join_unique,
@@ -31,7 +32,7 @@ from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENC
                                 mean_std, ordered, ours, plural, provenance, reevaluation_paths, reference_for,
                                 report_heading, run_code_verdict, short_commit, table, unique)
 
-# SPEC section 7: the reference benchmark's own runs (20 iterations, full gradient budget, mean of three seeds).
+# docs/PROTOCOL.md#reference-numbers: the reference benchmark's own runs (20 iterations, full gradient budget, mean of three seeds).
 REFERENCE_LABEL = ("reference's own runs at the benchmark tier (20 iterations × full gradient budget), "
                    "not comparable budget")
 # at the benchmark tier the runs here have the reference's budget: its numbers stand beside them as equals
@@ -41,6 +42,18 @@ REFERENCE_BUDGET_TIER = REFERENCE["tier"]
 
 
 FINDINGS_FILE = "FINDINGS.md"  # hand-written analysis of a tier's results, included in its RESULTS.md
+# the protocol every table runs under, linked from its setup; repository-relative unless the report knows its folder
+PROTOCOL_DOC, PROTOCOL_ANCHOR = "docs/PROTOCOL.md", "#training-protocol"
+PROTOCOL_LINK = PROTOCOL_DOC + PROTOCOL_ANCHOR
+
+
+def protocol_link(report_dir: Path | str) -> str:
+    """The link to the protocol from a report written in ``report_dir``: relative where the folder is inside the
+    repository, else the repository-relative ``PROTOCOL_LINK``."""
+    folder = Path(report_dir).resolve()
+    if not folder.is_relative_to(REPO_ROOT):
+        return PROTOCOL_LINK
+    return Path(os.path.relpath(REPO_ROOT / PROTOCOL_DOC, folder)).as_posix() + PROTOCOL_ANCHOR
 
 def reference_label(tier: str) -> str:
     return REFERENCE_LABEL_SAME_BUDGET if tier == REFERENCE_BUDGET_TIER else REFERENCE_LABEL
@@ -355,9 +368,10 @@ def _precision_text(summary: dict) -> str:
 
 
 def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
-                    companions: dict[str, str] | None = None) -> str:
+                    companions: dict[str, str] | None = None, protocol: str = PROTOCOL_LINK) -> str:
     """RESULTS.md: setup and budget, one table per environment, reference lines, curves and notes.
-    ``companions`` maps a relative link to what it holds (other results files of the tier), listed under the setup."""
+    ``companions`` maps a relative link to what it holds (other results files of the tier), listed under the setup;
+    ``protocol`` links the protocol document from where the file lands (:func:`protocol_link`)."""
     curve_files = curve_files or {}
     envs, algos_by_env, seeds = _plan_lists(summary)
     grouped = _cells_by(summary)
@@ -368,7 +382,7 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
         "## Setup",
         "",
         f"Every method is meta-trained on each environment with seeds {', '.join(map(str, seeds)) or DASH} under "
-        f"the protocol of SPEC section 3 at the **{tier}** tier, one independent run (a *cell*) per environment, "
+        f"the protocol of [docs/PROTOCOL.md]({protocol}) at the **{tier}** tier, one independent run (a *cell*) per environment, "
         "method and seed. All methods in one table share the environment steps, gradient steps and batch sizes "
         "below (read from the finished cells); parameter counts and wall time differ and are reported.",
         "",
@@ -491,7 +505,7 @@ def write_report(tier_dir: Path, summary: dict) -> tuple[Path, Path]:
     links = {**reevaluations,
              **{link.format(tier=summary.get("tier", "")): what for link, what in COMPANIONS.items()}}
     companions = {link: what for link, what in links.items() if (tier_dir / link).exists()}
-    atomic_write_text(markdown_path, render_markdown(summary, curve_files, companions))
+    atomic_write_text(markdown_path, render_markdown(summary, curve_files, companions, protocol_link(tier_dir)))
     return results_path, markdown_path
 
 

@@ -1,4 +1,4 @@
-"""Path sampler and data collection with the prior / posterior / extra-RL semantics (SPEC section 3)."""
+"""Path sampler and data collection with the prior / posterior / extra-RL semantics (docs/PROTOCOL.md#collection)."""
 from __future__ import annotations
 
 import numpy as np

@@ -13,7 +13,7 @@ from algos.core.trainer import build_config, config_from_dict
 from experiments import run as cli
 
 
-# ---------------------------------------------------------------------- protocol tables (SPEC section 3)
+# ---------------------------------------------------------------------- protocol tables (docs/PROTOCOL.md#benchmark-tier)
 def test_benchmark_protocol_matches_spec():
     expected = {
         "point-robot": dict(num_iterations=20, num_initial_steps=200, num_tasks_sample=5, num_steps_prior=200,
@@ -35,7 +35,7 @@ def test_benchmark_protocol_matches_spec():
         for key, value in values.items():
             assert getattr(protocol, key) == value, (env, key)
         assert protocol.final_eval_repeats >= 10
-    # PEARL's KL weight is PEARL's own setting, with a per-environment default (SPEC section 6)
+    # PEARL's KL weight is PEARL's own setting, with a per-environment default (docs/PROTOCOL.md#baselines)
     assert build_config("sparse-point-robot", "pearl", "benchmark", 0).agent.kl_lambda == 1.0
     assert build_config("point-robot", "pearl", "benchmark", 0).agent.kl_lambda == 0.1
     assert build_config("cheetah-vel", "pearl", "benchmark", 0).agent.kl_lambda == 0.1

@@ -1,4 +1,5 @@
-"""Meta-test evaluation bookkeeping (SPEC section 3) and the oracle's analytic optima (SPEC section 7)."""
+"""Meta-test evaluation bookkeeping (docs/PROTOCOL.md#meta-test-evaluation) and the oracle's analytic optima
+(docs/PROTOCOL.md#known-optima-and-limits)."""
 from __future__ import annotations
 
 import numpy as np

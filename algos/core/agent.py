@@ -1,4 +1,4 @@
-"""The agent interface of SPEC section 4 and the context machinery every agent shares.
+"""The agent interface (``docs/PROTOCOL.md#interfaces``) and the context machinery every agent shares.
 
 An agent acts with ``get_action(obs, deterministic)``, collects its context one transition at a time
 with ``update_context``, and turns the context into a task latent ``z`` with ``adapt()`` (online) or

@@ -22,7 +22,7 @@ Facts (class attributes):
 
 The interface: ``__init__(env, protocol, config, rng, bf16, device)``; ``agent`` (a :class:`MetaAgent`, what
 evaluation runs), ``env_steps`` and ``grad_steps`` counters, ``networks`` (the modules the device setting moves:
-SPEC's interface), ``parameter_count()``, ``collect_initial_data()``, ``train_iteration(i)`` returning scalars
+the protocol's interface, ``docs/PROTOCOL.md#interfaces``), ``parameter_count()``, ``collect_initial_data()``, ``train_iteration(i)`` returning scalars
 to log, and ``state_dict()`` / ``load_state_dict()`` for checkpoints (everything a resumed run needs, random
 state included).
 """

@@ -1,8 +1,8 @@
-"""Typed, validated configuration: the per-environment protocol (SPEC section 3) at three tiers, the
+"""Typed, validated configuration: the per-environment protocol (``docs/PROTOCOL.md#training-protocol``) at three tiers, the
 run-level settings, and ``key=value`` overrides with clear errors.
 
 Tiers:
-- ``benchmark``: the spec's protocol exactly.
+- ``benchmark``: the reference benchmark's protocol exactly (``docs/PROTOCOL.md#benchmark-tier``).
 - ``quick``: the same data collection and evaluation, with the gradient budget scaled down for a 2-core CPU:
   ``num_train_steps_per_itr`` divided by ``QUICK_STEP_DIVISOR`` (1000 -> 200, 2000 -> 400) and the per-task RL
   batch ``batch_size`` 256 -> ``QUICK_BATCH_SIZE`` (64), i.e. 1/20 of the benchmark's gradient samples. Meta-batch,
@@ -51,7 +51,7 @@ def check_finite(obj: Any, prefix: str = "") -> None:
 
 @dataclass
 class ProtocolConfig:
-    """The training and evaluation protocol of one environment (SPEC section 3)."""
+    """The training and evaluation protocol of one environment (``docs/PROTOCOL.md#training-protocol``)."""
     num_iterations: int
     num_initial_steps: int
     num_tasks_sample: int
@@ -72,7 +72,7 @@ class ProtocolConfig:
     replay_buffer_size: int = 1_000_000   # per task; arrays are lazily committed, so only what is written costs
     eval_interval: int = 1                # evaluate every this many iterations (and always after the last)
     final_eval_repeats: int = 10          # low-noise evaluation of the final policy
-    deterministic_exploration: bool = False  # SPEC: exploration episodes act stochastically. True acts
+    deterministic_exploration: bool = False  # the protocol's exploration episodes act stochastically. True acts
                                              # deterministically in every meta-test episode, as PEARL's own code
                                              # (oyster, eval_deterministic) does: a diagnostic, not the protocol
 

@@ -1,4 +1,4 @@
-"""Meta-test evaluation exactly as SPEC section 3 defines it.
+"""Meta-test evaluation exactly as ``docs/PROTOCOL.md#meta-test-evaluation`` defines it.
 
 Per held-out task: clear the context; run ``ceil(num_steps_per_eval / episode_length)`` episodes back to back
 in the task, every transition fed to ``update_context`` (with the sparse reward on sparse tasks); the first
@@ -54,7 +54,7 @@ def meta_test_episodes(env: gym.Env, agent: MetaAgent, num_episodes: int, num_ex
     ``adapt()`` follows the last of them and every later episode. Each episode is yielded after its
     ``adapt()``, so a caller can read what the agent inferred from it (evaluation sums the returns; the
     notebooks also keep attention and latents). ``deterministic_exploration`` makes the exploration episodes act
-    deterministically too (``protocol.deterministic_exploration``: oyster's evaluation, not SPEC's)."""
+    deterministically too (``protocol.deterministic_exploration``: oyster's evaluation, not the protocol's)."""
     agent.clear_context()
     for index in range(num_episodes):
         exploring = index < num_exp_traj_eval

@@ -1,4 +1,4 @@
-"""The shared meta-training algorithm: data collection (SPEC section 3) and the SAC update with a task latent.
+"""The shared meta-training algorithm: data collection (``docs/PROTOCOL.md#collection``) and the SAC update with a task latent.
 
 Every context-based method in this project is a :class:`MetaSACAlgorithm` whose agent encodes context into
 ``z``. A method adds its own encoder losses by overriding :meth:`MetaSACAlgorithm.encoder_losses`; the SAC
@@ -39,7 +39,7 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class MetaSACConfig:
-    """Hyperparameters common to every SAC-based method (SPEC section 6)."""
+    """Hyperparameters common to every SAC-based method (``docs/PROTOCOL.md#baselines``)."""
     latent_dim: int = 5
     hidden_dim: int = 300          # actor/critic width
     num_hidden_layers: int = 3

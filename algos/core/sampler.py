@@ -1,4 +1,4 @@
-"""The path sampler and data collection with the prior / posterior / extra-RL semantics of SPEC section 3."""
+"""The path sampler and data collection with the prior / posterior / extra-RL semantics of ``docs/PROTOCOL.md#collection``."""
 from __future__ import annotations
 
 import math
