@@ -2,23 +2,16 @@
 and budget, compared seed by seed with the full method's benchmark cells.
 
     python -m experiments.ablations --tier quick --ablations no-teacher high-lr --workers 2
-    python -m experiments.ablations --tier quick --ablations no-teacher-collection --envs sparse-point-robot
     python -m experiments.ablations --tier quick --render-only        # re-render from the finished cells
-    python -m experiments.ablations --list                            # the catalogue below
+    python -m experiments.ablations --list                            # the catalogue
 
-Each ablation's cells are ordinary benchmark cells (``experiments.run`` in a subprocess, resumed from their
-checkpoints when killed) under ``<out>/<ablation>/<tier>/cells/<env>/setformer/<seed>``, the same layout that
-``experiments.benchmark --set ... --out <out>/<ablation>`` writes, so either command can run them. One queue holds
-every requested (ablation, environment, seed), in that order, ``--workers`` at a time.
-
-The report, ``<out>/ABLATIONS_<tier>.md`` and ``ablations_<tier>.json``, pairs each ablation cell with the full
-method's cell of the same environment and seed (``<benchmarks>/<tier>/cells``). What an ablation changed is not
-taken from its name: it is the difference between the two cells' saved configs, printed beside it, and a cell
-whose protocol (budget) differs from its full-method partner is flagged, not averaged in silently. Each ablation
-folder also gets the benchmark's own ``RESULTS.md`` and learning curves.
-
-The exploration switches (``no-thompson``, ``no-fallback``, ``all-hypotheses``) also act while training data is
-collected, so retraining measures more than ``experiments.reevaluate`` does on finished weights: both are useful.
+An ablation's cells are ordinary benchmark cells under ``<out>/<ablation>/<tier>/cells/<env>/setformer/<seed>``
+(what ``experiments.benchmark --set ... --out <out>/<ablation>`` writes, so either command runs them), queued
+ablation-major and run ``--workers`` at a time. The report, ``<out>/ABLATIONS_<tier>.md`` and
+``ablations_<tier>.json``, pairs each cell with the full method's cell of the same environment and seed
+(``<full>/<tier>/cells``). What an ablation changed is read from the two cells' saved configs, not from its name,
+and a cell whose protocol (budget) differs from its partner's is flagged. The exploration switches also act while
+training data is collected, so this measures more than ``experiments.reevaluate`` does on finished weights.
 """
 from __future__ import annotations
 
@@ -28,11 +21,10 @@ import sys
 from pathlib import Path
 
 from algos.core.config import SEEDS, TIERS
-from algos.core.config import NON_SEMANTIC_KEYS
-from envs_glue import ENV_SPECS
-from experiments.engine import (Cell, add_backend_arguments, cell_dir, check_available, claim_cells, config_changes,
-                                make_runner, refuse_unrestored_carries)
 from algos.core.io import REPO_ROOT, read_json
+from envs_glue import ENV_SPECS
+from experiments.benchmark import add_runner_arguments, check_runner_arguments, run_cells
+from experiments.engine import Cell, cell_dir, check_available, config_changes
 from experiments.report import (DASH, ENV_ORDER, descends_from, display_path, final_eval_value, fmt, format_delta,
                                 format_commits, format_mean_std, format_paired_test, mean_std, ordered, paired_test,
                                 provenance, report_heading, run_code_changes, short_commit, table, unique,
@@ -44,39 +36,29 @@ ALGO = "setformer"
 
 # name -> the overrides that make it, and why it is worth running
 ABLATIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "high-lr": (("lr=0.001",), "lr 1e-3 on the point robots, the default before it was set to the baselines' 3e-4 "
-                               "(on cheetah-vel 1e-3 is the default: no change there)"),
-    "no-teacher": (("teacher_fraction=0",), "no task embeddings: the whole batch is conditioned on the encoder's z, "
-                                            "and the hypotheses are encoder latents"),
+    "high-lr": (("lr=0.001",), "lr 1e-3 on the point robots, the default before it was set to the baselines' "
+                "3e-4 (on cheetah-vel 1e-3 is the default: no change there)"),
+    "no-teacher": (("teacher_fraction=0",), "no task embeddings: the whole batch is conditioned on the encoder's "
+                   "z, and the hypotheses are encoder latents"),
     "no-teacher-collection": (("teacher_collection=0",), "all posterior data collected on the encoder's z"),
     "no-reward-head": (("aux.reward=0",), "training: z and the embeddings shaped without reward prediction. "
-                                          "Inference: the head that scores hypotheses is untrained and predicts "
-                                          "about 0 for every latent, so every hypothesis (and the encoder's "
-                                          "reading) explains the context alike: Thompson sampling draws "
-                                          "blindly, once per episode, and nothing is ever refuted"),
+                       "Inference: the untrained head that scores hypotheses predicts about 0 for every latent, so "
+                       "every hypothesis explains the context alike: Thompson sampling draws blindly and nothing "
+                       "is ever refuted"),
     "reward-head-detached": (("aux.reward_shapes_z=false",), "training: the reward head learns on detached "
-                                                             "latents, so its loss shapes neither z nor the "
-                                                             "embeddings. Inference: unchanged (the trained head "
-                                                             "scores the hypotheses): the shaping alone"),
+                             "latents, so its loss shapes neither z nor the embeddings. Inference: unchanged (the "
+                             "trained head scores the hypotheses): the shaping alone"),
     "no-next-state-head": (("aux.next_state=0",), "training: z shaped without next-state prediction. Inference: "
-                                                  "unchanged (the next-state head is not used there)"),
+                           "unchanged (the next-state head is not used there)"),
     "no-aux-heads": (("aux.reward=0", "aux.next_state=0"), "training: z shaped by the critic and the alignment "
-                                                           "only. Inference: as no-reward-head (an untrained head "
-                                                           "scores the hypotheses)"),
+                     "only. Inference: as no-reward-head (an untrained head scores the hypotheses)"),
     "mean-pool-encoder": (("encoder_pooling=mean",), "no attention: the same token embedding and read-out over a "
-                                                     "plain mean of the tokens, at training and at inference"),
+                          "plain mean of the tokens, at training and at inference"),
     "no-align": (("aux.align=0",), "the encoder is not pulled onto the task embeddings"),
     "no-thompson": (("exploration.thompson=false",), "no hypotheses: collect and act on the encoder's z"),
     "no-fallback": (("exploration.fallback=false",), "after adapt(), always act on the encoder's z"),
     "all-hypotheses": (("exploration.min_evidence=0",), "tasks whose data never showed a reward stay hypotheses"),
 }
-# ablations whose cells are kept but which no longer run: the default moved onto them
-RETIRED: dict[str, tuple[tuple[str, ...], str]] = {
-    "baseline-lr": (("lr=0.0003",), "the baselines' learning rate when setformer's default was 1e-3 (retired: 3e-4 "
-                                    "is the default now; `high-lr` is the reverse)"),
-}
-CATALOGUE = {**RETIRED, **ABLATIONS}  # every ablation a report may show, in report order
-IGNORED_IN_DIFF = NON_SEMANTIC_KEYS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -87,60 +69,35 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="which ablations to run, in this order (see --list)")
     parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=list(ENV_SPECS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/ablations", help="where ablation cells and the report go")
     parser.add_argument("--full", default="benchmarks",
                         help="output root of the full method's benchmark (its cells: <full>/<tier>/cells)")
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--list", action="store_true", help="print the catalogue of ablations and exit")
-    parser.add_argument("--no-progress", action="store_true")
-    add_backend_arguments(parser)
+    add_runner_arguments(parser)
     args = parser.parse_args(argv)
-    if args.address is not None and args.backend != "ray":
-        parser.error("--address is for --backend ray")
+    check_runner_arguments(parser, args)
     unknown = [name for name in args.ablations if name not in ABLATIONS]
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
     if not (args.ablations or args.render_only or args.list):
         parser.error("name --ablations to run, or pass --render-only or --list")
     return args
 
 
 # ---------------------------------------------------------------------- running
-def plan_cells(out: Path, tier: str, ablations: list[str], envs: list[str], seeds: list[int]) -> list[Cell]:
-    """Unfinished cells, ablation-major: an ablation's seeds complete before the next ablation starts."""
-    cells = []
-    for name in ablations:
-        overrides = list(ABLATIONS[name][0])
-        for env in envs:
-            for seed in seeds:
-                cell = Cell(env, ALGO, seed, cell_dir(out / name / tier, env, ALGO, seed), overrides)
-                if not cell.finished:
-                    cells.append(cell)
-    return cells
-
-
 def run(args: argparse.Namespace, out: Path) -> int:
     for name in args.ablations:  # a bad override fails here once, not once per cell
         error = check_available(args.envs[0], ALGO, args.tier, list(ABLATIONS[name][0]))
         if error:
             print(f"error: ablation {name} cannot be set up: {error}", file=sys.stderr)
             return 2
-    planned = plan_cells(out, args.tier, args.ablations, args.envs, args.seeds)
-    if refuse_unrestored_carries(planned):
+    cells = [Cell(env, ALGO, seed, cell_dir(out / name / args.tier, env, ALGO, seed), list(ABLATIONS[name][0]))
+             for name in args.ablations for env in args.envs for seed in args.seeds]
+    unfinished = [cell for cell in cells if not cell.finished]
+    outcome = run_cells(args, unfinished, len(cells) - len(unfinished), args.tier, [], out)
+    if outcome is None:
         return 2
-    # the same per-cell claim experiments.benchmark takes: a cell another runner is running is left to it
-    cells, held_elsewhere, locks = claim_cells(planned)
-    for cell in held_elsewhere:
-        print(f"note: {cell.run_dir} is being run by another runner; left to it")
-    total = len(args.ablations) * len(args.envs) * len(args.seeds)
-    done = total - len(cells) - len(held_elsewhere)
-    print(f"{total} ablation cells ({done} already finished, {sum(c.resumable for c in cells)} to "
-          f"resume), {f'{args.workers} worker(s)' if args.backend == 'local' else 'Ray backend'}, tier {args.tier}, "
-          f"output {out}")
-    outcome = make_runner(args, cells, done, args.tier, [], out, progress=not args.no_progress).run()
     if outcome.interrupted:
         print("stopped; rerun the same command to continue from the cells' checkpoints")
         return 130
@@ -150,10 +107,6 @@ def run(args: argparse.Namespace, out: Path) -> int:
 
 
 # ---------------------------------------------------------------------- report
-def _value_text(value) -> str:
-    return DASH if value is None else str(value)
-
-
 def compare_cells(full_cells: list[dict], ablation_cells: list[dict]) -> dict:
     """Per environment: the full method's and the ablation's figures, paired by seed, and what differs between
     the paired cells' saved configs (``collect_cells(..., with_config=True)`` records)."""
@@ -170,9 +123,9 @@ def compare_cells(full_cells: list[dict], ablation_cells: list[dict]) -> dict:
         if partner is not None:
             record["full_meta_test_return"] = partner["meta_test_return"]
             record["full_low_noise"] = final_eval_value(partner)
-            differing = config_changes(partner.get("config") or {}, cell.get("config") or {}, IGNORED_IN_DIFF)
-            changes = [f"`{k}` {_value_text(full_value)} → {_value_text(ablated_value)}"
-                       for k, (full_value, ablated_value) in differing.items()]
+            differing = config_changes(partner.get("config") or {}, cell.get("config") or {})
+            changes = [f"`{k}` {DASH if old is None else old} → {DASH if new is None else new}"
+                       for k, (old, new) in differing.items()]
             record["config_changes"] = changes
             if any(k.startswith("protocol.") for k in differing):
                 entry["budget_differs"].append(cell["seed"])
@@ -201,19 +154,16 @@ def render_markdown(report: dict) -> str:
     tier = report["tier"]
     parts = [
         *report_heading(f"Training ablations: setformer, {tier} tier", report),
-        f"Each ablation is setformer trained from scratch with one switch flipped, on the same protocol and budget "
-        f"as the full method's cells (`{report['full_dir']}`), and compared with them seed by seed. *meta-test "
-        f"return* is the protocol figure (final-episode return at the last evaluation, mean over held-out tasks), "
-        f"*low-noise* the cell's final evaluation; entries are mean ± sample std over seeds. *Δ* is the mean ± std of "
-        f"the per-seed paired difference, ablation minus full method: negative means the switch mattered. "
-        f"*beyond seed noise* is a paired t-test of the low-noise Δ against zero (two-sided, 95 %: with three "
-        f"seeds |t| must exceed 4.30); *no* means the seeds cannot tell the variant from the full method. "
-        f"*config change* is read from the two cells' saved configs, not from the ablation's name.",
+        f"Each ablation is setformer trained from scratch with one switch flipped, on the full method's protocol and "
+        f"budget (`{report['full_dir']}`), and compared with it seed by seed. *meta-test return* is the protocol "
+        f"figure, *low-noise* the cell's final evaluation (mean ± sample std over seeds). *Δ* is the per-seed paired "
+        f"difference, ablation minus full method, and *beyond seed noise* its paired t-test against zero (two-sided, "
+        f"95 %). *config change* is read from the two cells' saved configs, not from the ablation's name.",
         "",
         table(["ablation", "overrides", "why"],
                [[f"[{name}]({name}/{tier}/RESULTS.md)" if report["results"].get(name) else name,
-                 " ".join(f"`{o}`" for o in CATALOGUE[name][0]) if name in CATALOGUE else DASH,
-                 (CATALOGUE[name][1] if name in CATALOGUE else DASH)
+                 " ".join(f"`{o}`" for o in ABLATIONS[name][0]) if name in ABLATIONS else DASH,
+                 (ABLATIONS[name][1] if name in ABLATIONS else DASH)
                  + ("" if report["results"].get(name) else " (no finished cell yet)")]
                 for name in report["ablations"]]),
         "",
@@ -299,7 +249,7 @@ def rerun_check_sentence(checks: dict, env: str, full: dict, commits: list[str],
 def build_report(out: Path, full_root: Path, tier: str, command: str) -> dict:
     full_cells, problems = collect_cells(full_root / tier, with_config=True)
     ablations = ordered([p.parent.name for p in sorted(out.glob(f"*/{tier}")) if (p / "cells").is_dir()],
-                         tuple(CATALOGUE))
+                         tuple(ABLATIONS))
     results, envs = {}, set()
     for name in ablations:
         cells, more = collect_cells(out / name / tier, with_config=True)
@@ -316,13 +266,6 @@ def build_report(out: Path, full_root: Path, tier: str, command: str) -> dict:
     return {"tier": tier, **provenance(command), "full_dir": display_path(full_root / tier),
             "ablations": ablations, "envs": ordered(envs, ENV_ORDER), "seeds": seeds, "full": full,
             "results": results, "rerun_checks": checks, "notes": problems}
-
-
-def write_report(out: Path, report: dict) -> Path:
-    tier = report["tier"]
-    markdown = out / f"ABLATIONS_{tier}.md"
-    write_json_and_markdown(out / f"ablations_{tier}.json", report, markdown, render_markdown(report))
-    return markdown
 
 
 def main(argv=None) -> int:
@@ -343,7 +286,8 @@ def main(argv=None) -> int:
         envs = ordered(report["results"][name], ENV_ORDER)
         plan = {"envs": envs, "algos": [ALGO], "seeds": report["seeds"], "skipped": []}
         render_tier(out / name / args.tier, args.tier, plan, command, [])
-    markdown = write_report(out, report)
+    markdown = out / f"ABLATIONS_{args.tier}.md"
+    write_json_and_markdown(out / f"ablations_{args.tier}.json", report, markdown, render_markdown(report))
     print(f"wrote {markdown} and each ablation's {args.tier}/RESULTS.md")
     return code
 

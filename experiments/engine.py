@@ -1,10 +1,7 @@
-"""The cell engine: one (environment, method, seed) run in its own subprocess and its own folder, run
-``workers`` at a time; which cells exist, which are finished or resumable, and the per-cell claim that keeps two
-runners from running one cell (two runners may share a tier folder, each running its own cells). The benchmark
-and ablation commands plan cells and hand them to a runner from :func:`make_runner`: :class:`CellRunner` here,
-or ``experiments.ray_backend.RayCellRunner`` on a Ray cluster, which takes the same :class:`Cell` list and honours
-the same folder contract: a cell is finished when its ``results.json`` exists and resumable while its
-``checkpoint.pt`` does.
+"""The cell engine. A cell is one (environment, method, seed) run: ``experiments.run`` in a subprocess of its own,
+writing into its own folder. It is finished when that folder holds ``results.json`` and resumable while it holds
+``checkpoint.pt``; a per-cell lock lets several runners share a tier folder. :class:`CellRunner` runs cells here,
+``workers`` at a time; ``experiments.ray_backend`` runs the same cells on a Ray cluster.
 """
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from algos import ALGORITHMS, algorithm_class
 from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, flatten_config, upgrade_flat_config
@@ -31,6 +28,7 @@ from experiments.carry import carried_checkpoint, drop_run, save_run
 POLL_SECONDS = 0.5
 TERMINATE_GRACE_SECONDS = 10.0
 STDERR_TAIL_LINES = 25
+
 
 # ---------------------------------------------------------------------- cells
 @dataclass
@@ -54,35 +52,16 @@ class Cell:
         return (self.run_dir / "checkpoint.pt").exists() and not self.finished
 
     def progress(self) -> str:
-        """Latest finished iteration out of the run's total, read from the files the run writes as it goes."""
+        """``it <done>/<total>``, read from the files the run writes as it goes."""
         try:
             total = json.loads((self.run_dir / "config.json").read_text())["protocol"]["num_iterations"]
         except (OSError, ValueError, KeyError, TypeError):
-            return "starting"  # config.json appears once the run has been built
-        done = 0
-        last = _last_line(self.run_dir / "metrics.jsonl")
-        if last:
-            try:
-                done = int(json.loads(last)["iteration"]) + 1
-            except (ValueError, KeyError, TypeError):  # a line being written right now
-                pass
+            return "starting"  # config.json appears once the run is built
+        try:
+            done = (self.run_dir / "metrics.jsonl").read_bytes().count(b"\n")  # complete lines only
+        except OSError:
+            done = 0
         return f"it {done}/{total}"
-
-
-def _last_line(path: Path, chunk: int = 65536) -> str | None:
-    """The last complete line of a growing text file, reading only its end."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - chunk))
-            data = handle.read().decode(errors="replace")
-    except OSError:
-        return None
-    lines = [line for line in data.split("\n") if line.strip()]
-    if not lines:
-        return None
-    return lines[-1] if data.endswith("\n") else (lines[-2] if len(lines) > 1 else None)
 
 
 def cell_dir(tier_dir: Path, env: str, algo: str, seed: int) -> Path:
@@ -90,8 +69,7 @@ def cell_dir(tier_dir: Path, env: str, algo: str, seed: int) -> Path:
 
 
 def unsupported_reason(algo: str, env: str) -> str | None:
-    """Why ``algo`` cannot run on ``env`` at all (not a failure: the combination does not exist); the method's
-    own facts say (``supported_envs``)."""
+    """Why ``algo`` cannot run on ``env`` at all (its ``supported_envs``): not a failure, the cell does not exist."""
     return algorithm_class(algo).supports(env) if algo in ALGORITHMS else None
 
 
@@ -102,20 +80,19 @@ def unsupported_combinations(envs: list[str], algos: list[str]) -> list[dict]:
 
 
 def check_available(env: str, algo: str, tier: str, overrides: list[str]) -> str | None:
-    """Build the cell's config in-process: an algorithm that does not import yet or an override it does not
-    know fails here once, clearly, instead of once per seed in a subprocess."""
+    """Build the cell's config here: a method that does not import or an override it does not know fails once,
+    clearly, instead of once per seed in a subprocess."""
     from algos.core.trainer import build_config
     try:
         build_config(env, algo, tier, SEEDS[0], overrides)
-    except Exception as error:  # import errors of half-written algorithms included
+    except Exception as error:  # import errors of half-written methods included
         return f"{type(error).__name__}: {error}"
     return None
 
 
 def config_mismatch(cell: Cell, tier: str, overrides: list[str]) -> list[str]:
-    """Config keys where an existing cell differs from what this invocation asks for (thread count and paths
-    aside). Such a cell is kept, with a warning, so a rerun with new ``--set`` values never silently mixes
-    budgets into one table."""
+    """The config keys where an existing cell differs from what this invocation asks for: such a cell is kept,
+    with a warning, so new ``--set`` values never silently mix budgets in one table."""
     from algos.core.config import to_dict
     from algos.core.trainer import build_config
     try:
@@ -124,25 +101,20 @@ def config_mismatch(cell: Cell, tier: str, overrides: list[str]) -> list[str]:
         wanted = json.loads(json.dumps(to_dict(build_config(cell.env, cell.algo, tier, cell.seed, overrides))))
     except Exception:
         return []
-    return config_differences(saved, wanted)
+    return list(config_changes(saved, wanted))
 
 
-NON_SEMANTIC_CONFIG_KEYS = NON_SEMANTIC_KEYS  # where and how fast a run ran, not what it computed
-
-
-def config_changes(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> dict:
-    """``{flattened key: (value in first, value in second)}`` for every key whose value differs between two saved
-    configs, sorted by key; a key missing on one side has ``None`` there."""
+def config_changes(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_KEYS) -> dict:
+    """``{flattened key: (value in first, value in second)}`` for every key that differs between two saved configs
+    (where and how fast a run ran aside), sorted; a key missing on one side has ``None`` there."""
     a, b = flatten_config(first, ignored), flatten_config(second, ignored)
-    # one written before a setting moved or existed: read as what its run computed
+    # a config written before a setting moved or existed is read as what its run computed
     a, b = upgrade_flat_config(a, b, _defaults_of(first)), upgrade_flat_config(b, a, _defaults_of(second))
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
 def _defaults_of(saved: dict) -> dict | None:
-    """The flattened default config of the run a saved config belongs to, or ``None`` if it names no buildable
-    run (then settings it predates stay missing and count as differences). Only the keys the other side has are
-    read from it, so what that side left out stays out."""
+    """The flattened default config of the run ``saved`` belongs to, or None where it names no buildable run."""
     from algos.core.trainer import default_semantic_config
     try:
         return default_semantic_config(saved["env"], saved["algo"], saved["tier"], saved["seed"])
@@ -150,17 +122,11 @@ def _defaults_of(saved: dict) -> dict | None:
         return None
 
 
-def config_differences(first: dict, second: dict, ignored: frozenset[str] = NON_SEMANTIC_CONFIG_KEYS) -> list[str]:
-    """The flattened keys whose values differ between two saved configs (keys missing on one side included)."""
-    return list(config_changes(first, second, ignored))
-
-
 def cell_command(cell: Cell, tier: str, overrides: list[str], threads: int, run_dir: Path, resume: bool) -> list[str]:
-    """The ``experiments.run`` command of ``cell`` writing into ``run_dir`` (its folder here, or a scratch folder on
-    a cluster node); ``overrides`` are the runner's, used unless the cell has its own."""
+    """The ``experiments.run`` command of ``cell`` writing into ``run_dir``; ``overrides`` are the runner's, used
+    unless the cell has its own. A resumed run keeps its saved config."""
     base = [sys.executable, "-m", "experiments.run"]
     if resume:
-        # a resumed run keeps its saved config (experiments.run refuses --set with --resume)
         return [*base, "--resume", str(run_dir), "--no-progress"]
     own = overrides if cell.overrides is None else cell.overrides
     user_sets_threads = any(item.split("=", 1)[0].strip() == "num_threads" for item in own)
@@ -170,9 +136,7 @@ def cell_command(cell: Cell, tier: str, overrides: list[str], threads: int, run_
 
 
 def child_environment(threads: int, code_root: Path) -> dict[str, str]:
-    """A cell's environment: the code on PYTHONPATH and ``threads`` for every thread pool. Children run inside
-    their cell directory so files that libraries drop into the working directory, such as MuJoCo's
-    MUJOCO_LOG.TXT, stay with the cell."""
+    """A cell's environment: the code on PYTHONPATH and ``threads`` for every thread pool."""
     python_path = os.pathsep.join(p for p in (str(code_root), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": str(threads),
             "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -183,21 +147,31 @@ try:  # loaded once here, not in the forked child
     _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 except OSError:
     _LIBC = None
-PR_SET_PDEATHSIG = 1
 
 
 def set_parent_death_signal() -> None:
-    """In the child before exec: die with SIGTERM if the runner dies without cleaning up (e.g. SIGKILL), so no
-    orphaned run keeps writing into a cell that the next runner will resume."""
+    """In the child before exec: die with SIGTERM when the runner dies uncleanly (SIGKILL), so no orphaned run
+    keeps writing into a cell that the next runner resumes."""
     if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        _LIBC.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
+def start_process(command: list[str], run_dir: Path, env: dict[str, str], note: str = "") -> tuple:
+    """Run ``command`` in ``run_dir`` (where libraries drop files such as MuJoCo's log), in a session of its own,
+    appending to ``stderr.log`` (a resumed cell keeps the log of its earlier segments): ``(process, log)``."""
+    stderr = open(run_dir / "stderr.log", "ab")
+    stderr.write(f"$ {shlex.join(command)}{note}\n".encode())
+    stderr.flush()
+    process = subprocess.Popen(command, cwd=run_dir, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                               start_new_session=True, preexec_fn=set_parent_death_signal)
+    return process, stderr
 
 
 @dataclass
 class RunningCell:
     cell: Cell
-    process: subprocess.Popen
-    stderr: IO[bytes]
+    process: Any  # a subprocess.Popen here, a Ray task's ObjectRef on a cluster
+    stderr: IO[bytes] | None = None
     started: float = field(default_factory=time.monotonic)
     carried_checkpoint_ns: int = 0  # the mtime of the checkpoint last copied to carry/
 
@@ -210,40 +184,42 @@ class Outcome:
 
 
 class CellRunner:
-    """Runs cells as subprocesses, ``workers`` at a time, with a progress bar; stops them all on interrupt."""
+    """Runs cells as subprocesses, ``workers`` at a time, with a progress bar. On an interrupt it stops them all;
+    they lose only the iteration in progress (runs checkpoint atomically after every iteration)."""
+    where = ""  # how a started cell is announced
 
     def __init__(self, cells: list[Cell], already_done: int, workers: int, tier: str, overrides: list[str],
                  threads: int, progress: bool = True, carry_repo: Path | None = None):
-        self.carry_repo = carry_repo  # with a repository: keep carry/ copies of the running cells' checkpoints
-        self.queue = deque(cells)
-        self.already_done = already_done
-        self.workers = workers
-        self.tier = tier
-        self.overrides = overrides
-        self.threads = threads
-        self.progress = progress
+        self.queue, self.already_done, self.workers = deque(cells), already_done, workers
+        self.tier, self.overrides, self.threads, self.progress = tier, overrides, threads, progress
+        self.carry_repo = carry_repo  # with a repository: keep carry/ copies of the running cells' ignored files
         self.running: list[RunningCell] = []
-        self.child_env = child_environment(threads, REPO_ROOT)
 
     def command(self, cell: Cell) -> list[str]:
         return cell_command(cell, self.tier, self.overrides, self.threads, cell.run_dir, cell.resumable)
 
-    def start(self, cell: Cell) -> RunningCell:
+    @staticmethod
+    def prepare(cell: Cell) -> None:
         if cell.run_dir.exists() and not cell.resumable:
             shutil.rmtree(cell.run_dir)  # killed before its first checkpoint: nothing worth keeping
         cell.run_dir.mkdir(parents=True, exist_ok=True)
-        command = self.command(cell)
-        # a resumed cell keeps the log of its earlier segments
-        stderr = open(cell.run_dir / "stderr.log", "ab" if cell.resumable else "wb")
-        stderr.write(f"$ {shlex.join(command)}\n".encode())
-        stderr.flush()
-        process = subprocess.Popen(command, cwd=cell.run_dir, env=self.child_env, stdout=subprocess.DEVNULL,
-                                   stderr=stderr, start_new_session=True, preexec_fn=set_parent_death_signal)
-        return RunningCell(cell, process, stderr)
+
+    def start(self, cell: Cell) -> RunningCell:
+        self.prepare(cell)
+        return RunningCell(cell, *start_process(self.command(cell), cell.run_dir,
+                                                child_environment(self.threads, REPO_ROOT)))
+
+    def poll(self, running: RunningCell, bar) -> int | str | None:
+        """None while the cell runs, then its exit code (or why it failed)."""
+        code = running.process.poll()
+        if code is None:
+            self._carry(running, bar)
+        else:
+            running.stderr.close()
+        return code
 
     def stop_all(self) -> None:
-        """SIGTERM every running cell's process group, then SIGKILL what is left after a grace period. Runs
-        only lose the iteration in progress: their checkpoints are written atomically after every iteration."""
+        """SIGTERM every running cell's process group, then SIGKILL what is left after a grace period."""
         for running in self.running:
             _signal_group(running.process, signal.SIGTERM)
         deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
@@ -260,28 +236,23 @@ class CellRunner:
         from tqdm import tqdm
 
         outcome = Outcome()
-        total = self.already_done + len(self.queue)
-        bar = tqdm(total=total, initial=self.already_done, desc="cells", unit="cell", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.already_done + len(self.queue), initial=self.already_done, desc="cells", unit="cell",
+                   disable=not self.progress, dynamic_ncols=True)
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-        signal.signal(signal.SIGINT, raise_keyboard_interrupt)
+        for sig in previous:
+            signal.signal(sig, raise_keyboard_interrupt)
         try:
             while self.queue or self.running:
                 while self.queue and len(self.running) < self.workers:
                     cell = self.queue.popleft()
-                    how = "resuming" if cell.resumable else "starting"
-                    bar.write(f"{how} {cell.label}")
+                    bar.write(f"{'resuming' if cell.resumable else 'starting'} {cell.label}{self.where}")
                     self.running.append(self.start(cell))
                 for running in list(self.running):
-                    code = running.process.poll()
-                    if code is None:
-                        self._carry(running, bar)
-                        continue
-                    running.stderr.close()
-                    self.running.remove(running)
-                    self._finish(running, code, outcome, bar)
-                    bar.update(1)
+                    code = self.poll(running, bar)
+                    if code is not None:
+                        self.running.remove(running)
+                        self._finish(running, code, outcome, bar)
+                        bar.update(1)
                 bar.set_postfix_str(", ".join(f"{r.cell.label} {r.cell.progress()}" for r in self.running))
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
@@ -298,7 +269,7 @@ class CellRunner:
         return outcome
 
     def _carry(self, running: RunningCell, bar) -> None:
-        """Copy a running cell's git-ignored files to carry/ once after each new checkpoint (``--carry``)."""
+        """With ``--carry``: copy a running cell's git-ignored files to carry/ once after each new checkpoint."""
         if self.carry_repo is None:
             return
         try:
@@ -313,29 +284,26 @@ class CellRunner:
         except (OSError, ValueError, CheckpointError, subprocess.CalledProcessError) as error:
             bar.write(f"warning: could not copy {running.cell.label}'s checkpoint to carry/ ({error})")
 
-    def _finish(self, running: RunningCell, code: int, outcome: Outcome, bar) -> None:
-        cell = running.cell
-        log = cell.run_dir / "stderr.log"
-        minutes = (time.monotonic() - running.started) / 60.0
+    def _finish(self, running: RunningCell, code: int | str, outcome: Outcome, bar) -> None:
+        cell, log = running.cell, running.cell.run_dir / "stderr.log"
         if code == 0 and cell.finished:
             if self.carry_repo is not None:
                 drop_run(cell.run_dir, self.carry_repo)
             outcome.finished.append(cell)
-            bar.write(f"finished {cell.label} in {minutes:.1f} min")
+            bar.write(f"finished {cell.label} in {(time.monotonic() - running.started) / 60.0:.1f} min")
             return
-        reason = f"exit code {code}" if code != 0 else "exited 0 without writing results.json"
-        tail = tail_of(log, STDERR_TAIL_LINES)
+        reason = code if isinstance(code, str) else (f"exit code {code}" if code != 0
+                                                     else "exited 0 without writing results.json")
         outcome.failed.append((cell, reason))
-        bar.write(f"FAILED {cell.label} ({reason}); stderr in {log}:\n{tail}")
+        bar.write(f"FAILED {cell.label} ({reason}); stderr in {log}:\n{tail_of(log, STDERR_TAIL_LINES)}")
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, sig)  # the child leads its own session: this reaches anything it started too
-    except ProcessLookupError:
-        pass
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, sig)  # the child leads its own session: this reaches anything it started too
+        except ProcessLookupError:
+            pass
 
 
 def raise_keyboard_interrupt(signum, frame) -> None:
@@ -350,44 +318,12 @@ def tail_of(path: Path, lines: int) -> str:
     return "\n".join("    " + line for line in text.rstrip().splitlines()[-lines:])
 
 
-# ---------------------------------------------------------------------- plan, run, render
+# ---------------------------------------------------------------------- planning and claims
 def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-BACKENDS = ("local", "ray")
-
-
-def add_backend_arguments(parser) -> None:
-    """``--backend`` and ``--address``: where cells run (the benchmark and ablation commands share them)."""
-    parser.add_argument("--backend", choices=BACKENDS, default="local",
-                        help="local: subprocesses on this machine, --workers at a time (default); ray: one Ray task "
-                             "per cell on a Ray cluster, as many at once as its CPUs allow")
-    parser.add_argument("--carry", action="store_true",
-                        help="local backend: after each checkpoint, copy the running cell's git-ignored files "
-                             "(checkpoint, clock, TensorBoard) to carry/ (see experiments.carry), for a workplace "
-                             "whose next checkout keeps untracked files but loses ignored ones")
-    parser.add_argument("--address", default=None, metavar="HOST:PORT",
-                        help="with --backend ray: the cluster to join (HOST:PORT of `ray start --head`, or auto); "
-                             "without it a local Ray instance is started")
-
-
-def make_runner(args, cells: list[Cell], done: int, tier: str, overrides: list[str], root: Path,
-                progress: bool = True):
-    """The runner of ``args.backend`` for ``cells``: ``CellRunner`` here, or ``RayCellRunner`` on a cluster (one
-    thread per cell unless ``num_threads`` is set, each Ray task reserving that many CPUs)."""
-    if args.backend == "ray":
-        if args.carry:
-            print("note: --carry applies to the local backend; Ray cells keep their checkpoints on the driver")
-        from experiments.ray_backend import RayCellRunner, connect
-        connect(args.address, num_cpus=available_cpus() if args.address is None else None)
-        return RayCellRunner(cells, done, tier, overrides, threads_per_cell(available_cpus(), overrides), root,
-                             progress=progress)
-    return CellRunner(cells, done, args.workers, tier, overrides, threads_per_cell(args.workers, overrides),
-                      progress=progress, carry_repo=REPO_ROOT if args.carry else None)
 
 
 def threads_per_cell(workers: int, overrides: list[str]) -> int:
@@ -406,9 +342,8 @@ def previous_plan(tier_dir: Path) -> dict:
 
 
 def merged_plan(previous: dict, current: dict) -> dict:
-    """The plan a runner's table is rendered with: the tier folder's previous plan widened by this run's, so a
-    runner of a few cells updates the tier's table (every method, environment and seed it showed, run or not)
-    instead of narrowing it to those cells."""
+    """The tier folder's previous plan widened by this run's, so a runner of a few cells keeps every method,
+    environment and seed the tier's table showed."""
     def union(key: str) -> list:
         return list(dict.fromkeys([*previous.get(key, []), *current.get(key, [])]))
 
@@ -418,9 +353,8 @@ def merged_plan(previous: dict, current: dict) -> dict:
 
 
 def refuse_unrestored_carries(cells: list[Cell]) -> bool:
-    """Print an error and return True if the runner would start a cell afresh (no checkpoint of its own) while
-    ``carry/`` holds one of its checkpoints: starting it would redo the carried iterations, and a later ``carry
-    save`` could lose them. A runner that refuses starts nothing."""
+    """Print an error and return True if a cell would start afresh while ``carry/`` holds a checkpoint of it:
+    starting it would redo the carried iterations, and a later ``carry save`` could lose them."""
     unrestored = [(cell, carried) for cell in cells if not cell.finished and not cell.resumable
                   and (carried := carried_checkpoint(cell.run_dir)) is not None]
     for cell, carried in unrestored:
@@ -430,10 +364,9 @@ def refuse_unrestored_carries(cells: list[Cell]) -> bool:
 
 
 def claim_cell(cell: Cell) -> IO[str] | None:
-    """Take ``cell``'s runner lock, or return None while another runner holds it (it is running that cell). The
-    lock is an ``flock`` on a hidden file beside the run directory (``.<seed>.lock``, git-ignored), outside it
-    because a cell killed before its first checkpoint has its folder deleted; it is released when the returned
-    file is closed or the process ends, so a killed runner never leaves a cell claimed."""
+    """Take ``cell``'s runner lock, or return None while another runner holds it. The lock is an ``flock`` on
+    ``.<seed>.lock`` beside the run folder (which a fresh start deletes), released when the returned file is
+    closed or the process ends, so a killed runner never leaves a cell claimed."""
     cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = open(cell.run_dir.parent / f".{cell.run_dir.name}.lock", "w")
     try:
@@ -445,20 +378,16 @@ def claim_cell(cell: Cell) -> IO[str] | None:
 
 
 def claim_cells(cells: list[Cell]) -> tuple[list[Cell], list[Cell], list[IO[str]]]:
-    """Claim every cell a runner plans to run: ``(claimed, held_elsewhere, locks)``. Keep ``locks`` open for as
-    long as the runner runs. A cell another runner finished between planning and claiming is neither: it is done
-    (whether it finished is read again once the claim is held, so no finished cell is ever started again)."""
+    """``(claimed, held_elsewhere, locks)``; keep ``locks`` open while the runner runs. A cell another runner
+    finished meanwhile is neither (whether it finished is read again under the claim)."""
     claimed, held_elsewhere, locks = [], [], []
     for cell in cells:
         lock = claim_cell(cell)
         if lock is None:
             held_elsewhere.append(cell)
-            continue
-        if cell.finished:
+        elif cell.finished:
             lock.close()
         else:
             claimed.append(cell)
             locks.append(lock)
     return claimed, held_elsewhere, locks
-
-

@@ -1,47 +1,38 @@
-"""The cell engine on a Ray cluster: ``--backend ray [--address HOST:PORT | auto]``.
+"""The cell engine on a Ray cluster (``--backend ray [--address HOST:PORT | auto]``): each cell is one Ray task
+reserving as many CPUs as its threads, and the cells' folders stay on the driver, under ``--out`` (no shared
+filesystem needed), with the local backend's contract: finished with ``results.json``, resumable with
+``checkpoint.pt``.
 
-Each cell is one Ray task reserving as many CPUs as its threads. The cells keep the local backend's folder
-contract (a cell is finished when its folder holds ``results.json``, resumable while it holds ``checkpoint.pt``),
-and the folders stay on the driver, under ``--out``: no shared filesystem is needed.
-
-- **What travels.** The code goes to every node once, as Ray's ``working_dir`` (the repository without
-  ``benchmarks/``, ``runs/`` and other outputs, ``CODE_EXCLUDES``); the Python packages must already be installed
-  there (``pip install -r requirements.txt``). A cell's folder travels from the driver to the task when it starts
-  (so a cell with a checkpoint resumes), and the task sends back every file that changed, every
-  ``SYNC_SECONDS`` and when the run ends: the checkpoint after each iteration, ``metrics.jsonl``, ``config.json``,
-  ``stderr.log``, TensorBoard events and ``results.json``. A small actor on the driver's node
-  (:class:`CellFolders`) writes them into the cell's folder, each file atomically.
-- **A lost node.** Ray retries the task (``NODE_LOSS_RETRIES`` times) on another node; it starts from the
-  folder the driver holds, i.e. from the last checkpoint that came back, and loses at most the iteration in
-  progress.
-- **A dead driver.** Its tasks and the folder actor die with it (Ray ties them to their driver) and the runs on
-  the nodes are stopped. Every cell's folder on the driver holds its last synced checkpoint, so running the same
-  command again resumes them, on either backend.
+- **What travels.** The code goes to every node as Ray's ``working_dir`` (without outputs: ``CODE_EXCLUDES``); the
+  Python packages must be installed there. A cell's folder goes from the driver to its task when it starts, and the
+  task sends back every changed file every ``SYNC_SECONDS`` and at the end, written into the cell's folder
+  atomically by a small actor on the driver's node (:class:`CellFolders`).
+- **A lost node.** Ray retries the task (``NODE_LOSS_RETRIES`` times) elsewhere, from the last checkpoint that came
+  back: at most the iteration in progress is lost.
+- **A dead driver.** Its tasks die with it; every cell's folder holds its last synced checkpoint, so running the
+  same command again resumes them, on either backend.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from algos.core.io import REPO_ROOT, atomic_write_bytes, atomic_write_json, git_commit
-from experiments.engine import (STDERR_TAIL_LINES, Cell, Outcome, cell_command, child_environment,
-                                raise_keyboard_interrupt, set_parent_death_signal, tail_of)
+from experiments.engine import Cell, CellRunner, RunningCell, cell_command, child_environment, start_process
 
 NODE_LOSS_RETRIES = 3
 SYNC_SECONDS = float(os.environ.get("META_RL_RAY_SYNC_SECONDS", "5"))  # how often a cell's files come back
-# not shipped to the nodes: results, runs, checkpoints and caches (the code is a few hundred kB)
 CODE_EXCLUDES = ["benchmarks/", "runs/", ".git/", "**/__pycache__/", "*.pt", "**/tb/", ".pytest_cache/", "docs/",
-                 "MUJOCO_LOG.TXT", "**/*.png"]
+                 "MUJOCO_LOG.TXT", "**/*.png", "carry/"]
+RUN_DIR_FILES = ("config.json", "results.json")  # they record the run's folder (``run_dir``, not semantic)
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -49,10 +40,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     code travels as the job's working directory, with this commit named for runs that cannot ask git."""
     import ray
 
-    runtime_env = {"working_dir": str(REPO_ROOT), "excludes": CODE_EXCLUDES,
-                   "env_vars": {"META_RL_GIT_COMMIT": git_commit(), "PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if ray.is_initialized():
         return
+    runtime_env = {"working_dir": str(REPO_ROOT), "excludes": CODE_EXCLUDES,
+                   "env_vars": {"META_RL_GIT_COMMIT": git_commit(), "PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}  # the runner prints what happens to cells
     if address is None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, **quiet)
@@ -61,7 +52,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def _folder_files(folder: Path, since: dict[str, tuple[int, int]] | None = None) -> dict[str, bytes]:
-    """Every file under ``folder`` (relative path -> bytes), or only those changed since ``since`` (which is updated)."""
+    """Every file under ``folder`` (relative path -> bytes), or only those changed since ``since`` (updated)."""
     out = {}
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.name.endswith((".tmp", ".lock")):  # half-written files, runner locks
@@ -94,30 +85,24 @@ class CellFolders:
     def write(self, rel: str, files: dict[str, bytes]) -> None:
         folder = self.root / rel
         for name, data in files.items():
-            if name in RUN_DIR_FILES:  # say where the cell's files are kept, not the node's scratch copy
-                atomic_write_json(folder / name, _with_run_dir(json.loads(data), folder, name == "results.json"))
+            if name in RUN_DIR_FILES:  # name the cell's folder, not the node's scratch copy
+                record = json.loads(data)
+                config = record.get("config", {}) if name == "results.json" else record
+                if "run_dir" in config:
+                    config["run_dir"] = str(folder)
+                atomic_write_json(folder / name, record)
             else:
                 atomic_write_bytes(folder / name, data)
 
 
-RUN_DIR_FILES = ("config.json", "results.json")  # they record the run's folder (``run_dir``, not semantic)
-
-
-def _with_run_dir(record: dict, folder: Path, nested: bool) -> dict:
-    config = record.get("config", {}) if nested else record
-    if "run_dir" in config:
-        config["run_dir"] = str(folder)
-    return record
-
-
 @dataclass
 class CellTask:
-    """What a node needs to run a cell: the cell, the runner's settings, and where its folder lives."""
+    """What a node needs to run a cell: the cell, the runner's settings, and its folder under the driver's root."""
     cell: Cell
     tier: str
     overrides: list[str]
     threads: int
-    folder: str                 # relative to the driver's root
+    folder: str
 
 
 def run_cell_on_node(task: CellTask, folders, sync_seconds: float = SYNC_SECONDS) -> int:
@@ -135,13 +120,9 @@ def run_cell_on_node(task: CellTask, folders, sync_seconds: float = SYNC_SECONDS
                 if path.is_file():
                     path.unlink()
         command = cell_command(task.cell, task.tier, task.overrides, task.threads, scratch, resume)
+        process, stderr = start_process(command, scratch, child_environment(task.threads, Path.cwd()),
+                                        f"   # on Ray node {socket.gethostname()}")
         sent: dict[str, tuple[int, int]] = {}
-        stderr = open(scratch / "stderr.log", "ab")  # a resumed cell keeps the log of its earlier segments
-        stderr.write(f"$ {shlex.join(command)}   # on Ray node {socket.gethostname()}\n".encode())
-        stderr.flush()
-        process = subprocess.Popen(command, cwd=scratch, env=child_environment(task.threads, Path.cwd()),
-                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-                                   preexec_fn=set_parent_death_signal)
         try:
             while process.poll() is None:
                 time.sleep(sync_seconds)
@@ -157,72 +138,43 @@ def run_cell_on_node(task: CellTask, folders, sync_seconds: float = SYNC_SECONDS
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-class RayCellRunner:
-    """Runs cells as Ray tasks on the cluster the driver is connected to; the same outcome as ``CellRunner``."""
+class RayCellRunner(CellRunner):
+    """Runs cells as Ray tasks on the cluster the driver is connected to, all submitted at once."""
+    where = " (Ray task)"
 
     def __init__(self, cells: list[Cell], already_done: int, tier: str, overrides: list[str], threads: int,
                  root: Path, progress: bool = True, sync_seconds: float = SYNC_SECONDS):
-        self.cells, self.already_done, self.tier, self.overrides = cells, already_done, tier, overrides
-        self.threads, self.root, self.progress, self.sync_seconds = threads, Path(root), progress, sync_seconds
+        super().__init__(cells, already_done, max(1, len(cells)), tier, overrides, threads, progress)
+        self.root, self.sync_seconds, self.folders = Path(root), sync_seconds, None
 
-    def run(self) -> Outcome:
+    def start(self, cell: Cell) -> RunningCell:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        from tqdm import tqdm
 
-        outcome = Outcome()
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        folders = ray.remote(num_cpus=0)(CellFolders).options(scheduling_strategy=here).remote(str(self.root))
-        remote = ray.remote(run_cell_on_node).options(num_cpus=self.threads, max_retries=NODE_LOSS_RETRIES)
-        pending = {}
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-        for sig in previous:
-            signal.signal(sig, raise_keyboard_interrupt)
-        bar = tqdm(total=self.already_done + len(self.cells), initial=self.already_done, desc="cells", unit="cell",
-                   disable=not self.progress, dynamic_ncols=True)
+        if self.folders is None:
+            here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+            self.folders = ray.remote(num_cpus=0)(CellFolders).options(scheduling_strategy=here).remote(str(self.root))
+            self.task = ray.remote(run_cell_on_node).options(num_cpus=self.threads, max_retries=NODE_LOSS_RETRIES)
+        self.prepare(cell)
+        task = CellTask(cell, self.tier, self.overrides, self.threads, str(cell.run_dir.relative_to(self.root)))
+        return RunningCell(cell, self.task.remote(task, self.folders, self.sync_seconds))
+
+    def poll(self, running: RunningCell, bar) -> int | str | None:
+        import ray
+
+        if not ray.wait([running.process], timeout=0)[0]:
+            return None
         try:
-            for cell in self.cells:
-                if cell.run_dir.exists() and not cell.resumable:
-                    shutil.rmtree(cell.run_dir)  # killed before its first checkpoint: nothing worth keeping
-                cell.run_dir.mkdir(parents=True, exist_ok=True)
-                task = CellTask(cell, self.tier, self.overrides, self.threads,
-                                str(cell.run_dir.relative_to(self.root)))
-                bar.write(f"{'resuming' if cell.resumable else 'starting'} {cell.label} (Ray task)")
-                pending[remote.remote(task, folders, self.sync_seconds)] = (cell, time.monotonic())
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                for ref in done:
-                    cell, started = pending.pop(ref)
-                    try:
-                        code = ray.get(ref)
-                    except ray.exceptions.RayError as error:  # retries spent, or the task itself raised
-                        outcome.failed.append((cell, f"Ray task failed: {type(error).__name__}"))
-                        bar.write(f"FAILED {cell.label}: {error}")
-                        bar.update(1)
-                        continue
-                    self._finish(cell, code, started, outcome, bar)
-                    bar.update(1)
-                bar.set_postfix_str(", ".join(f"{c.label} {c.progress()}" for c, _ in pending.values()))
-        except KeyboardInterrupt:
-            outcome.interrupted = True
-            bar.write(f"interrupted: cancelling {len(pending)} cell(s); rerun the same command to continue from "
-                      f"their checkpoints")
-            for ref in pending:
-                ray.cancel(ref)  # the task stops its run; the folder keeps the last checkpoint that came back
-            ray.wait(list(pending), num_returns=len(pending), timeout=30.0)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            bar.close()
-        return outcome
+            return ray.get(running.process)
+        except ray.exceptions.RayError as error:  # retries spent, or the task itself raised
+            bar.write(f"Ray task of {running.cell.label} failed: {error}")
+            return f"Ray task failed: {type(error).__name__}"
 
-    def _finish(self, cell: Cell, code: int, started: float, outcome: Outcome, bar) -> None:
-        minutes = (time.monotonic() - started) / 60.0
-        if code == 0 and cell.finished:
-            outcome.finished.append(cell)
-            bar.write(f"finished {cell.label} in {minutes:.1f} min")
-            return
-        reason = f"exit code {code}" if code != 0 else "exited 0 without writing results.json"
-        outcome.failed.append((cell, reason))
-        log = cell.run_dir / "stderr.log"
-        bar.write(f"FAILED {cell.label} ({reason}); stderr in {log}:\n{tail_of(log, STDERR_TAIL_LINES)}")
+    def stop_all(self) -> None:
+        import ray
+
+        for running in self.running:
+            ray.cancel(running.process)  # the task stops its run; the folder keeps the last checkpoint synced
+        if self.running:
+            ray.wait([r.process for r in self.running], num_returns=len(self.running), timeout=30.0)
+        self.running = []

@@ -1,4 +1,5 @@
-"""experiments.carry: a killed run's ignored files survive a fresh checkout through carry/, and it resumes exactly."""
+"""experiments.carry: a killed run's git-ignored files move to another checkout through carry/, and it resumes
+exactly."""
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def lose_ignored_files(repo: Path) -> None:
 def carried(repo: Path) -> list[str]:
     """The run files carry/ holds, as ``<run path>/<file>``."""
     root = repo / carry.CARRY_DIR
-    return sorted(f"{run}/{name}" for run in carry.carried_runs(root) for name in carry.carried_names(root / run))
+    return sorted(f"{run}/{name}" for run in carry.carried_runs(root) for name in carry.manifest_of(root / run))
 
 
 def test_save_copies_exactly_the_files_a_checkout_loses(repo):
@@ -71,7 +72,7 @@ def test_save_copies_exactly_the_files_a_checkout_loses(repo):
     # small files are one part each, beside the manifest that names them
     assert sorted(p.name.split(".")[0] for p in carried_run.rglob("*") if p.is_file() and p.name != carry.LOCK) == [
         "MANIFEST", "checkpoint", "events", "wall_time"]
-    # carry/ is untracked and not ignored: a checkout that keeps untracked files keeps it
+    # carry/ is untracked and not ignored: it goes wherever the working tree's untracked files go
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo,
                             capture_output=True, text=True, check=True).stdout
     assert f"?? carry/{CELL}/MANIFEST.json" in status and ".part000" in status
@@ -167,7 +168,7 @@ def test_save_keeps_a_carried_copy_ahead_of_a_run_started_afresh(repo):
     fake_cell(repo, CELL, iteration=0)  # restarted from scratch without a restore
     assert carry.save(repo, ["benchmarks"]) == [
         [str(CELL), "kept (the carried copy is ahead of the run's: restore it)", "10", "—"]]
-    assert carry.carried_state(repo / carry.CARRY_DIR / CELL)["iteration"] == 9
+    assert carry.carried_iteration(repo / carry.CARRY_DIR / CELL) == 9
 
 
 @pytest.mark.parametrize("runner", ["benchmark", "ablations"])
@@ -184,10 +185,10 @@ def test_runners_refuse_to_start_afresh_a_cell_whose_checkpoint_is_carried(repo,
         cell = out / "no-reward-head" / "smoke" / "cells" / "point-robot" / "setformer" / "42"
         main, args = ablations.main, ["--tier", "smoke", "--ablations", "no-reward-head", "--envs", "point-robot",
                                       "--seeds", "42", "--out", str(out), "--no-progress"]
-    # a copy as saved before parts existed (one whole file, no manifest), which carry still reads
-    carried = repo / carry.CARRY_DIR / cell.relative_to(repo) / "checkpoint.pt"
-    atomic_torch_save(carried, {"iteration": 3, "algorithm": {}})
     cell.mkdir(parents=True)
+    atomic_torch_save(cell / "checkpoint.pt", {"iteration": 3, "algorithm": {}})
+    carry.write_carried(cell, [cell / "checkpoint.pt"], repo / carry.CARRY_DIR / cell.relative_to(repo))
+    (cell / "checkpoint.pt").unlink()
     (cell / "metrics.jsonl").write_text('{"iteration": 0}\n')  # what a checkout leaves of it: no checkpoint
     assert main(args) == 2
     assert "carry/ holds a checkpoint of point-robot" in capsys.readouterr().err
@@ -197,17 +198,16 @@ def test_runners_refuse_to_start_afresh_a_cell_whose_checkpoint_is_carried(repo,
 def test_status_shows_a_run_whose_checkpoint_only_carry_holds(repo, monkeypatch, capsys):
     from experiments import status
 
-    original = carry.carried_checkpoint
-    monkeypatch.setattr(carry, "carried_checkpoint", lambda run_dir: original(run_dir, repo=repo))
+    monkeypatch.setattr(status, "carried_checkpoint", lambda run_dir: carry.carried_checkpoint(run_dir, repo=repo))
     fake_cell(repo, CELL, iteration=4)
     fake_cell(repo, CELL.parent / "8", iteration=2)
     carry.save(repo, ["benchmarks"])
     lose_ignored_files(repo)
-    shutil.rmtree(repo / carry.CARRY_DIR / CELL.parent / "8")  # seed 8 was not carried: it is lost
+    shutil.rmtree(repo / carry.CARRY_DIR / CELL.parent / "8")  # seed 8 was not carried: no checkpoint here
     assert status.main([str(repo / "benchmarks")]) == 0
     out = capsys.readouterr().out
     assert f"| {repo / CELL} | carried | 5/20 |" in out and "carry restore` first" in out
-    assert "1 lost run(s) not listed" in out
+    assert f"{CELL.parent / '8'}" not in out
 
 
 class _Bar:
@@ -229,14 +229,14 @@ def test_runner_with_carry_copies_each_new_checkpoint_once_and_drops_the_copy_wh
     running = RunningCell(cell, process=None, stderr=None)
     runner._carry(running, bar)
     carried_run = repo / carry.CARRY_DIR / CELL
-    assert carry.carried_state(carried_run)["iteration"] == 4
+    assert carry.carried_iteration(carried_run) == 4
     shutil.rmtree(carried_run)
     runner._carry(running, bar)  # the same checkpoint: not copied again
     assert not carried_run.exists()
     atomic_torch_save(run_dir / "checkpoint.pt", {"iteration": 5, "algorithm": {}, "identity": {"seed": 7}})
     os.utime(run_dir / "checkpoint.pt", ns=(running.carried_checkpoint_ns + 1, running.carried_checkpoint_ns + 1))
     runner._carry(running, bar)
-    assert carry.carried_state(carried_run)["iteration"] == 5 and not bar.lines
+    assert carry.carried_iteration(carried_run) == 5 and not bar.lines
     (run_dir / "results.json").write_text("{}")
     outcome = Outcome()
     runner._finish(running, 0, outcome, bar)
@@ -254,12 +254,12 @@ def test_runner_without_carry_copies_nothing(repo):
 
 def test_carry_flag_reaches_the_local_runner():
     from experiments import benchmark
-    from experiments.engine import make_runner
+    from experiments.benchmark import make_runner
 
     args = benchmark.parse_args(["--tier", "smoke", "--carry"])
-    assert make_runner(args, [], 0, "smoke", [], REPO_ROOT, progress=False).carry_repo == REPO_ROOT
+    assert make_runner(args, [], 0, "smoke", [], REPO_ROOT).carry_repo == REPO_ROOT
     args = benchmark.parse_args(["--tier", "smoke"])
-    assert make_runner(args, [], 0, "smoke", [], REPO_ROOT, progress=False).carry_repo is None
+    assert make_runner(args, [], 0, "smoke", [], REPO_ROOT).carry_repo is None
 
 
 @pytest.mark.parametrize("size, parts", [(0, 1), (1000, 1), (1001, 2), (2500, 3)])
@@ -307,19 +307,6 @@ def test_a_carried_copy_that_came_back_damaged_is_an_error_naming_it(repo, monke
     assert carry.main(["restore"], repo=repo) == 1
     assert f"of checkpoint.pt in {carried_run}" in capsys.readouterr().err
     assert not (cell / "checkpoint.pt").exists() and not (cell / "wall_time.json").exists()  # nothing half-restored
-
-
-def test_restore_reads_a_copy_saved_as_whole_files_before_parts_existed(repo):
-    cell = fake_cell(repo, CELL, iteration=4)
-    checkpoint_bytes = (cell / "checkpoint.pt").read_bytes()
-    for name in ("checkpoint.pt", "wall_time.json", "tb/events.out.tfevents.1"):  # the earlier layout, by hand
-        (repo / carry.CARRY_DIR / CELL / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(cell / name, repo / carry.CARRY_DIR / CELL / name)
-    lose_ignored_files(repo)
-    assert carry.listing(repo)[0][1:3] == ["checkpoint missing", "5"]
-    assert carry.restore(repo) == [[str(CELL), "restored", "5"]]
-    assert (cell / "checkpoint.pt").read_bytes() == checkpoint_bytes
-    assert (cell / "tb" / "events.out.tfevents.1").read_bytes() == b"events"
 
 
 def test_two_writers_of_one_carried_copy_take_turns(repo, monkeypatch):
