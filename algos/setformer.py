@@ -42,18 +42,17 @@ the reward head learns that ``e_j`` predicts no reward anywhere: a hypothesis th
 (``teacher_collection``) of every posterior collection phase acts on the task's own embedding: whole episodes,
 the phase's environment steps unchanged. A task whose data still shows no reward at all (its goal was never
 reached) is left out of the hypothesis set (``exploration.min_evidence``): its reward prediction is zero
-everywhere, so no evidence could refute it, and once the real hypotheses were refuted it took the whole belief.
+everywhere, so no evidence could refute it, and once the real hypotheses were refuted it would take the whole belief.
 
-What each exploration rule is worth on the trained weights (switched off one at a time, same evaluation seeds):
-``benchmarks/quick/REEVALUATIONS_setformer.md``, made by ``python -m experiments.reevaluate``; what the training-time parts
-are worth (retrained with one switch flipped, paired by seed): ``benchmarks/ablations/ABLATIONS_quick.md``, made
-by ``python -m experiments.ablations``.
+What each exploration rule is worth on the trained weights (switched off one at a time, same evaluation seeds) is
+measured by ``python -m experiments.reevaluate``; what the training-time parts are worth (retrained with one switch
+flipped, paired by seed) by ``python -m experiments.ablations``. ``docs/DESIGN.md`` says why each default is what
+it is, with the runs that show it.
 
 Bounded latents. ``z`` and every ``e_j`` live on the sphere of radius ``sqrt(latent_dim)`` (``latent_norm``):
 the encoder's raw output and the raw embeddings are rescaled to that norm, so the critic, the policy and the heads
-always see latents of order one. Unbounded latents let the critic's gradient grow them without limit at the
-benchmark tier's gradient budget (the Q loss then explodes); squashing each coordinate with ``tanh`` bounds them
-too but saturates, and the encoder stops fitting. The runs that show both are in ``benchmarks/dev`` (README there).
+always see latents of order one, and the critic's gradient cannot grow them without limit. ``tanh`` (squash each
+coordinate) and ``none`` remain as options (``docs/DESIGN.md#bounded-latents``).
 """
 from __future__ import annotations
 
@@ -108,22 +107,16 @@ class ExplorationConfig:
                                      # carries a nonzero context reward (always so for dense rewards)
 
 
-# setformer's defaults where they are not the baselines': on cheetah-vel the policy, not inference, limits the
-# return at the benchmark budget. lr 1e-3 learned faster there at every iteration on a seed that is not a benchmark
-# seed; but at 1e-3 the encoder's losses jumped mid-run and the encoder alone stopped naming the task, so the encoder
-# keeps 3e-4 (-41.2 split vs -55.5 at 1e-3 alone, seed 7: benchmarks/dev/README.md, cheetah-split-lr). At the fixed
-# temperature the deterministic policy still missed slow and fast goals while the stochastic one SAC optimises hit
-# them; the learned temperature lets the entropy fall (benchmarks/dev/cheetah-temperature, and the three benchmark
-# cells it was adopted on: benchmarks/benchmark/FINDINGS.md)
+# setformer's per-environment defaults where they differ from the baselines' settings (the config's defaults): on
+# cheetah-vel the actor-critic learns at 1e-3, the encoder optimiser (encoder, heads, task embeddings) at 3e-4, and
+# SAC's entropy temperature is learned. Why: docs/DESIGN.md#cheetah-vel-split-learning-rates-and-a-learned-temperature
 ENV_DEFAULTS = {"cheetah-vel": {"lr": 1e-3, "encoder_lr": 3e-4, "learn_temperature": True}}
 
 
 @dataclass
 class SetFormerConfig(MetaSACConfig):
-    lr: float = 3e-4                 # the baselines' lr on the point robots, where 1e-3 (the default until the
-                                     # sphere latents) changed the critic's regime; 1e-3 on cheetah-vel
-                                     # with the encoder at 3e-4 and a learned temperature (ENV_DEFAULTS):
-                                     # benchmarks/dev/README.md
+    lr: float = 3e-4                 # the baselines' lr; on cheetah-vel 1e-3 with the encoder at 3e-4 and a learned
+                                     # temperature (ENV_DEFAULTS; docs/DESIGN.md)
     latent_dim: int = 8
     model_dim: int = 64              # token width
     num_heads: int = 4

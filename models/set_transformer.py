@@ -11,8 +11,8 @@ from torch import nn
 
 
 class MultiheadAttentionBlock(nn.Module):
-    """``MAB(X, Y) = H + FF(H)`` with ``H = X + Attention(X, Y, Y)``: the set transformer's default without
-    LayerNorm (with it, setformer's latent collapsed to a constant: benchmarks/dev/README.md, setformer-v1/v2)."""
+    """``MAB(X, Y) = H + FF(H)`` with ``H = X + Attention(X, Y, Y)``: the set transformer's block without the
+    optional LayerNorm (docs/DESIGN.md#the-encoder says why)."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
