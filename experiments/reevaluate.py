@@ -1,27 +1,22 @@
 """Re-evaluate the final weights of finished benchmark cells under inference-time variants: an ablation of how
-the trained agent *acts* (its exploration rule), at no training cost and with everything else held fixed.
+the trained agent *acts*, at no training cost and with everything else held fixed.
 
     python -m experiments.reevaluate --tier quick --algo setformer              # the default setformer variants
     python -m experiments.reevaluate --tier quick --algo setformer --envs sparse-point-robot \\
         --variant as-trained --variant greedy-encoder exploration.thompson=false
 
-Every variant of a cell loads the same ``checkpoint.pt`` (weights, replay buffers), applies its overrides, which
-must lie in a config group the algorithm declares inference-time (``inference_time_config``: for setformer the
-``exploration`` group) or be an evaluation-only protocol setting (``protocol.deterministic_exploration``: act
-deterministically in the exploration episodes too, as PEARL's own code evaluates), and runs the low-noise final
-evaluation of the cell: the same evaluation seed and number
-of repeats as the cell's ``final_eval``, so the variants are compared on paired episodes. ``as-trained`` (no
-overrides) must reproduce the cell's recorded figure; the table shows that check. What a variant cannot show:
-the effect of the rule on the data collected during training (setformer also explores with it there); for that,
-retrain with the switch flipped (``python -m experiments.ablations``).
+Every variant of a cell loads its ``checkpoint.pt`` (weights, replay buffers), applies its overrides (only in a
+config group the method declares inference-time, ``inference_time_config``, or an evaluation-only protocol setting
+such as ``protocol.deterministic_exploration``) and runs the cell's low-noise final evaluation with the same seed
+and repeats, so variants are compared on paired episodes; ``as-trained`` must reproduce the cell's recorded figure.
+It cannot show a rule's effect on the data collected during training: retrain for that
+(``python -m experiments.ablations``). For an agent that reports acting on a hypothesis (setformer's
+``acting_on_hypothesis``) the share of such post-exploration steps is recorded; for one with per-task latents
+(``hypotheses``) the policy also runs on each training task's own latent without inference
+(``--own-embedding-episodes``): the known-task figure of these weights.
 
-For an agent that reports whether a fallback has replaced its encoder's reading (setformer's
-``acting_on_hypothesis``), the share of post-exploration steps acted on a hypothesis is recorded. For an agent
-with per-task latents (setformer's ``hypotheses``), the policy is also run on each *training* task with that
-task's own latent and no inference (``--own-embedding-episodes``): the known-task figure of these weights.
-
-Writes ``<tier dir>/reevaluations_<algo>.json`` after every (cell, variant), atomically, and skips those already
-there with the same overrides and repeats, so a killed run continues; then ``<tier dir>/REEVALUATIONS_<algo>.md``.
+Writes ``<tier dir>/reevaluations_<algo>.json`` after every (cell, variant), skipping those already there with the
+same overrides and repeats, so a killed run continues; then ``REEVALUATIONS_<algo>.md``.
 """
 from __future__ import annotations
 
@@ -42,7 +37,7 @@ from envs_glue import ENV_SPECS
 from experiments.analysis import load_run
 from experiments.engine import cell_dir
 from experiments.report import (DASH, display_name, fmt, format_delta, format_mean_std, format_paired_test,
-                                provenance, reevaluation_paths, report_heading)
+                                provenance, reevaluation_paths, report_heading, table)
 
 # protocol settings that change only how the meta-test evaluation acts, never what training computed
 EVALUATION_ONLY_PROTOCOL_KEYS = ("protocol.deterministic_exploration",)
@@ -72,9 +67,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--root", default=str(REPO_ROOT / "benchmarks"),
                         help="benchmark root holding <tier>/cells (default: benchmarks/)")
-    parser.add_argument("--carry-from", metavar="ROOT",
-                        help="another benchmark root whose re-evaluations of these cells to take over, for cells moved "
-                             "from there to --root (entries are taken only where they describe the cell now here)")
     args = parser.parse_args(argv)
     if args.variants is None:
         args.variants = ([[name, *overrides] for name, overrides in SETFORMER_VARIANTS.items()]
@@ -131,11 +123,9 @@ CEILING_SEED_OFFSET = 424_243  # the own-embedding episodes' env seed: Trainer.e
 
 
 def own_embedding_return(run_dir: Path, episodes: int, threads: int) -> dict | None:
-    """The policy acting on each training task's own hypothesis latent (its learned embedding; its latest encoder
-    latent when trained without embeddings), deterministically, with no context and no
-    inference: what these weights reach when the task is known, so the gap to the held-out figure is what
-    inference (and generalisation to new tasks) costs. ``None`` for an agent without task embeddings. Scored as
-    the protocol scores an episode (the sparse reward on sparse tasks); training tasks, not held-out ones."""
+    """The mean return of the policy acting deterministically on each training task's own hypothesis latent, with
+    no context and no inference (scored as the protocol scores an episode): what these weights reach when the task
+    is known. None for an agent without per-task latents."""
     trainer = load_run(run_dir)
     torch.set_num_threads(threads)
     algorithm, agent = trainer.algorithm, trainer.algorithm.agent
@@ -159,14 +149,13 @@ def own_embedding_return(run_dir: Path, episodes: int, threads: int) -> dict | N
 
 
 def cell_identity(results: dict) -> dict:
-    """What tells one finished cell from another in the same directory (a rerun, at the same commit or not)."""
+    """What tells a finished cell from a rerun of it in the same folder."""
     return {"git_commit": results.get("git_commit"), "finished_at": results.get("finished_at")}
 
 
 def entries_describe(entries: dict, results: dict) -> bool:
-    """Whether cached re-evaluation ``entries`` (variant name -> entry) were made from the cell whose
-    ``results.json`` is ``results``. Entries from before cells were identified match on the commit the weights
-    were trained at and the recorded low-noise figure they reproduced."""
+    """Whether cached ``entries`` (variant name -> entry) were made from the cell whose ``results.json`` is
+    ``results``; an entry without the cell's identity matches on its commit and the recorded figure it reproduced."""
     identity = cell_identity(results)
     recorded = (results.get("final_eval") or {}).get("meta_test_return")
     for entry in entries.values():
@@ -177,32 +166,6 @@ def entries_describe(entries: dict, results: dict) -> bool:
                                                                                                        recorded):
             return False
     return True
-
-
-def carry_over(source: Path, tier_dir: Path, algo: str, variants: dict, envs: list[str], seeds: list[int],
-               cells: dict, own_embedding: dict) -> list[str]:
-    """Take over ``source``'s re-evaluations (a ``reevaluations_<algo>.json``) of cells that moved into ``tier_dir``,
-    into ``cells`` and ``own_embedding``: only entries that describe the cell now in ``tier_dir`` (same commit and
-    finish time), so a cell rerun since is re-evaluated instead. Returns the cells taken over."""
-    other = read_json(source, what="re-evaluation results to carry over")
-    if other.get("algo") != algo or other.get("variants") != variants:
-        raise SystemExit(f"{source} holds re-evaluations of {other.get('algo')!r} under variants "
-                         f"{sorted(other.get('variants', {}))}, not {algo!r} under {sorted(variants)}: nothing to carry")
-    carried = []
-    for env in envs:
-        for seed in seeds:
-            entries = other.get("cells", {}).get(env, {}).get(str(seed))
-            results_path = cell_dir(tier_dir, env, algo, seed) / "results.json"
-            if not entries or not results_path.exists():
-                continue
-            if not entries_describe(entries, read_json(results_path, what="cell results")):
-                continue
-            cells.setdefault(env, {})[str(seed)] = entries
-            own = other.get("own_embedding", {}).get(env, {}).get(str(seed))
-            if own is not None:
-                own_embedding.setdefault(env, {})[str(seed)] = own
-            carried.append(f"{env} seed {seed}")
-    return carried
 
 
 def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, threads: int) -> dict:
@@ -236,28 +199,21 @@ def render_markdown(report: dict) -> str:
     variants = report["variants"]
     parts = [
         *report_heading(f"Re-evaluations: {display_name(report['algo'])}, {report['tier']} tier", report),
-        "The final weights of each finished benchmark cell, evaluated again with only an inference-time setting "
-        "changed: the cell's low-noise final evaluation (same seeds, same repeats), so every variant plays the same "
-        "episodes' randomness. *as-trained* reproduces the cell's recorded figure (*recorded* column). Entries are "
-        "mean ± sample std over seeds of the final-episode return (mean over the 10 held-out tasks); *Δ vs "
-        "as-trained* is the mean ± std of the per-seed paired difference, and *beyond seed noise* its paired t-test "
-        "against zero (two-sided, 95 %: with three seeds |t| must exceed 4.30). *fallback share* is the share of "
-        "post-exploration steps the agent acted on a sampled hypothesis because the context refuted its encoder's "
-        "reading. These "
-        "change acting only: the weights were trained with the as-trained rule, so this is not a training "
-        "ablation.",
+        "Each finished cell's final weights, evaluated again with only an inference-time setting changed: the cell's "
+        "low-noise final evaluation (same seeds, same repeats), so every variant plays the same episodes' "
+        "randomness. Entries are mean ± sample std over seeds of the final-episode return; *Δ vs as-trained* is the "
+        "per-seed paired difference and *beyond seed noise* its paired t-test against zero (two-sided, 95 %). "
+        "*fallback share* is the share of post-exploration steps acted on a sampled hypothesis because the context "
+        "refuted the encoder's reading. Only acting changes: this is not a training ablation.",
         "",
-        "| variant | overrides |",
-        "|---|---|",
-        *[f"| {name} | {' '.join(f'`{o}`' for o in overrides) or DASH} |" for name, overrides in variants.items()],
+        table(["variant", "overrides"], [[name, " ".join(f"`{o}`" for o in overrides) or DASH]
+                                         for name, overrides in variants.items()]),
         "",
     ]
     for env in report["envs"]:
         seeds = report["seeds"]
         cells = report["cells"].get(env, {})
-        header = ["variant", "meta-test return (low-noise)", "Δ vs as-trained", "beyond seed noise", "per seed",
-                  "fallback share", "online return per episode"]
-        lines = [f"## {env}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        rows = []
         baseline = {seed: cells.get(str(seed), {}).get("as-trained", {}).get("meta_test_return") for seed in seeds}
         for name in variants:
             entries = {seed: cells.get(str(seed), {}).get(name) for seed in seeds}
@@ -271,8 +227,10 @@ def render_markdown(report: dict) -> str:
             share = f"{100 * float(np.mean(shares)):.0f} %" if shares else DASH
             online = (np.mean([e["online_returns"] for e in done.values()], axis=0) if done else [])
             online_text = " / ".join(f"{r:.1f}" for r in online) or DASH
-            lines.append(f"| {name} | {format_mean_std(values, len(seeds))} | {delta} | {noise} | {per_seed} | "
-                         f"{share} | {online_text} |")
+            rows.append([name, format_mean_std(values, len(seeds)), delta, noise, per_seed, share, online_text])
+        lines = [f"## {env}", "", table(["variant", "meta-test return (low-noise)", "Δ vs as-trained",
+                                         "beyond seed noise", "per seed", "fallback share",
+                                         "online return per episode"], rows)]
         checks = [f"{s}: {fmt(e['meta_test_return'])} vs {fmt(e['recorded_final_eval'])}"
                   for s, e in ((s, cells.get(str(s), {}).get("as-trained")) for s in seeds)
                   if e and e.get("recorded_final_eval") is not None]
@@ -285,10 +243,8 @@ def render_markdown(report: dict) -> str:
                           f"{first['num_tasks']} training tasks × {first['episodes_per_task']} episodes, "
                           f"deterministic): {format_mean_std([e['return'] for e in own.values()], len(seeds))}; "
                           + " · ".join(f"{s}: {fmt(e['return'])}" for s, e in own.items())
-                          + ". What these weights reach when the task is known. It is measured on training "
-                            "tasks, not the held-out ones, so it is an estimate rather than a strict bound: its gap "
-                            "to *as-trained* is roughly what inference and generalisation to new tasks cost, and "
-                            "the rest of the gap to the known-task optimum is the policy's."]
+                          + ". What these weights reach when the task is known, measured on training tasks: its gap "
+                            "to *as-trained* is roughly what inference and generalisation to new tasks cost."]
         missing = [str(s) for s in seeds if str(s) not in cells]
         if missing:
             lines += ["", f"No finished cell with weights for seed(s) {', '.join(missing)}."]
@@ -307,10 +263,6 @@ def main(argv=None) -> int:
         raise SystemExit(f"{json_path} holds re-evaluations of {previous.get('algo')!r}, not {args.algo!r}")
     cells = previous.get("cells", {}) if previous.get("variants") == variants else {}
     own_embedding = previous.get("own_embedding", {})
-    if args.carry_from:
-        source, _ = reevaluation_paths(Path(args.carry_from) / args.tier, args.algo)
-        carried = carry_over(source, tier_dir, args.algo, variants, args.envs, args.seeds, cells, own_embedding)
-        print(f"carried over from {source}: {', '.join(carried) or 'nothing'}")
     report = {"algo": args.algo, "tier": args.tier, "envs": args.envs, "seeds": args.seeds, "variants": variants,
               "cells": cells, "own_embedding": own_embedding}
 

@@ -4,20 +4,13 @@ config at the current commit and compare every logged number with its metrics.js
     python -m experiments.rerun_check benchmarks/quick/cells/sparse-point-robot/setformer/42 --iterations 2
     python -m experiments.rerun_check benchmarks/quick/cells/point-robot/setformer/* --out benchmarks/quick
 
-A table that pairs cells run at different commits (an ablation and the full method's cells, say) holds only if
-the commits in between left the shared computation alone. ``git diff`` says which files changed, not whether the
-numbers did; this does. Training is deterministic for a given seed, config, thread count and CPU kind (the test
-suite checks it), so a rerun that matches every loss, Q-value and evaluation return of the first iterations ran
-the same math: the losses depend on every weight, batch and collected transition so far. A mismatch names the
-first differing number. It can also come from a different CPU kind than the cell ran on (its results.json and the
-report record both), so a mismatch is a question, a match an answer.
-
-What a rerun leaves out: the later iterations (a change that acts only after them, e.g. at a learning-rate
-milestone, is not seen) and the low-noise final evaluation (``final_eval_repeats`` is 0 here). Timings
-(``TIMING_METRICS``) are not compared.
-
-The results accumulate in ``<out>/rerun_checks.json`` and ``RERUN_CHECKS.md`` (default ``<out>``: the tier
-folder the first cell lies in), one entry per cell, the latest check replacing an older one.
+A table that pairs cells run at different commits holds only if the commits in between left the shared computation
+alone; ``git diff`` says which files changed, this says whether the numbers did. Training is deterministic for a
+given seed, config, thread count and CPU kind, so a rerun that matches every loss, Q-value and evaluation return of
+the first iterations ran the same math. A mismatch names the first differing number; it can also come from another
+CPU kind than the cell's (both are recorded). Not compared: later iterations, the low-noise final evaluation and
+timings (``TIMING_METRICS``). The results accumulate in ``<out>/rerun_checks.json`` and ``RERUN_CHECKS.md``
+(default ``<out>``: the tier folder of the first cell), the latest check of a cell replacing an older one.
 """
 from __future__ import annotations
 
@@ -55,32 +48,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def is_timing(key: str) -> bool:
-    return key in TIMING_METRICS
-
-
 def same_number(recorded, rerun) -> bool:
-    if isinstance(recorded, float) and isinstance(rerun, float) and math.isnan(recorded) and math.isnan(rerun):
-        return True
-    return recorded == rerun
+    both_nan = isinstance(recorded, float) and isinstance(rerun, float) and math.isnan(recorded) and math.isnan(rerun)
+    return both_nan or recorded == rerun
 
 
 def compare_rows(recorded: list[dict], rerun: list[dict]) -> dict:
-    """Every non-timing number of each recorded row against the rerun's row of the same iteration. Keys the
-    rerun logs that the recorded row lacks (e.g. an evaluation forced at the rerun's last iteration) are not
-    compared: they count only as ``extra``."""
+    """Every non-timing number of each recorded row against the rerun's row of the same iteration; keys only the
+    rerun logs (an evaluation forced at its last iteration) count as ``extra``."""
     compared, mismatches, extra = 0, [], []
     for old, new in zip(recorded, rerun):
         for key, value in old.items():
-            if is_timing(key):
+            if key in TIMING_METRICS:
                 continue
             compared += 1
-            if key not in new:
-                mismatches.append({"iteration": old.get("iteration"), "key": key, "recorded": value, "rerun": None})
-            elif not same_number(value, new[key]):
+            if key not in new or not same_number(value, new[key]):
                 mismatches.append({"iteration": old.get("iteration"), "key": key, "recorded": value,
-                                   "rerun": new[key]})
-        extra += [f"{new.get('iteration')}:{k}" for k in new if k not in old and not is_timing(k)]
+                                   "rerun": new.get(key)})
+        extra += [f"{new.get('iteration')}:{k}" for k in new if k not in old and k not in TIMING_METRICS]
     return {"numbers_compared": compared, "identical": not mismatches and compared > 0,
             "mismatches": mismatches[:20], "mismatch_count": len(mismatches), "extra_keys": extra}
 
@@ -133,12 +118,9 @@ def render_markdown(report: dict) -> str:
             for e in sorted(report["checks"].values(), key=lambda e: e["cell"])]
     return "\n".join([
         *report_heading("Rerun checks: does today's code compute what the cells computed?", report),
-        "Each cell's first iterations rerun from its saved config (same seed and thread count; no final evaluation) "
-        "and every logged number except timings compared with its `metrics.jsonl`, bit for bit "
-        "(`experiments/rerun_check.py` says what a match does and does not show). *identical* means the code at "
-        "*checked at* computes what the code at *cell commit* computed for those iterations. A mismatch on "
-        "another CPU kind than the cell's may be the CPU, not the code. The heading names the last invocation; each "
-        "row its own commit and date.",
+        "Each cell's first iterations rerun from its saved config and every logged number except timings compared "
+        "with its `metrics.jsonl`, bit for bit: *identical* means the code at *checked at* computes what the code "
+        "at *cell commit* computed for those iterations. A mismatch on another CPU kind may be the CPU, not the code.",
         "",
         table(["cell", "cell commit", "checked at", "cell CPU", "checked on", "iterations", "verdict", "when"], rows),
         "",

@@ -1,22 +1,18 @@
 """Where a trained agent's sparse-point-robot return goes: finding the goal, using it, and its training data.
 
-    python -m experiments.sparse_probe benchmarks/benchmark/cells/sparse-point-robot/pearl/123 --out benchmarks/dev/x
+    python -m experiments.sparse_probe benchmarks/benchmark/cells/sparse-point-robot/pearl/123 --out /tmp/probe
 
-On sparse-point-robot the final episode scores only if the exploration episodes found the goal's reward (or the
-agent guesses it) *and* the adapted agent then goes there. The protocol's figure mixes the two; this probe splits
-them, on a finished cell's final weights (its ``checkpoint.pt``):
+On the sparse task the final episode scores only if exploration found the goal's reward (or the agent guesses it)
+*and* the adapted agent then goes there. On a finished cell's final weights this splits the two:
 
 - **Meta-test trials** (the held-out tasks, the protocol's episodes, ``--repeats`` trials each, seeds of their
-  own): the share of trials whose exploration episodes earned any reward (*found*), the final episode's return
-  when found and when not, and where the exploration episodes ended (the arc's angle, in degrees).
-- **Training tasks, the agent's own training context**: for every training task, a context drawn from its encoder
-  buffer as a gradient step draws it (``embedding_batch_size`` transitions), the share of its transitions that
-  carry reward, and one deterministic episode on the latent inferred from it: its sparse return and how far
-  (in degrees) it ended from the goal. A task whose buffer holds no reward can still be told apart by *where* the
-  agent went, so this shows what the encoder learned from, not only what it can infer at test time.
+  own): the share of trials whose exploration earned any reward (*found*), the final episode's return when found
+  and when not, and where the exploration episodes ended (the arc's angle, in degrees).
+- **Training tasks**: a context drawn from each task's encoder buffer as a gradient step draws it, the share of its
+  transitions that carry reward, and one deterministic episode on the latent inferred from it (its return and how
+  far, in degrees, it ended from the goal): what the encoder learned from, not only what it infers at test time.
 
-Writes ``sparse_probe.json`` (every trial) and ``SPARSE_PROBE.md`` under ``--out``, with the command, commit and
-machine. It changes nothing in the cells.
+Writes ``sparse_probe.json`` (every trial) and ``SPARSE_PROBE.md`` under ``--out``; the cells are left unchanged.
 """
 from __future__ import annotations
 
@@ -132,13 +128,10 @@ def probe_cell(run_dir: Path, repeats: int, threads: int) -> dict:
 
 def render_markdown(report: dict) -> str:
     lines = report_heading("Sparse-point-robot probe: finding the goal, using it, and the training context", report)
-    lines += ["", "See `python -m experiments.sparse_probe --help` for what each column measures. *found*: share of "
-              "meta-test trials whose exploration episodes earned any reward; *final if found / not found*: the final "
-              "episode's mean return in those trials; *scored*: share of trials whose final episode earned any "
-              "reward; *exploration ends*: the 10th, 50th and 90th percentile of the exploration episodes' final "
-              "angle (degrees; goals span 0-180) and their mean radius (goals lie at 1). *Training context*: "
-              "training tasks whose training-style context holds any reward, and the deterministic episode's "
-              "return and angle error on tasks with and without it.", "",
+    lines += ["", "`python -m experiments.sparse_probe --help` says what each column measures. *scored*: share of "
+              "trials whose final episode earned any reward; *exploration ends*: 10th, 50th and 90th percentile of the "
+              "exploration episodes' final angle (goals span 0-180 degrees) and their mean radius (goals lie at 1).",
+              "",
               "| cell | trained at | meta-test return (probe) | found | final if found | final if not found | scored "
               "| exploration ends (deg; radius) | tasks with reward in context | return with / without | angle "
               "error with / without (deg) |",

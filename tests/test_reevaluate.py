@@ -98,33 +98,6 @@ def test_a_rerun_cell_is_reevaluated_and_a_removed_one_forgotten(smoke_root, tmp
     assert "0" not in _run(root)["own_embedding"].get("sparse-point-robot", {})
 
 
-def test_a_moved_cell_keeps_its_reevaluations_with_carry_from(smoke_root, tmp_path, monkeypatch):
-    """Cells moved from one benchmark root to another (benchmarks/dev/... -> benchmarks/) take their re-evaluations
-    along with --carry-from, without evaluating again; a cell rerun since is not described by them."""
-    import shutil
-
-    source = tmp_path / "source"
-    shutil.copytree(smoke_root, source)
-    report = _run(source)
-    target = tmp_path / "target"
-    (target / "smoke" / "cells").mkdir(parents=True)
-    shutil.copytree(source / "smoke" / "cells" / "sparse-point-robot", target / "smoke" / "cells" / "sparse-point-robot")
-    calls = []
-    as_trained = report["cells"]["sparse-point-robot"]["0"]["as-trained"]
-    monkeypatch.setattr(reevaluate, "reevaluate_cell", lambda *a, **k: calls.append(a) or dict(as_trained))
-    monkeypatch.setattr(reevaluate, "own_embedding_return", lambda *a, **k: calls.append(a) or None)
-    carried = _run(target, "--carry-from", str(source))
-    assert calls == []
-    assert carried["cells"] == report["cells"] and carried["own_embedding"] == report["own_embedding"]
-    # the moved cell rerun: nothing describes it, so it is evaluated afresh
-    (target / "smoke" / "reevaluations_setformer.json").unlink()
-    cell = target / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0"
-    results = json.loads((cell / "results.json").read_text())
-    (cell / "results.json").write_text(json.dumps({**results, "finished_at": "2099-01-01T00:00:00+00:00"}))
-    _run(target, "--carry-from", str(source))
-    assert len(calls) == len(reevaluate.SETFORMER_VARIANTS) + 1
-
-
 def test_other_repeats_are_a_new_request(smoke_root):
     report = _run(smoke_root, "--repeats", "2", "--variant", "as-trained")
     entry = report["cells"]["sparse-point-robot"]["0"]["as-trained"]
