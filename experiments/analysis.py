@@ -1,10 +1,6 @@
-"""Analysis helpers behind the notebooks in ``experiments/notebooks/``: load a finished run, replay the
-meta-test protocol on one task while keeping what the scalar evaluation throws away (trajectories, the
-context, setformer's pooling attention), read task latents, project them to 2-D, and plot all of it.
-
-The notebooks only call these functions, so the logic lives here where ``tests/test_analysis.py`` checks it.
-Nothing here writes into a run directory: analysing a run (even one still training, or one on a read-only
-disk) never changes it.
+"""The analysis behind the notebooks in ``experiments/notebooks/``: load a finished run, replay the meta-test
+protocol on one task keeping what the scalar evaluation throws away (trajectories, the context, setformer's pooling
+attention), read task latents, project them to 2-D, and plot all of it. Nothing here writes into a run directory.
 """
 from __future__ import annotations
 
@@ -24,42 +20,20 @@ from algos.core.trainer import Trainer, build_config
 from envs_glue import env_spec
 
 
-
-
 # ---------------------------------------------------------------------------------------------- finding runs
-def find_runs(algo: str | None = None, env: str | None = None, root: Path | str = REPO_ROOT) -> list[Path]:
-    """Run directories (those holding a ``config.json``) under ``root``, newest first.
-
-    Looks where the project writes runs: ``runs/<env>/<algo>/<seed>-<stamp>/`` (``experiments.run``) and
-    ``benchmarks/<tier>/cells/<env>/<algo>/<seed>/`` (``experiments.benchmark``). "Newest" is the latest
-    modification of the run's checkpoint, or of its config when the checkpoint is gone.
-    """
-    root = Path(root)
-    env_part, algo_part = env or "*", algo or "*"
-    patterns = [f"runs/{env_part}/{algo_part}/*/config.json",
-                f"benchmarks/*/cells/{env_part}/{algo_part}/*/config.json"]
-    run_dirs = {config.parent for pattern in patterns for config in root.glob(pattern)}
-
-    def last_written(run_dir: Path) -> float:
-        checkpoint = run_dir / "checkpoint.pt"
-        return (checkpoint if checkpoint.exists() else run_dir / "config.json").stat().st_mtime
-
-    return sorted(run_dirs, key=last_written, reverse=True)
-
-
 def find_latest_run(algo: str | None = None, env: str | None = None, root: Path | str = REPO_ROOT) -> Path | None:
-    """The newest run of ``algo`` (and ``env``) that still has its checkpoint; if every match lost its checkpoint
-    (benchmark cells may be cleaned after they finish), the newest match anyway, so that :func:`load_run` can
-    say clearly what is missing. ``None`` when there is no run at all."""
-    runs = find_runs(algo, env, root)
+    """The newest run of ``algo`` (and ``env``) under ``root``'s ``runs/`` and ``benchmarks/*/cells/`` that has its
+    checkpoint, else the newest at all (so that :func:`load_run` can say what is missing), else None."""
+    runs = {config.parent for pattern in ("runs/{}/{}/*", "benchmarks/*/cells/{}/{}/*")
+            for config in Path(root).glob(pattern.format(env or "*", algo or "*") + "/config.json")}
     with_checkpoint = [run for run in runs if (run / "checkpoint.pt").exists()]
-    return (with_checkpoint or runs or [None])[0]
+    return max(with_checkpoint or runs, key=lambda run: (run / "checkpoint.pt" if run in with_checkpoint
+                                                         else run / "config.json").stat().st_mtime, default=None)
 
 
 def find_or_train_run(algo: str, env: str | None = None, root: Path | str = REPO_ROOT) -> Path:
-    """The newest run of ``algo`` (and ``env``) with its checkpoint; on a fresh clone, where no run has one
-    (checkpoints are not committed), a smoke-tier run trained now (seconds) under ``root/runs``, so a notebook
-    always has weights to show. A smoke run's latents and attention mean little: train a real run for that."""
+    """The newest run of ``algo`` (and ``env``) with its checkpoint; where none has one (a fresh clone), a smoke-tier
+    run trained now under ``root/runs`` (seconds), so a notebook always has weights to show."""
     found = find_latest_run(algo, env, root)
     if found is not None and (found / "checkpoint.pt").exists():
         return found
@@ -75,15 +49,14 @@ def find_or_train_run(algo: str, env: str | None = None, root: Path | str = REPO
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_run(run_dir: Path | str) -> Trainer:
-    """A run's :class:`Trainer` with the weights (and replay buffers) of its ``checkpoint.pt`` loaded, read-only:
-    the run's files and torch's global random state are left alone."""
+    """A run's :class:`Trainer` with its ``checkpoint.pt`` (weights, replay buffers) loaded; the run's files and
+    torch's global random state are left alone."""
     return Trainer.from_run_dir(Path(run_dir).expanduser().resolve() if run_dir is not None else None,
                                 progress=False, load_weights=True)
 
 
 def describe_run(run_dir: Path | str | None) -> str:
-    """One paragraph on what a run directory holds, safe to call before :func:`load_run`: which run it is, how
-    far it got, its scores, and whether its checkpoint (needed for any analysis) is still there."""
+    """What a run directory holds, before :func:`load_run`: which run, its scores, whether its checkpoint is there."""
     if run_dir is None:
         return ("no run found under runs/ or benchmarks/*/cells/: train one first, e.g. "
                 "python -m experiments.run --env point-robot --algo setformer --tier quick --seed 42")
@@ -101,20 +74,13 @@ def describe_run(run_dir: Path | str | None) -> str:
     if (run_dir / "checkpoint.pt").exists():
         lines.append("  checkpoint.pt present: weights can be loaded")
     else:
-        lines.append("  checkpoint.pt MISSING (removed after the run finished, or the run never completed an "
-                     "iteration): this run cannot be analysed; set RUN_DIR to a run that has its checkpoint")
+        lines.append("  checkpoint.pt MISSING: this run cannot be analysed; set RUN_DIR to a run that has one")
     return "\n".join(lines)
-
-
-def algo_name(agent: MetaAgent) -> str:
-    """A readable name for error messages: the agent's class, e.g. ``PearlAgent``."""
-    return type(agent).__name__
 
 
 # ---------------------------------------------------------------------------------------------- replaying
 def _last_attention(agent: MetaAgent, num_tokens: int) -> np.ndarray | None:
-    """The agent's last pooling weights for task 0, ``(heads, seeds, n)``, or ``None`` if it has none or they
-    do not belong to the current context (e.g. left over from a training batch)."""
+    """The agent's last pooling weights for task 0, ``(heads, seeds, n)``, or None if it has none for this context."""
     weights = getattr(agent, "attention_weights", None)
     if weights is None or weights.shape[-1] != num_tokens:
         return None
@@ -123,22 +89,12 @@ def _last_attention(agent: MetaAgent, num_tokens: int) -> np.ndarray | None:
 
 def record_episodes(trainer: Trainer, task_id: int, num_episodes: int | None = None,
                     num_exploration: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Run the meta-test protocol of ``algos.core.evaluation.evaluate`` on one task, once, and keep everything.
-
-    Defaults come from the run's protocol (point-robot: 3 episodes, 1 exploring). As in the evaluation: the
-    context is cleared, every transition goes to ``update_context`` (with the sparse reward on sparse tasks),
-    the first ``num_exploration`` episodes act stochastically, ``adapt()`` runs after the last exploring episode
-    and after every later one, and later episodes act deterministically.
-
-    Returns a dict with, per episode ``e`` (length ``T``): ``obs[e]`` ``(T, obs_dim)``, ``next_obs[e]``,
-    ``actions[e]`` ``(T, action_dim)``, ``rewards[e]`` ``(T,)`` (the rewards the agent saw and is scored on:
-    sparse on sparse tasks), ``dense_rewards[e]``; ``returns`` ``(num_episodes,)``; ``exploring[e]``;
-    ``adapted[e]`` (whether ``adapt()`` ran after it); ``attention[e]`` the pooling weights after that
-    ``adapt()``, ``(heads, seeds, n_e)`` with ``n_e`` the context length then, or ``None`` (no ``adapt()`` or an
-    agent without attention); ``z[e]`` ``(latent_dim,)`` the latent after the episode (and its ``adapt()``);
-    ``context`` the final context tensor ``(1, n, context_dim)``; ``task`` the task parameters;
-    ``episode_length``.
-    """
+    """The meta-test protocol (``meta_test_episodes``, the run's episode counts by default) on one task, once,
+    keeping everything. Per episode ``e`` of length ``T``: ``obs[e]`` and ``next_obs[e]`` ``(T, obs_dim)``,
+    ``actions[e]``, ``rewards[e]`` ``(T,)`` (what the agent saw and is scored on), ``dense_rewards[e]``,
+    ``exploring[e]``, ``adapted[e]``, ``attention[e]`` (pooling weights after that ``adapt()``, ``(heads, seeds,
+    n_e)``, or None) and ``z[e]``; then ``returns``, the final ``context`` ``(1, n, context_dim)``, ``task`` and
+    ``episode_length``."""
     p = trainer.config.protocol
     meta_env = trainer.env.unwrapped
     max_path_length = meta_env.max_episode_steps
@@ -177,21 +133,18 @@ def record_episodes(trainer: Trainer, task_id: int, num_episodes: int | None = N
 
 
 def context_positions(record: dict[str, Any], num_episodes: int) -> np.ndarray:
-    """Where each of the first ``num_episodes`` episodes' rewards were measured: their ``next_obs``
-    concatenated, ``(n, obs_dim)``, aligned with the context tokens (token ``i`` is transition ``i``)."""
+    """Where the first ``num_episodes`` episodes' rewards were measured (their ``next_obs``), ``(n, obs_dim)``,
+    aligned with the context tokens."""
     return np.concatenate(record["next_obs"][:num_episodes], axis=0)
 
 
 def attention_stages(record: dict[str, Any]) -> dict[str, int]:
-    """The two moments the attention notebook shows, as the number of episodes in the context then: right after
-    exploration (the first ``adapt()``, which sets the latent the scored episodes start from) and after the
-    final episode (the whole context)."""
+    """The two moments the attention notebook shows, as the number of episodes in the context then."""
     return {"after exploration": max(1, record["num_exploration"]), "after the final episode": len(record["obs"])}
 
 
 def attention_after(record: dict[str, Any], num_episodes: int) -> np.ndarray:
-    """Mean pooling attention ``(n,)`` of the ``adapt()`` that followed episode ``num_episodes`` (1-based), with
-    ``n = num_episodes * episode_length``; a ``ValueError`` if none was recorded there."""
+    """Mean pooling attention ``(n,)`` of the ``adapt()`` after episode ``num_episodes`` (1-based)."""
     weights = record["attention"][num_episodes - 1]
     if weights is None:
         raise ValueError(f"no attention recorded after episode {num_episodes}: adapt() did not run then "
@@ -200,37 +153,22 @@ def attention_after(record: dict[str, Any], num_episodes: int) -> np.ndarray:
 
 
 def context_rewards(record: dict[str, Any], num_episodes: int) -> np.ndarray:
-    """The rewards the agent saw in the first ``num_episodes`` episodes, ``(n,)``, aligned with the tokens."""
+    """The rewards the agent saw in the first ``num_episodes`` episodes, ``(n,)``."""
     return np.concatenate(record["rewards"][:num_episodes], axis=0)
 
 
 # ---------------------------------------------------------------------------------------------- attention
 def mean_attention(weights: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Average pooling weights ``(..., heads, seeds, n)`` (any leading task axis is averaged too) into one
-    distribution over the ``n`` context tokens, ``(n,)``. Each (head, seed) row is a softmax, so the mean sums
-    to 1: it is the share of the pooled read-out that each transition contributes."""
+    """Pooling weights ``(..., heads, seeds, n)`` averaged into one distribution over the ``n`` context tokens:
+    the share of the pooled read-out each transition contributes."""
     array = weights.detach().float().cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights)
     if array.ndim < 3:
         raise ValueError(f"expected pooling weights shaped (..., heads, seeds, n), got shape {array.shape}")
     return array.reshape(-1, array.shape[-1]).mean(axis=0)
 
 
-def attention_over_context(agent: MetaAgent, task: int = 0) -> np.ndarray:
-    """The last ``adapt()`` / ``infer_posterior()`` pooling weights of ``task`` averaged over heads and seeds:
-    ``(n,)``, summing to 1. Only set-transformer agents pool by attention; others raise a ``ValueError``."""
-    if not hasattr(agent, "attention_weights"):
-        raise ValueError(f"{algo_name(agent)} has no attention weights: only attention-pooling agents "
-                         f"(setformer) can be shown this way")
-    weights = agent.attention_weights                                     # (tasks, heads, seeds, n)
-    if weights is None:
-        raise ValueError(f"{algo_name(agent)} has not pooled a context yet: call adapt() or infer_posterior() "
-                         f"first")
-    return mean_attention(weights[task])                                  # (heads, seeds, n) -> (n,)
-
-
 def attention_per_episode(weights: np.ndarray, episode_length: int) -> np.ndarray:
-    """Share of attention on each episode: ``(n,)`` -> ``(ceil(n / episode_length),)``. Tells at a glance
-    whether the read-out leans on the exploration episode or on the later, exploiting ones."""
+    """Share of attention on each episode: ``(n,)`` -> ``(ceil(n / episode_length),)``."""
     weights = np.asarray(weights)
     num_episodes = math.ceil(len(weights) / episode_length)
     padded = np.zeros(num_episodes * episode_length)
@@ -240,8 +178,7 @@ def attention_per_episode(weights: np.ndarray, episode_length: int) -> np.ndarra
 
 # ---------------------------------------------------------------------------------------------- latents
 def _rollout_context(trainer: Trainer, task_id: int, context_size: int) -> torch.Tensor:
-    """Context from exploring ``task_id`` as the evaluation does before its first ``adapt()``: cleared belief,
-    stochastic episodes, transitions fed to ``update_context``; ``(1, context_size, context_dim)``."""
+    """A context from exploring ``task_id`` as the evaluation does before its first ``adapt()``."""
     p, agent = trainer.config.protocol, trainer.algorithm.agent
     max_path_length = trainer.env.unwrapped.max_episode_steps
     trainer.env.unwrapped.reset_task(task_id)
@@ -254,17 +191,11 @@ def _rollout_context(trainer: Trainer, task_id: int, context_size: int) -> torch
 
 def task_latents(trainer: Trainer, task_ids: Sequence[int], context_size: int | None = None, num_samples: int = 1,
                  seed: int = 0, source: str = "rollout", posterior_mean: bool = False) -> np.ndarray:
-    """Latents ``z`` the agent infers for each task: ``(len(task_ids), num_samples, latent_dim)``.
-
-    ``source="rollout"`` (any task): each sample is a fresh context from the agent's own exploration, as at meta-
-    test time; ``context_size`` defaults to the evaluation's exploration budget (``num_exp_traj_eval`` episodes,
-    at least one). ``source="buffer"`` (training tasks only): each sample draws ``context_size`` transitions
-    (default ``embedding_batch_size``) from the encoder buffer, the contexts the encoder was trained on.
-
-    The spread within a task mixes context noise with the agent's own sampling (PEARL samples ``z`` from its
-    belief); ``posterior_mean=True`` takes the belief's mean instead (``z_means``, for agents that keep one),
-    leaving only the context's share. The spread across tasks is what task inference is for.
-    """
+    """Latents ``z`` the agent infers for each task: ``(len(task_ids), num_samples, latent_dim)``. Each sample's
+    context is a fresh exploration of the task, as at meta-test time (``source="rollout"``, default size: the
+    evaluation's exploration episodes), or ``context_size`` transitions from the encoder buffer, as in training
+    (``"buffer"``, training tasks only). ``posterior_mean`` takes the belief's mean (``z_means``) instead of a
+    sample, leaving only the context's share of the spread."""
     if source not in ("rollout", "buffer"):
         raise ValueError(f"source must be 'rollout' or 'buffer', got {source!r}")
     if num_samples <= 0:
@@ -307,12 +238,9 @@ def task_latents(trainer: Trainer, task_ids: Sequence[int], context_size: int | 
 
 
 def project_2d(latents: np.ndarray, return_explained: bool = False):
-    """PCA of latents ``(..., d)`` onto their top two principal components, ``(..., 2)``, with plain numpy SVD.
-
-    Project train and held-out latents *together* (concatenate first) so they share axes. Component signs are
-    fixed (largest loading positive) so plots do not flip between runs. With ``return_explained`` also returns
-    the fraction of variance each component explains, ``(2,)``. Latents of width < 2 are padded with zeros.
-    """
+    """PCA of latents ``(..., d)`` onto their top two components, ``(..., 2)`` (project train and held-out latents
+    together so they share axes); signs fixed so plots do not flip. ``return_explained``: also each component's
+    share of the variance."""
     latents = np.asarray(latents, dtype=np.float64)
     flat = latents.reshape(-1, latents.shape[-1])                         # (N, d)
     centered = flat - flat.mean(axis=0, keepdims=True)
@@ -332,11 +260,9 @@ def project_2d(latents: np.ndarray, return_explained: bool = False):
 
 def linear_probe_r2(latents: np.ndarray, targets: np.ndarray, eval_latents: np.ndarray | None = None,
                     eval_targets: np.ndarray | None = None) -> float:
-    """How much of the task parameters a linear read-out of ``z`` explains: fit least squares from latents
-    ``(tasks, samples, d)`` (or ``(tasks, d)``) to targets ``(tasks, p)`` (or ``(tasks,)``) and return the R^2,
-    pooled over outputs, on ``eval_latents``/``eval_targets`` if given (fit on training tasks, score on held-out
-    ones) or else on the fitting data. 1 = the task is linearly decodable from ``z``; 0 = no better than the
-    mean; negative = worse than the mean (a read-out that does not transfer)."""
+    """R^2 of a least-squares linear read-out from latents ``(tasks[, samples], d)`` to task parameters
+    ``(tasks[, p])``, scored on ``eval_latents``/``eval_targets`` if given, else on the fitting data: 1 = the task
+    is linearly decodable from ``z``, 0 = no better than the mean."""
     features, goals = _probe_rows(latents, targets)
     design = np.concatenate([features, np.ones((len(features), 1))], axis=1)
     coefficients, *_ = np.linalg.lstsq(design, goals, rcond=None)
@@ -359,9 +285,8 @@ def _probe_rows(latents: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, n
 
 
 def latent_spread(latents: np.ndarray) -> tuple[float, float]:
-    """``(within, between)`` for latents ``(tasks, samples, d)``: the RMS distance of samples from their task's
-    mean latent, and the RMS distance of task means from the overall mean. Task inference that works keeps
-    ``within`` well below ``between``: contexts of one task agree, contexts of different tasks do not."""
+    """``(within, between)`` for latents ``(tasks, samples, d)``: RMS distance of samples from their task's mean,
+    and of task means from the overall mean. Task inference that works keeps ``within`` well below ``between``."""
     latents = np.asarray(latents, dtype=np.float64)
     task_means = latents.mean(axis=1, keepdims=True)                      # (tasks, 1, d)
     within = np.sqrt(((latents - task_means) ** 2).sum(-1).mean())
@@ -382,9 +307,7 @@ def task_vectors(trainer: Trainer, task_ids: Sequence[int]) -> np.ndarray:
 
 
 def task_parameters(trainer: Trainer, task_ids: Sequence[int]) -> np.ndarray:
-    """One scalar per task to colour plots by, ``(len(task_ids),)``: the goal's angle for the point robots
-    (the one parameter of the sparse task, and the direction of the goal on the dense one), the goal velocity
-    for cheetah-vel."""
+    """One scalar per task to colour plots by: the goal's angle on the point robots, the velocity on cheetah-vel."""
     vectors = task_vectors(trainer, task_ids)
     if is_goal_plane(trainer):
         return np.arctan2(vectors[:, 1], vectors[:, 0])
@@ -396,13 +319,12 @@ def task_parameter_label(trainer: Trainer) -> str:
 
 
 def task_parameter_cmap(trainer: Trainer) -> str:
-    """A colormap that reads the task parameter right: cyclic (``twilight``) for point-robot's goal angles, which
-    wrap around at +-pi, sequential (``viridis``) for the sparse task's half-circle and for velocities."""
+    """Cyclic (``twilight``) for a task parameter that wraps around, else sequential (``viridis``)."""
     return "twilight" if env_spec(trainer.config.env).task_wraps_around else "viridis"
 
 
 def goal_radius(trainer: Trainer) -> float | None:
-    """The sparse task's reward radius around the goal (drawn on attention maps), ``None`` on dense tasks."""
+    """The sparse task's reward radius around the goal, None on dense tasks."""
     return env_spec(trainer.config.env).goal_radius
 
 
@@ -410,12 +332,9 @@ def goal_radius(trainer: Trainer) -> float | None:
 def plot_attention_on_plane(ax, obs: np.ndarray, weights: np.ndarray, goal: np.ndarray,
                             goal_radius: float | None = None, episode_length: int | None = None,
                             title: str | None = None):
-    """Point robots: the context transitions at their positions ``obs`` ``(n, 2)`` (use the ``next_obs``,
-    where each reward was measured: :func:`context_positions`), coloured and sized by attention ``weights``
-    ``(n,)``; the goal as a star (and the sparse task's reward radius if given). Faint lines join the steps of
-    each episode so the paths stay readable. The colour scale starts at 0, so near-uniform attention looks
-    uniform instead of having its tiny differences stretched over the whole colormap. Returns the scatter, for a
-    colorbar."""
+    """Point robots: the context transitions at their positions ``(n, 2)`` (:func:`context_positions`), coloured
+    and sized by attention ``(n,)`` on a scale from 0 (near-uniform attention looks uniform), each episode's path
+    drawn faintly, and the goal (with the sparse task's reward radius). Returns the scatter, for a colorbar."""
     obs, weights, goal = np.asarray(obs), np.asarray(weights, dtype=np.float64), np.asarray(goal).ravel()
     if obs.ndim != 2 or obs.shape[1] < 2:
         raise ValueError(f"obs must be (n, 2) positions, got shape {obs.shape}")
@@ -425,8 +344,7 @@ def plot_attention_on_plane(ax, obs: np.ndarray, weights: np.ndarray, goal: np.n
     for start in range(0, len(obs), step):
         segment = obs[start: start + step]
         ax.plot(segment[:, 0], segment[:, 1], color="0.75", linewidth=0.8, zorder=1)
-    # Sizes and colours are absolute, not stretched to each panel's range: uniform attention (1/n each) draws
-    # every point alike at 30 pt^2, a token with k times the uniform share k times larger (capped at 300).
+    # uniform attention (1/n each) draws every point at 30 pt^2, a token with k times that share k times larger
     sizes = np.clip(30.0 * weights * len(weights), 5.0, 300.0)
     scatter = ax.scatter(obs[:, 0], obs[:, 1], c=weights, s=sizes, cmap="viridis", vmin=0.0,
                          vmax=max(float(weights.max(initial=0.0)), 1e-12), edgecolors="k", linewidths=0.3, zorder=2)
@@ -448,9 +366,8 @@ def _circle(centre: np.ndarray, radius: float):
 
 def plot_attention_bars(ax, weights: np.ndarray, rewards: np.ndarray, episode_length: int | None = None,
                         title: str | None = None):
-    """Any environment: attention per context transition ``(n,)`` as bars against time, the reward the agent
-    saw at each transition ``(n,)`` on a second axis, and dashed lines at episode boundaries. Returns
-    ``(ax, reward_ax)``."""
+    """Attention per context transition ``(n,)`` as bars against time, the reward seen at each on a second axis,
+    dashed lines at episode boundaries. Returns ``(ax, reward_ax)``."""
     weights, rewards = np.asarray(weights, dtype=np.float64), np.asarray(rewards, dtype=np.float64)
     if len(weights) != len(rewards):
         raise ValueError(f"{len(weights)} attention weights but {len(rewards)} rewards")
@@ -473,9 +390,8 @@ def plot_attention_bars(ax, weights: np.ndarray, rewards: np.ndarray, episode_le
 def plot_latents(ax, projected: np.ndarray, task_params: np.ndarray, label: str = "task parameter",
                  marker: str = "o", cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
                  colorbar: bool = True, legend_label: str | None = None):
-    """Projected latents ``(tasks, samples, 2)`` (or ``(tasks, 2)``) coloured by each task's parameter
-    ``(tasks,)``. Call twice on one axis for train and held-out tasks with different markers and a shared
-    ``vmin``/``vmax`` (and ``colorbar`` once). Returns the scatter."""
+    """Projected latents ``(tasks[, samples], 2)`` coloured by each task's parameter; call once per task set with
+    a shared ``vmin``/``vmax`` (and one ``colorbar``). Returns the scatter."""
     projected = np.asarray(projected, dtype=np.float64)
     task_params = np.asarray(task_params, dtype=np.float64).ravel()
     if projected.shape[-1] != 2:

@@ -4,21 +4,15 @@
     python -m experiments.carry restore           # there: put them back, then resume the runs
     python -m experiments.carry list              # what carry/ holds, and whether each run's files are here
 
-A run's ``config.json`` and ``metrics.jsonl`` travel with git, but the files git ignores (``checkpoint.pt``,
-``wall_time.json``, ``tb/``) do not, and without its checkpoint a run can be neither resumed nor re-evaluated.
-``save`` copies them, for every unfinished run (a checkpoint, no ``results.json``) under ``benchmarks/`` and
-``runs/``, to ``carry/<the run's path>/``: a folder git neither ignores nor should commit, so it goes wherever the
-working tree's untracked files go (a copy of the tree, rsync, a tarball). ``restore`` in the other checkout puts
-the files back where a run's own checkpoint is missing or older, and removes the copy.
-
-Files are written in parts of at most ``PART_BYTES`` with a ``MANIFEST.json`` (each file's parts, size and sha256)
-written last and atomically: a save cut short leaves the previous copy whole, and a copy that arrived incomplete is
-an error naming it, never a truncated checkpoint. A running run may be saved as it runs (its checkpoint is replaced
-atomically). ``restore`` checks that the checkpoint belongs to the run's ``config.json`` (env, algo, tier, seed); a
-checkpoint older than the run's ``metrics.jsonl`` is fine: resuming rewrites the metrics from the checkpoint.
-
-The benchmark and ablation runners' ``--carry`` keeps the copy fresh after every checkpoint (and drops it when the
-cell finishes), and every runner refuses to start afresh a cell whose checkpoint ``carry/`` holds unrestored.
+Git carries a run's ``config.json`` and ``metrics.jsonl`` but not the files it ignores (``checkpoint.pt``,
+``wall_time.json``, ``tb/``), without which a run can be neither resumed nor re-evaluated. ``save`` copies those of
+every unfinished run (a checkpoint, no ``results.json``) under ``benchmarks/`` and ``runs/`` to
+``carry/<run path>/``, a folder git neither ignores nor should commit: take it along with the working tree. Each
+file goes in parts of at most ``PART_BYTES`` with a ``MANIFEST.json`` (parts, size, sha256) written last, so a save
+cut short leaves the previous copy whole and a copy that arrived incomplete is an error naming it. ``restore`` puts
+the files back where a run's own checkpoint is missing or older, once the checkpoint is shown to belong to the
+run's ``config.json``. The benchmark and ablation runners' ``--carry`` refreshes the copy after every checkpoint
+and drops it when the cell finishes; every runner refuses to start afresh a cell whose checkpoint ``carry/`` holds.
 """
 from __future__ import annotations
 

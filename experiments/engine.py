@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from algos import ALGORITHMS, algorithm_class
-from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, flatten_config, upgrade_flat_config
+from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, flatten_config, to_dict, upgrade_flat_config
 from algos.core.io import REPO_ROOT, CheckpointError
+from algos.core.trainer import build_config, default_semantic_config
 from experiments.carry import carried_checkpoint, drop_run, save_run
 
 POLL_SECONDS = 0.5
@@ -82,7 +83,6 @@ def unsupported_combinations(envs: list[str], algos: list[str]) -> list[dict]:
 def check_available(env: str, algo: str, tier: str, overrides: list[str]) -> str | None:
     """Build the cell's config here: a method that does not import or an override it does not know fails once,
     clearly, instead of once per seed in a subprocess."""
-    from algos.core.trainer import build_config
     try:
         build_config(env, algo, tier, SEEDS[0], overrides)
     except Exception as error:  # import errors of half-written methods included
@@ -93,8 +93,6 @@ def check_available(env: str, algo: str, tier: str, overrides: list[str]) -> str
 def config_mismatch(cell: Cell, tier: str, overrides: list[str]) -> list[str]:
     """The config keys where an existing cell differs from what this invocation asks for: such a cell is kept,
     with a warning, so new ``--set`` values never silently mix budgets in one table."""
-    from algos.core.config import to_dict
-    from algos.core.trainer import build_config
     try:
         saved = json.loads((cell.run_dir / "config.json").read_text())
         # through JSON, as config.json was written: tuples become lists
@@ -115,7 +113,6 @@ def config_changes(first: dict, second: dict, ignored: frozenset[str] = NON_SEMA
 
 def _defaults_of(saved: dict) -> dict | None:
     """The flattened default config of the run ``saved`` belongs to, or None where it names no buildable run."""
-    from algos.core.trainer import default_semantic_config
     try:
         return default_semantic_config(saved["env"], saved["algo"], saved["tier"], saved["seed"])
     except Exception:

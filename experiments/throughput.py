@@ -5,25 +5,19 @@ steps per second during data collection, and the online ``adapt()`` latency agai
     python -m experiments.throughput --algos pearl setformer --envs point-robot cheetah-vel --tier quick
     python -m experiments.throughput --render-only                     # re-render THROUGHPUT.md from its JSON
 
-Each measurement builds the method exactly as a run would (``build_config`` + ``Trainer`` with the tier's
-batch sizes and the same thread count a benchmark cell gets), so the numbers predict the benchmark's cost:
+Each method is built as a run builds it (``build_config`` + ``Trainer``, the tier's batch sizes, a cell's thread
+count), so the numbers predict the benchmark's cost:
 
-- gradient steps/s: ``algorithm.train_step()`` after ``collect_initial_data()`` and a warm-up, timed over N
-  steps (one step = one meta-batch of ``meta_batch`` tasks × ``batch_size`` transitions), on the same weights
-  and buffers at the run's default settings (bf16 as resolved for this machine) and with bf16 forced on and off;
-  and the *naive* fp32 step, in a process of its own from the same config and seed, as a plain implementation
-  runs it: fp32, Q's weight gradients computed in the policy pass, glibc's default allocator (the same math, more
-  work). *fp32 / naive* is what a CPU without native bf16 gets (``bf16=auto`` resolves to fp32 there). FLOPs per
-  step are counted by torch's ``FlopCounterMode`` on one step, so each rate also reads as achieved GFLOP/s,
-  beside the matrix-multiply peak this process reaches at the critic's shapes (``meta_batch * batch_size`` ×
-  hidden × hidden) in fp32 and bf16;
-- env steps/s: ``collect_initial_data()`` (prior only) and ``collect_iteration_data()`` (with posterior
-  inference), the environment steps they took divided by their time;
-- ``update_context`` cost per transition and ``adapt()`` latency (median over repeats) after feeding 10, 100
-  and 1000 random transitions of the right shapes, as meta-test evaluation does.
+- gradient steps/s of ``train_step()`` after ``collect_initial_data()`` and a warm-up, on the same weights and
+  buffers at the run's default precision and with bf16 autocast forced on and off; and of the *naive* fp32 step, in
+  a process of its own, as a plain implementation runs it (Q's weight gradients computed in the policy pass,
+  glibc's default allocator: the same math, more work). FLOPs per step (torch's ``FlopCounterMode``) turn each rate
+  into GFLOP/s, beside this process's matrix-multiply peak at the critic's shape;
+- env steps/s of ``collect_initial_data()`` (prior) and ``collect_iteration_data()`` (posterior inference);
+- ``update_context`` cost per transition and the median ``adapt()`` latency after N random transitions.
 
-Writes ``<out>/throughput.json`` and ``<out>/THROUGHPUT.md`` (atomically). Methods that do not import yet are
-skipped with a note; a method that crashes while measured is reported and the script exits nonzero.
+Writes ``<out>/throughput.json`` and ``THROUGHPUT.md``. A method that does not import is skipped with a note; one
+that crashes while measured is reported and the command exits nonzero.
 """
 from __future__ import annotations
 
@@ -48,9 +42,7 @@ from algos.core.io import REPO_ROOT, atomic_write_text
 from algos.core.trainer import Trainer, build_config
 from envs_glue import ENV_SPECS
 from experiments.engine import available_cpus, unsupported_reason
-from experiments.report import provenance, report_heading, write_json_and_markdown
-
-DEFAULT_CONTEXT_SIZES = (10, 100, 1000)
+from experiments.report import DASH, provenance, report_heading, table, write_json_and_markdown
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,20 +52,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=["point-robot"])
     parser.add_argument("--tier", default="quick", choices=TIERS, help="batch sizes of this tier (default: quick)")
     parser.add_argument("--threads", type=int, default=max(1, available_cpus() // 2),
-                        help="torch threads (default: cpu_count // 2, what a cell gets with the benchmark's default "
-                             "--workers 2)")
+                        help="torch threads (default: cpu_count // 2, a cell's share with the benchmark's --workers 2)")
     parser.add_argument("--grad-steps", type=int, default=30, help="timed gradient steps (default: 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed gradient steps first (default: 3)")
-    parser.add_argument("--context-sizes", nargs="+", type=int, default=list(DEFAULT_CONTEXT_SIZES))
+    parser.add_argument("--context-sizes", nargs="+", type=int, default=[10, 100, 1000])
     parser.add_argument("--adapt-repeats", type=int, default=21, help="adapt() calls per size; median reported")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="overrides", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config override for every method, e.g. --set bf16=false")
     parser.add_argument("--out", default="benchmarks", help="writes <out>/throughput.json and THROUGHPUT.md")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: re-render <out>/THROUGHPUT.md from <out>/throughput.json")
     args = parser.parse_args(argv)
-    args.overrides = [item for group in args.overrides for item in group]
     if args.threads < 1 or args.grad_steps < 1 or args.adapt_repeats < 1 or args.warmup < 0:
         parser.error("--threads, --grad-steps and --adapt-repeats must be positive, --warmup non-negative")
     return args
@@ -86,72 +76,56 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def collection_rate(algorithm, collect) -> dict | None:
-    """Environment steps per second of one collection call, or ``None`` for a method that collects nothing."""
-    before = algorithm.env_steps
-    seconds = _timed(collect)
-    steps = algorithm.env_steps - before
-    if steps <= 0:
-        return None
-    return {"env_steps": int(steps), "seconds": seconds, "env_steps_per_s": steps / seconds}
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+def collection_rate(algorithm, collect) -> dict | None:
+    """Environment steps per second of one collection call, or None for a method that collects nothing."""
+    before = algorithm.env_steps
+    seconds = _timed(collect)
+    steps = algorithm.env_steps - before
+    return {"env_steps": int(steps), "seconds": seconds, "env_steps_per_s": steps / seconds} if steps > 0 else None
+
+
 def gradient_rate(algorithm, steps: int, warmup: int) -> dict:
-    for _ in range(warmup):  # first steps pay for allocation and autocast set-up
+    for _ in range(warmup):  # the first steps pay for allocation and autocast set-up
         algorithm.train_step()
     _synchronize(algorithm.device)
     seconds = _timed(lambda: ([algorithm.train_step() for _ in range(steps)], _synchronize(algorithm.device)))
-    protocol = algorithm.protocol
-    samples = protocol.meta_batch * protocol.batch_size
+    samples = algorithm.protocol.meta_batch * algorithm.protocol.batch_size
     return {"steps": steps, "seconds": seconds, "grad_steps_per_s": steps / seconds,
             "rl_samples_per_s": steps * samples / seconds}
 
 
-def flops_per_step(algorithm) -> float:
-    """Floating-point operations of one ``train_step()`` (matrix products and convolutions, as torch counts them)."""
+def gradient_rates(algorithm, steps: int, warmup: int, naive: dict) -> dict:
+    """Gradient steps/s at the default precision, with bf16 on and off, and the ``naive`` step's (measured in a
+    process of its own), each with its achieved GFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         algorithm.train_step()
-    return float(counter.get_total_flops())
-
-
-# the settings a gradient step is timed at in the measuring process: (name, bf16); the naive step has a process of
-# its own (naive_rate_in_fresh_process)
-STEP_VARIANTS = (("bf16", True), ("fp32", False))
-
-
-def gradient_rates(algorithm, steps: int, warmup: int, naive: dict) -> dict:
-    """Gradient steps/s at the run's default precision and at every ``STEP_VARIANTS`` setting, on the same state,
-    beside the ``naive`` fp32 step's (measured in its own process); each with its achieved GFLOP/s."""
-    default_bf16 = algorithm.bf16
-    flops = flops_per_step(algorithm)
+    flops, default_bf16 = float(counter.get_total_flops()), algorithm.bf16
     out = {"flops_per_step": flops, "default": gradient_rate(algorithm, steps, warmup)}
-    for name, bf16 in STEP_VARIANTS:
+    for name, bf16 in (("bf16", True), ("fp32", False)):
         algorithm.bf16 = bf16
         try:
             out[name] = gradient_rate(algorithm, steps, warmup)
         finally:
             algorithm.bf16 = default_bf16
     out["naive_fp32"] = naive
-    for name in ("default", *(v[0] for v in STEP_VARIANTS), "naive_fp32"):
+    for name in ("default", "bf16", "fp32", "naive_fp32"):
         out[name]["gflop_per_s"] = flops * out[name]["grad_steps_per_s"] / 1e9
-    out["speedup_default_vs_naive_fp32"] = (out["default"]["grad_steps_per_s"]
-                                            / out["naive_fp32"]["grad_steps_per_s"])
-    # what a CPU without native bf16 gets: bf16=auto resolves to fp32 there
-    out["speedup_fp32_vs_naive_fp32"] = out["fp32"]["grad_steps_per_s"] / out["naive_fp32"]["grad_steps_per_s"]
+    naive_rate = out["naive_fp32"]["grad_steps_per_s"]
+    out["speedup_default_vs_naive_fp32"] = out["default"]["grad_steps_per_s"] / naive_rate
+    out["speedup_fp32_vs_naive_fp32"] = out["fp32"]["grad_steps_per_s"] / naive_rate  # a CPU without native bf16
     return out
 
 
 def naive_rate_in_fresh_process(env: str, algo: str, args: argparse.Namespace) -> dict:
-    """Gradient steps/s of the naive fp32 step as a plain implementation runs it: fp32, Q's weight gradients also
-    computed in the policy pass, and glibc's default allocator. The allocator is set once per process, so this
-    one is measured in a process of its own, from the same config, seed and initial data."""
+    """The naive fp32 step's rate, from the same config, seed and initial data, in a process of its own (the
+    allocator is set once per process)."""
     code = "import sys; from experiments.throughput import naive_child; naive_child(sys.argv[1:])"
     argv = [env, algo, args.tier, str(args.seed), str(args.threads), str(args.grad_steps), str(args.warmup),
             *args.overrides]
@@ -172,11 +146,10 @@ def naive_child(argv: list[str]) -> None:
 
 
 def matmul_peak(rows: int, width: int, device: torch.device, repeats: int = 20) -> dict:
-    """GFLOP/s of ``(rows × width) @ (width × width)`` in fp32 and bf16: the ceiling a step's layers can reach here."""
+    """GFLOP/s of ``(rows × width) @ (width × width)`` in fp32 and bf16: the ceiling a step's layers can reach."""
     out = {"shape": [rows, width, width]}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(rows, width, device=device).to(dtype)
-        b = torch.randn(width, width, device=device).to(dtype)
+        a, b = torch.randn(rows, width, device=device).to(dtype), torch.randn(width, width, device=device).to(dtype)
         for _ in range(3):
             a @ b
         _synchronize(device)
@@ -185,161 +158,134 @@ def matmul_peak(rows: int, width: int, device: torch.device, repeats: int = 20) 
     return out
 
 
-def random_transition(rng: np.random.Generator, obs_dim: int, action_dim: int, step: int, episode_length: int):
-    """A transition ``(obs, action, reward, next_obs, done, info)`` shaped as the path sampler hands it over."""
-    obs = rng.standard_normal(obs_dim).astype(np.float32)
-    next_obs = rng.standard_normal(obs_dim).astype(np.float32)
-    action = rng.uniform(-1.0, 1.0, size=action_dim).astype(np.float32)
-    reward = float(rng.standard_normal())
-    info = {"sparse_reward": reward, "truncated": (step + 1) % episode_length == 0}
-    return obs, action, reward, next_obs, False, info
-
-
 def adapt_latency(agent, obs_dim: int, action_dim: int, episode_length: int, sizes: list[int], repeats: int,
                   rng: np.random.Generator) -> dict[str, dict]:
-    """Per context size: mean ``update_context`` cost per transition and median ``adapt()`` latency."""
+    """Per context size: the mean ``update_context`` cost per transition and the median ``adapt()`` latency, fed
+    random transitions shaped as the path sampler hands them over."""
     out = {}
     for size in sizes:
         agent.clear_context()
-        transitions = [random_transition(rng, obs_dim, action_dim, i, episode_length) for i in range(size)]
-        start = time.perf_counter()
-        for transition in transitions:
-            agent.update_context(transition)
-        update_seconds = time.perf_counter() - start
+        transitions = []
+        for step in range(size):
+            reward = float(rng.standard_normal())
+            transitions.append((rng.standard_normal(obs_dim).astype(np.float32),
+                                rng.uniform(-1.0, 1.0, size=action_dim).astype(np.float32), reward,
+                                rng.standard_normal(obs_dim).astype(np.float32), False,
+                                {"sparse_reward": reward, "truncated": (step + 1) % episode_length == 0}))
+        update_seconds = _timed(lambda: [agent.update_context(transition) for transition in transitions])
         agent.adapt()  # warm-up: the first call at a new size may allocate
         latencies = [_timed(agent.adapt) for _ in range(repeats)]
         out[str(size)] = {"update_context_us": 1e6 * update_seconds / size,
-                          "adapt_ms_median": 1e3 * statistics.median(latencies),
-                          "adapt_ms_min": 1e3 * min(latencies)}
+                          "adapt_ms_median": 1e3 * statistics.median(latencies), "adapt_ms_min": 1e3 * min(latencies)}
     agent.clear_context()
     return out
 
 
 def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
-    """Every measurement of one method on one environment; the run directory is a temporary one."""
+    """Every measurement of one method on one environment, in a temporary run directory."""
     config = build_config(env, algo, args.tier, args.seed, [f"num_threads={args.threads}", *args.overrides])
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         trainer = Trainer(config, run_dir=Path(tmp) / "run", progress=False)
         algorithm = trainer.algorithm
-        meta_env = trainer.env.unwrapped
-        obs_dim = trainer.env.observation_space.shape[0]
-        action_dim = trainer.env.action_space.shape[0]
         result = {"env": env, "algo": algo, "status": "ok", "bf16": config.bf16, "device": config.device,
-                  "threads": torch.get_num_threads(),
-                  "meta_batch": config.protocol.meta_batch, "batch_size": config.protocol.batch_size,
-                  "parameter_count": algorithm.parameter_count(), "notes": []}
-        result["initial_collection"] = collection_rate(algorithm, algorithm.collect_initial_data)
+                  "threads": torch.get_num_threads(), "meta_batch": config.protocol.meta_batch,
+                  "batch_size": config.protocol.batch_size, "parameter_count": algorithm.parameter_count(),
+                  "notes": [], "initial_collection": collection_rate(algorithm, algorithm.collect_initial_data),
+                  "iteration_collection": None, "gradient": None}
         if hasattr(algorithm, "collect_iteration_data"):
             result["iteration_collection"] = collection_rate(algorithm, algorithm.collect_iteration_data)
         else:
-            result["iteration_collection"] = None
             result["notes"].append("collects no data per iteration")
         if hasattr(algorithm, "train_step"):
             result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup,
                                                 naive_rate_in_fresh_process(env, algo, args))
         else:
-            result["gradient"] = None
             result["notes"].append("takes no gradient steps")
-        rng = np.random.default_rng(args.seed)
-        result["adapt"] = adapt_latency(algorithm.agent, obs_dim, action_dim, meta_env.max_episode_steps,
-                                        args.context_sizes, args.adapt_repeats, rng)
+        result["adapt"] = adapt_latency(algorithm.agent, trainer.env.observation_space.shape[0],
+                                        trainer.env.action_space.shape[0], trainer.env.unwrapped.max_episode_steps,
+                                        args.context_sizes, args.adapt_repeats, np.random.default_rng(args.seed))
     return result
 
 
 # ---------------------------------------------------------------------- report
 def _f(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
+    return DASH if value is None else f"{value:,.{digits}f}"
 
 
 def render_markdown(report: dict) -> str:
-    sizes = report["context_sizes"]
+    sizes, peak = report["context_sizes"], report.get("matmul_peak") or {}
     parts = [
         *report_heading("Throughput", report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
                                               f"**{report['tier']}** tier"),
-        "Gradient steps/s: `train_step()` after a warm-up (one step = meta_batch tasks × batch_size transitions "
-        "through critic, value, policy and encoder updates), on the same weights and buffers at the run's default "
-        "settings (*default*: bf16 as `bf16=auto` resolves on this machine), with bf16 autocast forced on and off, "
-        "and as a *naive* fp32 step in a process of its own from the same config and seed (fp32, Q's weight "
-        "gradients also computed in the policy pass, and glibc's default allocator, as a plain implementation "
-        "runs: the same math, more work); *default / naive* is their ratio, and *fp32 / naive* what a CPU without "
-        "native bf16 gets (`bf16=auto` runs fp32 there). GFLOP/step is counted "
-        "by torch's `FlopCounterMode` over one step; *GFLOP/s* is that times the default rate, and *% of fp32 "
-        "peak* the fp32 and naive steps' achieved rate against the fp32 matrix-multiply peak below (the naive "
-        "step's at the default step's FLOPs, so a lower bound: it also computes Q's weight gradients). A step "
-        "near 100 % is bound by matrix multiplies, which no change at identical math can beat. Env steps/s: the "
-        "initial collection (prior, no inference) and one iteration's collection (with posterior inference). "
-        f"`adapt()`: median latency over {report['adapt_repeats']} calls after feeding N random transitions with "
-        "`update_context` (whose mean cost per transition is given too).",
+        "Gradient steps/s of `train_step()` after a warm-up (one step: meta_batch tasks × batch_size transitions "
+        "through critic, value, policy and encoder updates) on the same weights and buffers: at the default "
+        "precision (`bf16=auto` as resolved here), with bf16 autocast forced on and off, and as a *naive* fp32 step "
+        "in a process of its own (Q's weight gradients also computed in the policy pass, glibc's default allocator: "
+        "the same math, more work). *fp32 / naive* is what a CPU without native bf16 gets. GFLOP/step is counted by "
+        "torch's `FlopCounterMode`; *% of fp32 peak* sets the fp32 and naive rates against the matrix-multiply peak "
+        "below (the naive step at the default step's FLOPs: a lower bound). Env steps/s: the initial collection "
+        f"(prior) and one iteration's (posterior). `adapt()`: median latency over {report['adapt_repeats']} calls "
+        "after N random transitions fed to `update_context` (mean cost per transition given too).",
         "",
     ]
-    peak = report.get("matmul_peak")
     if peak:
         rows, width, _ = peak["shape"]
         parts += [f"**Matrix-multiply peak in this process** ({rows} × {width} @ {width} × {width}, the critic's "
                   f"layer shape at this tier): fp32 {_f(peak['fp32_gflop_per_s'])} GFLOP/s, bf16 "
                   f"{_f(peak['bf16_gflop_per_s'])} GFLOP/s.", ""]
+    header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
+              "grad steps/s (bf16)", "grad steps/s (fp32)", "grad steps/s (naive fp32)", "default / naive",
+              "fp32 / naive", "GFLOP/step", "GFLOP/s (default)", "fp32 % of fp32 peak", "naive % of fp32 peak",
+              "env steps/s (initial)", "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
+              *(f"update_context µs @ {n}" for n in sizes)]
     for env in report["envs"]:
-        rows = [r for r in report["results"] if r["env"] == env]
-        header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
-                  "grad steps/s (bf16)", "grad steps/s (fp32)", "grad steps/s (naive fp32)", "default / naive",
-                  "fp32 / naive",
-                  "GFLOP/step", "GFLOP/s (default)", "fp32 % of fp32 peak", "naive % of fp32 peak",
-                  "env steps/s (initial)",
-                  "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
-                  *(f"update_context µs @ {n}" for n in sizes)]
-        lines = [f"## {env}", "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        for r in rows:
-            if r["status"] != "ok":
-                continue
-            gradient = r.get("gradient") or {}
-            initial = r.get("initial_collection") or {}
-            iteration = r.get("iteration_collection") or {}
-            adapt = r.get("adapt") or {}
-            rate = lambda name: (gradient.get(name) or {}).get("grad_steps_per_s")  # noqa: E731
-            ratio = gradient.get("speedup_default_vs_naive_fp32")
-            fp32_ratio = gradient.get("speedup_fp32_vs_naive_fp32")
+        rows = []
+        for r in (r for r in report["results"] if r["env"] == env and r["status"] == "ok"):
+            gradient, adapt = r.get("gradient") or {}, r.get("adapt") or {}
             flops = gradient.get("flops_per_step")
-            fp32_peak = (report.get("matmul_peak") or {}).get("fp32_gflop_per_s")
+
+            def rate(name: str) -> float | None:
+                return (gradient.get(name) or {}).get("grad_steps_per_s")
 
             def peak_share(name: str) -> str:
-                if flops is None or not fp32_peak or rate(name) is None:
-                    return "—"
-                return f"{100 * rate(name) * flops / 1e9 / fp32_peak:.0f} %"
-            cells = [r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
-                     "yes" if r.get("bf16") else "no", _f(rate("default"), 2), _f(rate("bf16"), 2),
-                     _f(rate("fp32"), 2), _f(rate("naive_fp32"), 2), "—" if ratio is None else f"{ratio:.2f}x",
-                     "—" if fp32_ratio is None else f"{fp32_ratio:.2f}x",
-                     _f(None if flops is None else flops / 1e9, 2),
-                     _f((gradient.get("default") or {}).get("gflop_per_s"), 1),
-                     peak_share("fp32"), peak_share("naive_fp32"),
-                     _f(initial.get("env_steps_per_s"), 0), _f(iteration.get("env_steps_per_s"), 0),
-                     *(_f((adapt.get(str(n)) or {}).get("adapt_ms_median"), 3) for n in sizes),
-                     *(_f((adapt.get(str(n)) or {}).get("update_context_us"), 1) for n in sizes)]
-            lines.append("| " + " | ".join(cells) + " |")
-        parts += lines + [""]
+                if flops is None or not peak.get("fp32_gflop_per_s") or rate(name) is None:
+                    return DASH
+                return f"{100 * rate(name) * flops / 1e9 / peak['fp32_gflop_per_s']:.0f} %"
+
+            def ratio(key: str) -> str:
+                return DASH if gradient.get(key) is None else f"{gradient[key]:.2f}x"
+
+            rows.append([r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
+                         "yes" if r.get("bf16") else "no", *(_f(rate(n), 2) for n in ("default", "bf16", "fp32",
+                                                                                      "naive_fp32")),
+                         ratio("speedup_default_vs_naive_fp32"), ratio("speedup_fp32_vs_naive_fp32"),
+                         _f(None if flops is None else flops / 1e9, 2),
+                         _f((gradient.get("default") or {}).get("gflop_per_s"), 1),
+                         peak_share("fp32"), peak_share("naive_fp32"),
+                         _f((r.get("initial_collection") or {}).get("env_steps_per_s"), 0),
+                         _f((r.get("iteration_collection") or {}).get("env_steps_per_s"), 0),
+                         *(_f((adapt.get(str(n)) or {}).get("adapt_ms_median"), 3) for n in sizes),
+                         *(_f((adapt.get(str(n)) or {}).get("update_context_us"), 1) for n in sizes)])
+        parts += [f"## {env}", "", table(header, rows), ""]
     notes = [f"{r['algo']} on {r['env']} ({r['status']}): {note}" for r in report["results"] for note in r["notes"]]
     if notes:
-        parts += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+        parts += ["## Notes", "", *(f"- {note}" for note in notes), ""]
     return "\n".join(parts).rstrip() + "\n"
-
-
-def render_only(out: Path) -> int:
-    source = out / "throughput.json"
-    try:
-        report = json.loads(source.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"--render-only: {source} does not exist; run the measurement first")
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"--render-only: {source} is not valid JSON ({error})")
-    atomic_write_text(out / "THROUGHPUT.md", render_markdown(report))
-    print(f"re-rendered {out / 'THROUGHPUT.md'} from {source}")
-    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    out = Path(args.out)
     if args.render_only:
-        return render_only(Path(args.out))
+        try:
+            report = json.loads((out / "throughput.json").read_text())
+        except FileNotFoundError:
+            raise SystemExit(f"--render-only: {out / 'throughput.json'} does not exist; run the measurement first")
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"--render-only: {out / 'throughput.json'} is not valid JSON ({error})")
+        atomic_write_text(out / "THROUGHPUT.md", render_markdown(report))
+        print(f"re-rendered {out / 'THROUGHPUT.md'}")
+        return 0
     command = shlex.join(["python", "-m", "experiments.throughput", *(sys.argv[1:] if argv is None else argv)])
     results, failed = [], False
     torch.set_num_threads(args.threads)
@@ -365,21 +311,18 @@ def main(argv=None) -> int:
                 result = measure(env, algo, args)
             except Exception:
                 failed = True
-                last = traceback.format_exc().strip().splitlines()[-1]
                 print(f"FAILED {algo} on {env}:\n{traceback.format_exc()}", file=sys.stderr)
+                last = traceback.format_exc().strip().splitlines()[-1]
                 results.append({"env": env, "algo": algo, "status": "failed", "notes": [last]})
                 continue
-            gradient = result["gradient"] or {}
-            print(f"  grad steps/s {_f((gradient.get('default') or {}).get('grad_steps_per_s'), 2)}, adapt ms "
-                  + ", ".join(f"@{n}: {_f(result['adapt'][str(n)]['adapt_ms_median'], 3)}"
-                              for n in args.context_sizes))
+            print(f"  grad steps/s {_f(((result['gradient'] or {}).get('default') or {}).get('grad_steps_per_s'), 2)}"
+                  ", adapt ms " + ", ".join(f"@{n}: {_f(result['adapt'][str(n)]['adapt_ms_median'], 3)}"
+                                            for n in args.context_sizes))
             results.append(result)
-    report = {
-        **provenance(command), "threads": args.threads, "tier": args.tier,
-        "envs": args.envs, "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
-        "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "matmul_peak": matmul, "results": results,
-    }
-    out = Path(args.out)
+    report = {**provenance(command), "threads": args.threads, "tier": args.tier, "envs": args.envs,
+              "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
+              "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "matmul_peak": matmul,
+              "results": results}
     write_json_and_markdown(out / "throughput.json", report, out / "THROUGHPUT.md", render_markdown(report))
     print(f"wrote {out / 'throughput.json'} and {out / 'THROUGHPUT.md'}")
     return 1 if failed else 0
