@@ -1,17 +1,13 @@
-"""Training ablations of setformer: the method retrained from scratch with one switch flipped, on the same protocol
-and budget, compared seed by seed with the full method's benchmark cells.
+"""Training ablations of setformer: retrained from scratch with one switch flipped, on the same protocol and budget,
+and compared seed by seed with the full method's benchmark cells.
 
     python -m experiments.ablations --tier quick --ablations no-teacher high-lr --workers 2
     python -m experiments.ablations --tier quick --render-only        # re-render from the finished cells
     python -m experiments.ablations --list                            # the catalogue
 
-An ablation's cells are ordinary benchmark cells under ``<out>/<ablation>/<tier>/cells/<env>/setformer/<seed>``
-(what ``experiments.benchmark --set ... --out <out>/<ablation>`` writes, so either command runs them), queued
-ablation-major and run ``--workers`` at a time. The report, ``<out>/ABLATIONS_<tier>.md`` and
-``ablations_<tier>.json``, pairs each cell with the full method's cell of the same environment and seed
-(``<full>/<tier>/cells``). What an ablation changed is read from the two cells' saved configs, not from its name,
-and a cell whose protocol (budget) differs from its partner's is flagged. The exploration switches also act while
-training data is collected, so this measures more than ``experiments.reevaluate`` does on finished weights.
+Cells are ordinary benchmark cells under ``<out>/<ablation>/<tier>/cells``. The report (``<out>/ABLATIONS_<tier>.md``
+and ``.json``) pairs each with the full method's cell (``<full>/<tier>/cells``) of the same environment and seed;
+what changed is read from the two saved configs, and a differing budget is flagged.
 """
 from __future__ import annotations
 

@@ -1,18 +1,14 @@
 """Run the benchmark: every (environment, method, seed) cell in its own subprocess, then the results tables.
 
-    python -m experiments.benchmark --tier quick --workers 2
     python -m experiments.benchmark --tier quick --envs point-robot --algos pearl setformer --seeds 42 123 456
-    python -m experiments.benchmark --tier smoke --envs point-robot --algos oracle --seeds 42 \\
-        --set num_iterations=3 --out /tmp/bench
+    python -m experiments.benchmark --tier smoke --set num_iterations=3 --out /tmp/bench
     python -m experiments.benchmark --tier quick --render-only      # re-render results.json / RESULTS.md
 
-Each cell is ``python -m experiments.run ... --run-dir <out>/<tier>/cells/<env>/<algo>/<seed>``. A cell with a
-``results.json`` is skipped; one with a ``checkpoint.pt`` is resumed (runs checkpoint after every iteration, so
-killing the runner loses at most one iteration per running cell); any other leftover folder is started afresh.
-Cells run ``--workers`` at a time with ``cpu_count // workers`` threads each; a failing cell does not stop the
-others (its stderr stays in the cell's ``stderr.log``; the runner exits nonzero). Combinations that cannot exist
-(the oracle on cheetah-vel) are skipped with a note. Results: ``<out>/<tier>/results.json``, ``RESULTS.md`` and
-``curves_<env>.png`` (``experiments.results_table``).
+A cell (``<out>/<tier>/cells/<env>/<algo>/<seed>``) with a ``results.json`` is skipped and one with a
+``checkpoint.pt`` resumed, so a killed runner loses at most one iteration per running cell. Cells run
+``--workers`` at a time with ``cpu_count // workers`` threads each; a failing cell does not stop the others (its
+stderr stays in its ``stderr.log``) but makes the runner exit nonzero. Combinations that cannot exist are skipped
+with a note. Results: ``<out>/<tier>/results.json``, ``RESULTS.md`` and ``curves_<env>.png``.
 """
 from __future__ import annotations
 

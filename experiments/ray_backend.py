@@ -1,16 +1,9 @@
 """The cell engine on a Ray cluster (``--backend ray [--address HOST:PORT | auto]``): each cell is one Ray task
-reserving as many CPUs as its threads, and the cells' folders stay on the driver, under ``--out`` (no shared
-filesystem needed), with the local backend's contract: finished with ``results.json``, resumable with
-``checkpoint.pt``.
-
-- **What travels.** The code goes to every node as Ray's ``working_dir`` (without outputs: ``CODE_EXCLUDES``); the
-  Python packages must be installed there. A cell's folder goes from the driver to its task when it starts, and the
-  task sends back every changed file every ``SYNC_SECONDS`` and at the end, written into the cell's folder
-  atomically by a small actor on the driver's node (:class:`CellFolders`).
-- **A lost node.** Ray retries the task (``NODE_LOSS_RETRIES`` times) elsewhere, from the last checkpoint that came
-  back: at most the iteration in progress is lost.
-- **A dead driver.** Its tasks die with it; every cell's folder holds its last synced checkpoint, so running the
-  same command again resumes them, on either backend.
+reserving as many CPUs as its threads; the cells' folders stay on the driver, under ``--out``. The code goes to the
+nodes as Ray's ``working_dir`` (packages must be installed there); a cell's folder goes to its task when it starts,
+and changed files come back every ``SYNC_SECONDS`` and at the end. A lost node's task is retried elsewhere
+(``NODE_LOSS_RETRIES``) from the last checkpoint that came back; after a dead driver, the same command resumes the
+cells on either backend.
 """
 from __future__ import annotations
 

@@ -1,22 +1,15 @@
-"""Re-evaluate the final weights of finished benchmark cells under inference-time variants: an ablation of how
-the trained agent *acts*, at no training cost and with everything else held fixed.
+"""Re-evaluate finished cells' final weights under inference-time variants: an ablation of how the trained agent
+*acts*, at no training cost and with everything else held fixed.
 
-    python -m experiments.reevaluate --tier quick --algo setformer              # the default setformer variants
     python -m experiments.reevaluate --tier quick --algo setformer --envs sparse-point-robot \\
         --variant as-trained --variant greedy-encoder exploration.thompson=false
 
-Every variant of a cell loads its ``checkpoint.pt`` (weights, replay buffers), applies its overrides (only in a
-config group the method declares inference-time, ``inference_time_config``, or an evaluation-only protocol setting
-such as ``protocol.deterministic_exploration``) and runs the cell's low-noise final evaluation with the same seed
-and repeats, so variants are compared on paired episodes; ``as-trained`` must reproduce the cell's recorded figure.
-It cannot show a rule's effect on the data collected during training: retrain for that
-(``python -m experiments.ablations``). For an agent that reports acting on a hypothesis (setformer's
-``acting_on_hypothesis``) the share of such post-exploration steps is recorded; for one with per-task latents
-(``hypotheses``) the policy also runs on each training task's own latent without inference
-(``--own-embedding-episodes``): the known-task figure of these weights.
-
-Writes ``<tier dir>/reevaluations_<algo>.json`` after every (cell, variant), skipping those already there with the
-same overrides and repeats, so a killed run continues; then ``REEVALUATIONS_<algo>.md``.
+A variant's overrides must lie in a config group the method declares inference-time (``inference_time_config``)
+or be an evaluation-only protocol setting; each runs the cell's low-noise final evaluation with its seed and
+repeats (paired episodes), and ``as-trained`` must reproduce the recorded figure. For an agent with per-task
+latents the policy also acts on each training task's own latent (``--own-embedding-episodes``). Writes
+``<tier>/reevaluations_<algo>.json`` after every (cell, variant), skipping those done, then
+``REEVALUATIONS_<algo>.md``. A rule's effect on training data needs a retraining: ``experiments.ablations``.
 """
 from __future__ import annotations
 

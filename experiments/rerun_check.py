@@ -1,16 +1,12 @@
-"""Does the code today still compute what a finished cell computed? Rerun the cell's first iterations from its saved
-config at the current commit and compare every logged number with its metrics.jsonl, bit for bit.
+"""Does today's code still compute what a finished cell computed? Rerun its first iterations from its saved config
+and compare every logged number (timings aside) with its metrics.jsonl, bit for bit.
 
-    python -m experiments.rerun_check benchmarks/quick/cells/sparse-point-robot/setformer/42 --iterations 2
-    python -m experiments.rerun_check benchmarks/quick/cells/point-robot/setformer/* --out benchmarks/quick
+    python -m experiments.rerun_check benchmarks/quick/cells/point-robot/setformer/* --iterations 2
 
-A table that pairs cells run at different commits holds only if the commits in between left the shared computation
-alone; ``git diff`` says which files changed, this says whether the numbers did. Training is deterministic for a
-given seed, config, thread count and CPU kind, so a rerun that matches every loss, Q-value and evaluation return of
-the first iterations ran the same math. A mismatch names the first differing number; it can also come from another
-CPU kind than the cell's (both are recorded). Not compared: later iterations, the low-noise final evaluation and
-timings (``TIMING_METRICS``). The results accumulate in ``<out>/rerun_checks.json`` and ``RERUN_CHECKS.md``
-(default ``<out>``: the tier folder of the first cell), the latest check of a cell replacing an older one.
+Training is deterministic per seed, config, thread count and CPU kind, so a match over the first iterations shows
+the commits in between left the computation alone (later iterations and the final evaluation are not compared);
+a mismatch names the first differing number, and may come from another CPU kind. Results accumulate in
+``<out>/rerun_checks.json`` and ``RERUN_CHECKS.md`` (default ``<out>``: the first cell's tier folder).
 """
 from __future__ import annotations
 

@@ -1,23 +1,13 @@
-"""Measure what a benchmark cell's wall time is made of, per method: gradient steps per second, environment
-steps per second during data collection, and the online ``adapt()`` latency against the context size.
+"""What a cell's wall time is made of, per method: gradient steps/s, environment steps/s while collecting data,
+and the ``adapt()`` latency against the context size, each method built as a run builds it (tier, threads).
 
-    python -m experiments.throughput                                   # every registered method, point-robot
     python -m experiments.throughput --algos pearl setformer --envs point-robot cheetah-vel --tier quick
     python -m experiments.throughput --render-only                     # re-render THROUGHPUT.md from its JSON
 
-Each method is built as a run builds it (``build_config`` + ``Trainer``, the tier's batch sizes, a cell's thread
-count), so the numbers predict the benchmark's cost:
-
-- gradient steps/s of ``train_step()`` after ``collect_initial_data()`` and a warm-up, on the same weights and
-  buffers at the run's default precision and with bf16 autocast forced on and off; and of the *naive* fp32 step, in
-  a process of its own, as a plain implementation runs it (Q's weight gradients computed in the policy pass,
-  glibc's default allocator: the same math, more work). FLOPs per step (torch's ``FlopCounterMode``) turn each rate
-  into GFLOP/s, beside this process's matrix-multiply peak at the critic's shape;
-- env steps/s of ``collect_initial_data()`` (prior) and ``collect_iteration_data()`` (posterior inference);
-- ``update_context`` cost per transition and the median ``adapt()`` latency after N random transitions.
-
-Writes ``<out>/throughput.json`` and ``THROUGHPUT.md``. A method that does not import is skipped with a note; one
-that crashes while measured is reported and the command exits nonzero.
+Gradient steps are timed at the default precision, with bf16 forced on and off, and as a *naive* fp32 step in a
+process of its own (Q's weight gradients in the policy pass, glibc's default allocator: the same math, more
+work), with FLOPs per step and this process's matrix-multiply peak. Writes ``<out>/throughput.json`` and
+``THROUGHPUT.md``; a method that does not import is skipped with a note, one that crashes fails the command.
 """
 from __future__ import annotations
 
@@ -100,8 +90,7 @@ def gradient_rate(algorithm, steps: int, warmup: int) -> dict:
 
 
 def gradient_rates(algorithm, steps: int, warmup: int, naive: dict) -> dict:
-    """Gradient steps/s at the default precision, with bf16 on and off, and the ``naive`` step's (measured in a
-    process of its own), each with its achieved GFLOP/s."""
+    """Gradient steps/s at the default precision, with bf16 on and off, and the ``naive`` step's; with GFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -124,8 +113,7 @@ def gradient_rates(algorithm, steps: int, warmup: int, naive: dict) -> dict:
 
 
 def naive_rate_in_fresh_process(env: str, algo: str, args: argparse.Namespace) -> dict:
-    """The naive fp32 step's rate, from the same config, seed and initial data, in a process of its own (the
-    allocator is set once per process)."""
+    """The naive fp32 step's rate from the same config and seed, in a process of its own (for its allocator)."""
     code = "import sys; from experiments.throughput import naive_child; naive_child(sys.argv[1:])"
     argv = [env, algo, args.tier, str(args.seed), str(args.threads), str(args.grad_steps), str(args.warmup),
             *args.overrides]
@@ -160,8 +148,7 @@ def matmul_peak(rows: int, width: int, device: torch.device, repeats: int = 20) 
 
 def adapt_latency(agent, obs_dim: int, action_dim: int, episode_length: int, sizes: list[int], repeats: int,
                   rng: np.random.Generator) -> dict[str, dict]:
-    """Per context size: the mean ``update_context`` cost per transition and the median ``adapt()`` latency, fed
-    random transitions shaped as the path sampler hands them over."""
+    """Per context size: ``update_context``'s mean cost per (random) transition and the median ``adapt()`` latency."""
     out = {}
     for size in sizes:
         agent.clear_context()
@@ -217,15 +204,12 @@ def render_markdown(report: dict) -> str:
     parts = [
         *report_heading("Throughput", report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
                                               f"**{report['tier']}** tier"),
-        "Gradient steps/s of `train_step()` after a warm-up (one step: meta_batch tasks × batch_size transitions "
-        "through critic, value, policy and encoder updates) on the same weights and buffers: at the default "
-        "precision (`bf16=auto` as resolved here), with bf16 autocast forced on and off, and as a *naive* fp32 step "
-        "in a process of its own (Q's weight gradients also computed in the policy pass, glibc's default allocator: "
-        "the same math, more work). *fp32 / naive* is what a CPU without native bf16 gets. GFLOP/step is counted by "
-        "torch's `FlopCounterMode`; *% of fp32 peak* sets the fp32 and naive rates against the matrix-multiply peak "
-        "below (the naive step at the default step's FLOPs: a lower bound). Env steps/s: the initial collection "
-        f"(prior) and one iteration's (posterior). `adapt()`: median latency over {report['adapt_repeats']} calls "
-        "after N random transitions fed to `update_context` (mean cost per transition given too).",
+        "Gradient steps/s of `train_step()` (meta_batch tasks × batch_size transitions) on the same weights and "
+        "buffers: at the default precision, with bf16 autocast forced on and off, and as a *naive* fp32 step in a "
+        "process of its own (Q's weight gradients in the policy pass, glibc's default allocator). *fp32 / naive* is "
+        "what a CPU without native bf16 gets; *% of fp32 peak* sets a rate × FLOPs against the matrix-multiply peak "
+        f"below. Env steps/s: initial (prior) and per-iteration (posterior) collection. `adapt()`: median over "
+        f"{report['adapt_repeats']} calls after N random transitions fed to `update_context`.",
         "",
     ]
     if peak:
