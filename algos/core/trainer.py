@@ -32,8 +32,10 @@ from algos.core.sampler import num_eval_episodes
 from algos.core.meta_sac import TrainingDivergedError
 from algos.core.io import (CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit,
                            load_checkpoint, machine_description, read_json)
+from algos.core.saved_config import upgrade_flat_config, upgrade_saved_config
 
 FINAL_EVAL_OFFSET = 999_983  # eval seeds: seed * 1_000_003 + iteration (final: + this offset)
+AGENT_WEIGHTS_FILE = "agent.pt"  # a finished run's agent weights, small enough to keep with its results
 VALIDATION_EVAL_OFFSET = 500_009  # a validation evaluation: its test evaluation's seed + this offset
 
 
@@ -274,19 +276,22 @@ class Trainer:
         config_path, checkpoint_path = run_dir / "config.json", run_dir / "checkpoint.pt"
         if not config_path.exists():
             raise FileNotFoundError(f"{run_dir} holds no config.json: it is not a run directory of this project")
-        if load_weights and not checkpoint_path.exists():
+        weights_path = run_dir / AGENT_WEIGHTS_FILE
+        if load_weights and not checkpoint_path.exists() and not weights_path.exists():
             finished = (run_dir / "results.json").exists()
-            why = ("the run finished (results.json is there) but its checkpoint.pt was removed, e.g. by a benchmark "
-                   "cleanup; its scalar results are still in results.json, but weights are needed here: rerun it or "
-                   "choose another run" if finished else
+            why = ("the run finished (results.json is there) but neither its checkpoint.pt nor its agent weights "
+                   f"({AGENT_WEIGHTS_FILE}) are there; its scalar results are still in results.json, but weights are "
+                   "needed here: rerun it or choose another run" if finished else
                    "the run has not completed an iteration yet, or it was interrupted before its first checkpoint")
             raise FileNotFoundError(f"no checkpoint.pt in {run_dir}: {why}")
         config = config_from_dict(read_json(config_path, what="run config"))
         if overrides:
             apply_overrides(config, overrides)
         trainer = cls(config, run_dir=run_dir, progress=progress)
-        if load_weights:
+        if load_weights and checkpoint_path.exists():
             trainer.load_checkpoint(for_resume=False)
+        elif load_weights:
+            trainer.load_agent_weights()
         return trainer
 
     # ------------------------------------------------------------------ evaluation
@@ -354,6 +359,30 @@ class Trainer:
             "config": semantic_config(self.config),
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         })
+
+    def save_agent_weights(self) -> None:
+        """The finished agent's weights (policy and task inference, fp32, no critic, optimiser or replay data; 1-2
+        MB), kept beside results.json so a finished run can be evaluated again on any tasks without retraining."""
+        atomic_torch_save(self.run_dir / AGENT_WEIGHTS_FILE, {
+            "agent": self.algorithm.agent.state_dict(), "identity": run_identity(self.config),
+            "config": semantic_config(self.config)})
+
+    def load_agent_weights(self) -> None:
+        """Load a finished run's agent weights: evaluation and acting work as after training; what needs the
+        replay buffers or the critic (resuming, replay-data probes) needs the checkpoint instead."""
+        path = self.run_dir / AGENT_WEIGHTS_FILE
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as error:  # torch raises several types for truncated or foreign files
+            raise CheckpointError(f"{path} is corrupt or unreadable ({type(error).__name__}: {error})") from None
+        if not isinstance(state, dict) or "agent" not in state:
+            raise CheckpointError(f"{path} holds no agent weights of this project")
+        check_identity(state, self.config, path)
+        try:
+            self.algorithm.agent.load_state_dict(state["agent"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{path} does not fit this run's {self.config.algo} agent ({first_line})") from None
 
     def load_checkpoint(self, for_resume: bool = True) -> None:
         """Load the run's last checkpoint. ``for_resume=False`` only restores the algorithm's state (weights,
@@ -481,6 +510,7 @@ class Trainer:
             "machine": machine_description(self.device), "config": to_dict(cfg),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        self.save_agent_weights()
         atomic_write_json(self.run_dir / "results.json", results)
         self.wall_clock.path.unlink(missing_ok=True)  # only a resume needs it
         if final_eval is not None:  # the low-noise figure beside the protocol's curve in TensorBoard
