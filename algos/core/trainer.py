@@ -32,7 +32,6 @@ from algos.core.sampler import num_eval_episodes
 from algos.core.meta_sac import TrainingDivergedError
 from algos.core.io import (CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit,
                            load_checkpoint, machine_description, read_json)
-from algos.core.saved_config import upgrade_flat_config, upgrade_saved_config
 
 FINAL_EVAL_OFFSET = 999_983  # eval seeds: seed * 1_000_003 + iteration (final: + this offset)
 AGENT_WEIGHTS_FILE = "agent.pt"  # a finished run's agent weights, small enough to keep with its results
