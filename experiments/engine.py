@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from algos import ALGORITHMS, algorithm_class
-from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, flatten_config, to_dict, upgrade_flat_config
+from algos.core.config import NON_SEMANTIC_KEYS, SEEDS, flatten_config, to_dict
 from algos.core.io import REPO_ROOT, CheckpointError
+from algos.core.saved_config import upgrade_flat_config
 from algos.core.trainer import build_config, default_semantic_config
 from experiments.carry import carried_checkpoint, drop_run, save_run
 

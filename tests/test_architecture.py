@@ -17,9 +17,10 @@ from torch import nn
 import algos
 from algos import ALGORITHMS, algorithm_class, display_name, methods_with_role
 from algos.core.algorithm import Algorithm, check_facts
-from algos.core.config import BENCHMARK, ConfigError, flatten_config, protocol_for, to_dict, upgrade_flat_config
+from algos.core.config import BENCHMARK, ConfigError, flatten_config, protocol_for, to_dict
 from algos.core.evaluation import meta_test_episodes
 from algos.core.meta_sac import check_one_optimizer_each
+from algos.core.saved_config import upgrade_flat_config
 from algos.core.trainer import build_config, check_identity, config_from_dict, run_identity, semantic_config
 from algos.setformer import HypothesisBelief, SetFormer
 from envs_glue import ENV_SPECS, make_env

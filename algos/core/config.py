@@ -276,57 +276,6 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-# settings that moved since runs were saved: old key -> new key (None: retired), or (new key, {old value: new
-# value}) where the values changed too. A saved config is read in the current layout, and compared with one written
-# before the move, the moved setting counts as the same setting.
-MOVED_KEYS: dict[str, str | None | tuple[str, dict]] = {
-    "protocol.kl_lambda": "agent.kl_lambda",  # PEARL's KL weight is PEARL's (other methods never read it)
-    "agent.bounded_latents": ("agent.latent_norm", {True: "tanh", False: "none"}),  # setformer, 7fcdbea
-}
-
-# settings added since runs were saved whose default is not what the code computed before they existed: a saved
-# config without the key ran with this value (settings added at their old behaviour need no entry)
-ADDED_KEYS: dict[str, Any] = {
-    "agent.latent_norm": "none",  # setformer: unbounded latents until 9d21bb6 made sphere the default
-}
-
-
-def upgrade_flat_config(saved: dict, current: dict, defaults: dict | None = None) -> dict:
-    """``saved`` (flattened) in the layout of ``current`` (flattened): a moved key takes its new name (and value)
-    where the current layout has it, and is dropped where it has neither name (the setting does not exist there).
-    A key of ``current`` that ``saved`` predates gets the value its run computed with: the ``ADDED_KEYS`` entry,
-    else the setting's default for that run (``defaults``, flattened; a setting added without an ``ADDED_KEYS``
-    entry computes at its default what the code computed before it existed). Without ``defaults`` such keys stay
-    missing."""
-    out = dict(saved)
-    for old, move in MOVED_KEYS.items():
-        if old in out and old not in current:
-            value = out.pop(old)
-            new, values = move if isinstance(move, tuple) else (move, None)
-            if new is not None and new in current and new not in out:
-                out[new] = values[value] if values is not None else value
-    for key in current:
-        if key not in out:
-            if key in ADDED_KEYS:
-                out[key] = ADDED_KEYS[key]
-            elif defaults is not None and key in defaults:
-                out[key] = defaults[key]
-    return out
-
-
-def upgrade_saved_config(data: dict, agent_fields: set[str]) -> dict:
-    """A saved (nested) config dict in the current layout, given the algorithm config's field names: its protocol and
-    agent groups go through :func:`upgrade_flat_config` one level deep."""
-    flat = {f"{group}.{key}": value for group in ("protocol", "agent") for key, value in (data.get(group) or {}).items()}
-    current = {**{f"protocol.{f.name}": None for f in fields(ProtocolConfig)},
-               **{f"agent.{name}": None for name in agent_fields}}
-    groups: dict[str, dict] = {"protocol": {}, "agent": {}}
-    for key, value in upgrade_flat_config(flat, current).items():
-        group, name = key.split(".", 1)
-        groups[group][name] = value
-    return {**data, **groups}
-
-
 def flatten_config(data: dict, ignored: frozenset[str] = NON_SEMANTIC_KEYS, prefix: str = "") -> dict:
     """``{"agent": {"aux": {"reward": 1.0}}}`` -> ``{"agent.aux.reward": 1.0}``, leaving out ``ignored`` keys."""
     out = {}

@@ -25,13 +25,14 @@ from tqdm import tqdm
 import envs_glue
 from algos import algorithm_class
 from algos.core.config import (RESUME_OVERRIDABLE_KEYS, ConfigError, ProtocolConfig, RunConfig, apply_overrides,
-                               flatten_config, protocol_for, to_dict, upgrade_flat_config, upgrade_saved_config)
+                               flatten_config, protocol_for, to_dict)
 from algos.core.device import resolve_bf16, resolve_device, tune_cpu_allocator, warn_if_slow
 from algos.core.evaluation import EvalResult, evaluate
 from algos.core.sampler import num_eval_episodes
 from algos.core.meta_sac import TrainingDivergedError
 from algos.core.io import (CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, git_commit,
                            load_checkpoint, machine_description, read_json)
+from algos.core.saved_config import upgrade_flat_config, upgrade_saved_config
 
 FINAL_EVAL_OFFSET = 999_983  # eval seeds: seed * 1_000_003 + iteration (final: + this offset)
 AGENT_WEIGHTS_FILE = "agent.pt"  # a finished run's agent weights, small enough to keep with its results
