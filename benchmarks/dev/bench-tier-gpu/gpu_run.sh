@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device session: install the env wheels, CUDA tests, a solo speed probe, then benchmark-tier cells in parallel
+# On a CUDA machine: install the env wheels, run the CUDA tests, a solo speed probe, then benchmark-tier cells in parallel
 # until a deadline; everything small comes back in $OUT.
 set -u
 T0=$(date +%s)
