@@ -32,24 +32,17 @@ ALGO = "setformer"
 
 # name -> the overrides that make it, and why it is worth running
 ABLATIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "high-lr": (("lr=0.001",), "lr 1e-3 on the point robots, the default before it was set to the baselines' "
-                "3e-4 (on cheetah-vel 1e-3 is the default: no change there)"),
-    "no-teacher": (("teacher_fraction=0",), "no task embeddings: the whole batch is conditioned on the encoder's "
-                   "z, and the hypotheses are encoder latents"),
+    "high-lr": (("lr=0.001",), "lr 1e-3 on the point robots, the default before the baselines' 3e-4 (on cheetah-vel "
+                "1e-3 is the default: no change there)"),
+    "no-teacher": (("teacher_fraction=0",), "no task embeddings: the batch is conditioned on the encoder's z alone"),
     "no-teacher-collection": (("teacher_collection=0",), "all posterior data collected on the encoder's z"),
-    "no-reward-head": (("aux.reward=0",), "training: z and the embeddings shaped without reward prediction. "
-                       "Inference: the untrained head that scores hypotheses predicts about 0 for every latent, so "
-                       "every hypothesis explains the context alike: Thompson sampling draws blindly and nothing "
-                       "is ever refuted"),
-    "reward-head-detached": (("aux.reward_shapes_z=false",), "training: the reward head learns on detached "
-                             "latents, so its loss shapes neither z nor the embeddings. Inference: unchanged (the "
-                             "trained head scores the hypotheses): the shaping alone"),
-    "no-next-state-head": (("aux.next_state=0",), "training: z shaped without next-state prediction. Inference: "
-                           "unchanged (the next-state head is not used there)"),
-    "no-aux-heads": (("aux.reward=0", "aux.next_state=0"), "training: z shaped by the critic and the alignment "
-                     "only. Inference: as no-reward-head (an untrained head scores the hypotheses)"),
-    "mean-pool-encoder": (("encoder_pooling=mean",), "no attention: the same token embedding and read-out over a "
-                          "plain mean of the tokens, at training and at inference"),
+    "no-reward-head": (("aux.reward=0",), "z and the embeddings shaped without reward prediction; the untrained "
+                       "head scores every hypothesis alike, so Thompson sampling draws blindly"),
+    "reward-head-detached": (("aux.reward_shapes_z=false",), "the reward head learns on detached latents: its loss "
+                             "shapes neither z nor the embeddings, but it still scores the hypotheses"),
+    "no-next-state-head": (("aux.next_state=0",), "z shaped without next-state prediction (unused at inference)"),
+    "no-aux-heads": (("aux.reward=0", "aux.next_state=0"), "z shaped by the critic and the alignment only"),
+    "mean-pool-encoder": (("encoder_pooling=mean",), "no attention: a plain mean of the token embeddings"),
     "no-align": (("aux.align=0",), "the encoder is not pulled onto the task embeddings"),
     "no-thompson": (("exploration.thompson=false",), "no hypotheses: collect and act on the encoder's z"),
     "no-fallback": (("exploration.fallback=false",), "after adapt(), always act on the encoder's z"),
@@ -96,16 +89,12 @@ def run(args: argparse.Namespace, out: Path) -> int:
         return 2
     if outcome.interrupted:
         print("stopped; rerun the same command to continue from the cells' checkpoints")
-        return 130
-    for cell, reason in outcome.failed:
-        print(f"FAILED {cell.label} ({reason}); see {cell.run_dir / 'stderr.log'}", file=sys.stderr)
-    return 1 if outcome.failed else 0
+    return 130 if outcome.interrupted else 1 if outcome.failed else 0
 
 
 # ---------------------------------------------------------------------- report
 def compare_cells(full_cells: list[dict], ablation_cells: list[dict]) -> dict:
-    """Per environment: the full method's and the ablation's figures, paired by seed, and what differs between
-    the paired cells' saved configs (``collect_cells(..., with_config=True)`` records)."""
+    """Per environment: the ablation's figures paired by seed with the full method's, and their config changes."""
     by_env: dict[str, dict] = {}
     full = {(c["env"], c["seed"]): c for c in full_cells if c["algo"] == ALGO}
     for cell in ablation_cells:
@@ -123,26 +112,24 @@ def compare_cells(full_cells: list[dict], ablation_cells: list[dict]) -> dict:
             changes = [f"`{k}` {DASH if old is None else old} → {DASH if new is None else new}"
                        for k, (old, new) in differing.items()]
             record["config_changes"] = changes
+            entry["config_changes"] += [change for change in changes if change not in entry["config_changes"]]
             if any(k.startswith("protocol.") for k in differing):
                 entry["budget_differs"].append(cell["seed"])
-            for change in changes:
-                if change not in entry["config_changes"]:
-                    entry["config_changes"].append(change)
         entry["seeds"][cell["seed"]] = record
     for entry in by_env.values():  # the paired statistics the report prints, for readers of the JSON
         entry["paired"] = {}
-        for key, full_key in (("meta_test_return", "full_meta_test_return"), ("low_noise", "full_low_noise")):
-            _, diffs = _paired(entry["seeds"], key, full_key)
+        for key in ("meta_test_return", "low_noise"):
+            diffs = _paired(entry["seeds"], key)[1]
             mean, std = mean_std(diffs) if diffs else (None, None)
-            entry["paired"][key] = {"n": len(diffs), "mean_delta": mean, "std_delta": std,
-                                    "t_test": paired_test(diffs)}
+            entry["paired"][key] = {"n": len(diffs), "mean_delta": mean, "std_delta": std, "t_test": paired_test(diffs)}
     return by_env
 
 
-def _paired(records: dict, key: str, full_key: str) -> tuple[list[float], list[float]]:
+def _paired(records: dict, key: str) -> tuple[list[float], list[float]]:
     """The ablation's values of ``key`` (every seed it has) and its per-seed differences to the full method."""
     ablated = [r[key] for r in records.values() if r.get(key) is not None]
-    diffs = [r[key] - r[full_key] for r in records.values() if r.get(key) is not None and r.get(full_key) is not None]
+    diffs = [r[key] - r[f"full_{key}"] for r in records.values() if r.get(key) is not None
+             and r.get(f"full_{key}") is not None]
     return ablated, diffs
 
 
@@ -178,8 +165,7 @@ def render_markdown(report: dict) -> str:
             if not entry:
                 continue
             records = {int(s): r for s, r in entry["seeds"].items()}
-            values, diffs = _paired(records, "meta_test_return", "full_meta_test_return")
-            low, low_diffs = _paired(records, "low_noise", "full_low_noise")
+            (values, diffs), (low, low_diffs) = _paired(records, "meta_test_return"), _paired(records, "low_noise")
             planned = len(report["seeds"])
             rows.append([name, format_mean_std(values, planned), format_delta(diffs, with_count=True),
                          format_mean_std(low, planned) if low else DASH, format_delta(low_diffs, with_count=True),

@@ -65,16 +65,13 @@ def describe_run(run_dir: Path | str | None) -> str:
         return f"{run_dir}: not a run directory (no config.json)"
     config = read_json(run_dir / "config.json", what="run config")
     lines = [f"{run_dir}", f"  {config['algo']} on {config['env']}, tier {config['tier']}, seed {config['seed']}"]
-    results_path = run_dir / "results.json"
-    if results_path.exists():
-        results = read_json(results_path, what="results")
+    if (run_dir / "results.json").exists():
+        results = read_json(run_dir / "results.json", what="results")
         final = (results.get("final_eval") or {}).get("meta_test_return")
-        lines.append(f"  finished: meta_test_return {results.get('meta_test_return')}"
-                     + (f", low-noise final evaluation {final:.3f}" if final is not None else ""))
-    if (run_dir / "checkpoint.pt").exists():
-        lines.append("  checkpoint.pt present: weights can be loaded")
-    else:
-        lines.append("  checkpoint.pt MISSING: this run cannot be analysed; set RUN_DIR to a run that has one")
+        lines.append(f"  finished: meta_test_return {results.get('meta_test_return')}, low-noise final evaluation "
+                     f"{final}")
+    lines.append("  checkpoint.pt present: weights can be loaded" if (run_dir / "checkpoint.pt").exists() else
+                 "  checkpoint.pt MISSING: this run cannot be analysed; set RUN_DIR to a run that has one")
     return "\n".join(lines)
 
 
@@ -104,32 +101,22 @@ def record_episodes(trainer: Trainer, task_id: int, num_episodes: int | None = N
         num_exploration = p.num_exp_traj_eval
     if not 0 <= num_exploration <= num_episodes:
         raise ValueError(f"num_exploration={num_exploration} must lie in [0, num_episodes={num_episodes}]")
-    agent = trainer.algorithm.agent
-    record: dict[str, Any] = {key: [] for key in ("obs", "next_obs", "actions", "rewards", "dense_rewards",
-                                                  "exploring", "adapted", "attention", "z")}
-
+    agent, episodes = trainer.algorithm.agent, []
     with trainer.isolated_randomness(seed), torch.no_grad():
         meta_env.reset_task(task_id)
         for episode in meta_test_episodes(trainer.env, agent, num_episodes, num_exploration, max_path_length,
                                           p.sparse_rewards, p.deterministic_exploration):
-            record["obs"].append(episode.path["obs"])
-            record["next_obs"].append(episode.path["next_obs"])
-            record["actions"].append(episode.path["actions"])
-            record["rewards"].append(episode.scored_rewards)
-            record["dense_rewards"].append(episode.path["rewards"])
-            record["exploring"].append(episode.exploring)
-            record["adapted"].append(episode.adapted)
-            num_tokens = int(agent.context.shape[1])
-            record["attention"].append(_last_attention(agent, num_tokens) if episode.adapted else None)
-            record["z"].append(agent.z[0].detach().float().cpu().numpy().copy())
-        record["context"] = agent.context.detach().clone()               # (1, n, context_dim)
-
-    record["returns"] = np.array([float(np.sum(r, dtype=np.float64)) for r in record["rewards"]])
-    record["task_id"] = int(task_id)
-    record["task"] = np.asarray(meta_env.tasks[task_id], dtype=np.float64).copy()
-    record["episode_length"] = max_path_length
-    record["num_exploration"] = num_exploration
-    return record
+            episodes.append({"obs": episode.path["obs"], "next_obs": episode.path["next_obs"],
+                             "actions": episode.path["actions"], "rewards": episode.scored_rewards,
+                             "dense_rewards": episode.path["rewards"], "exploring": episode.exploring,
+                             "adapted": episode.adapted, "z": agent.z[0].detach().float().cpu().numpy().copy(),
+                             "attention": _last_attention(agent, int(agent.context.shape[1])) if episode.adapted
+                             else None})
+        context = agent.context.detach().clone()                           # (1, n, context_dim)
+    record: dict[str, Any] = {key: [episode[key] for episode in episodes] for key in (episodes[0] if episodes else {})}
+    return {**record, "context": context, "task_id": int(task_id), "episode_length": max_path_length,
+            "returns": np.array([float(np.sum(r, dtype=np.float64)) for r in record["rewards"]]),
+            "task": np.asarray(meta_env.tasks[task_id], dtype=np.float64).copy(), "num_exploration": num_exploration}
 
 
 def context_positions(record: dict[str, Any], num_episodes: int) -> np.ndarray:
@@ -196,18 +183,15 @@ def task_latents(trainer: Trainer, task_ids: Sequence[int], context_size: int | 
     evaluation's exploration episodes), or ``context_size`` transitions from the encoder buffer, as in training
     (``"buffer"``, training tasks only). ``posterior_mean`` takes the belief's mean (``z_means``) instead of a
     sample, leaving only the context's share of the spread."""
-    if source not in ("rollout", "buffer"):
-        raise ValueError(f"source must be 'rollout' or 'buffer', got {source!r}")
-    if num_samples <= 0:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    if source not in ("rollout", "buffer") or num_samples <= 0 or (context_size is not None and context_size <= 0):
+        raise ValueError(f"source must be 'rollout' or 'buffer' ({source!r}), num_samples ({num_samples}) and "
+                         f"context_size ({context_size}) positive")
     p, algorithm = trainer.config.protocol, trainer.algorithm
     agent: MetaAgent = algorithm.agent
     max_path_length = trainer.env.unwrapped.max_episode_steps
     if context_size is None:
         context_size = (max(1, p.num_exp_traj_eval) * max_path_length if source == "rollout"
                         else p.embedding_batch_size)
-    if context_size <= 0:
-        raise ValueError(f"context_size must be positive, got {context_size}")
     if source == "buffer":
         enc_buffer = getattr(algorithm, "enc_buffer", None)
         if enc_buffer is None:
@@ -309,9 +293,7 @@ def task_vectors(trainer: Trainer, task_ids: Sequence[int]) -> np.ndarray:
 def task_parameters(trainer: Trainer, task_ids: Sequence[int]) -> np.ndarray:
     """One scalar per task to colour plots by: the goal's angle on the point robots, the velocity on cheetah-vel."""
     vectors = task_vectors(trainer, task_ids)
-    if is_goal_plane(trainer):
-        return np.arctan2(vectors[:, 1], vectors[:, 0])
-    return vectors[:, 0]
+    return np.arctan2(vectors[:, 1], vectors[:, 0]) if is_goal_plane(trainer) else vectors[:, 0]
 
 
 def task_parameter_label(trainer: Trainer) -> str:
@@ -349,19 +331,12 @@ def plot_attention_on_plane(ax, obs: np.ndarray, weights: np.ndarray, goal: np.n
     scatter = ax.scatter(obs[:, 0], obs[:, 1], c=weights, s=sizes, cmap="viridis", vmin=0.0,
                          vmax=max(float(weights.max(initial=0.0)), 1e-12), edgecolors="k", linewidths=0.3, zorder=2)
     if goal_radius:
-        ax.add_patch(_circle(goal[:2], goal_radius))
+        from matplotlib.patches import Circle
+        ax.add_patch(Circle(tuple(goal[:2]), goal_radius, fill=False, linestyle="--", color="red", zorder=3))
     ax.scatter([goal[0]], [goal[1]], marker="*", s=250, color="red", edgecolors="k", zorder=3, label="goal")
     ax.set_aspect("equal", adjustable="datalim")
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    if title:
-        ax.set_title(title)
+    ax.set(xlabel="x", ylabel="y", **({"title": title} if title else {}))
     return scatter
-
-
-def _circle(centre: np.ndarray, radius: float):
-    from matplotlib.patches import Circle
-    return Circle(tuple(centre), radius, fill=False, linestyle="--", color="red", zorder=3)
 
 
 def plot_attention_bars(ax, weights: np.ndarray, rewards: np.ndarray, episode_length: int | None = None,
@@ -373,17 +348,14 @@ def plot_attention_bars(ax, weights: np.ndarray, rewards: np.ndarray, episode_le
         raise ValueError(f"{len(weights)} attention weights but {len(rewards)} rewards")
     steps = np.arange(len(weights))
     ax.bar(steps, weights, width=1.0, color="tab:blue", alpha=0.7, label="attention")
-    ax.set_xlabel("context transition (time)")
+    ax.set(xlabel="context transition (time)", xlim=(-0.5, len(weights) - 0.5), **({"title": title} if title else {}))
     ax.set_ylabel("attention", color="tab:blue")
-    ax.set_xlim(-0.5, len(weights) - 0.5)
     if episode_length:
         for boundary in range(episode_length, len(weights), episode_length):
             ax.axvline(boundary - 0.5, color="0.4", linestyle="--", linewidth=0.8)
     reward_ax = ax.twinx()
     reward_ax.plot(steps, rewards, color="tab:red", linewidth=1.2, label="reward")
     reward_ax.set_ylabel("reward", color="tab:red")
-    if title:
-        ax.set_title(title)
     return ax, reward_ax
 
 
@@ -393,19 +365,15 @@ def plot_latents(ax, projected: np.ndarray, task_params: np.ndarray, label: str 
     """Projected latents ``(tasks[, samples], 2)`` coloured by each task's parameter; call once per task set with
     a shared ``vmin``/``vmax`` (and one ``colorbar``). Returns the scatter."""
     projected = np.asarray(projected, dtype=np.float64)
+    projected = projected[:, None, :] if projected.ndim == 2 else projected  # (tasks, samples, 2)
     task_params = np.asarray(task_params, dtype=np.float64).ravel()
-    if projected.shape[-1] != 2:
-        raise ValueError(f"projected latents must end in 2 coordinates, got shape {projected.shape}")
-    if projected.ndim == 2:
-        projected = projected[:, None, :]                                 # (tasks, 1, 2)
-    if projected.shape[0] != len(task_params):
-        raise ValueError(f"{projected.shape[0]} tasks of latents but {len(task_params)} task parameters")
+    if projected.shape[0] != len(task_params) or projected.shape[-1] != 2:
+        raise ValueError(f"latents shaped {projected.shape} for {len(task_params)} task parameters")
     colours = np.repeat(task_params, projected.shape[1])                  # one per (task, sample)
     points = projected.reshape(-1, 2)
     scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap=cmap, vmin=vmin, vmax=vmax, marker=marker,
                          s=30, edgecolors="k", linewidths=0.3, label=legend_label)
     if colorbar:
         ax.figure.colorbar(scatter, ax=ax, label=label)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
+    ax.set(xlabel="PC 1", ylabel="PC 2")
     return scatter

@@ -51,8 +51,7 @@ def check_runner_arguments(parser: argparse.ArgumentParser, args: argparse.Names
 
 
 def make_runner(args, cells: list[Cell], done: int, tier: str, overrides: list[str], root: Path) -> CellRunner:
-    """The runner of ``args.backend``: subprocesses here, or Ray tasks (one thread per cell unless ``num_threads``
-    is set, each task reserving that many CPUs)."""
+    """The runner of ``args.backend``: subprocesses here, or Ray tasks reserving one CPU per thread."""
     if args.backend == "ray":
         from experiments.ray_backend import RayCellRunner, connect
 

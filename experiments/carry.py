@@ -109,8 +109,7 @@ def read_carried(carried_run: Path, name: str) -> bytes:
 
 
 def carried_iteration(carried_run: Path, config_path: Path | None = None) -> int:
-    """The carried checkpoint's last finished iteration; with ``config_path``, after checking that the checkpoint
-    was written by the run that config describes."""
+    """The carried checkpoint's last iteration, checked to belong to the run ``config_path`` describes if given."""
     state = load_checkpoint(carried_run / "checkpoint.pt", data=read_carried(carried_run, "checkpoint.pt"))
     if config_path is not None:
         identity, config = state.get("identity") or {}, json.loads(config_path.read_text())

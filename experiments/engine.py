@@ -82,8 +82,7 @@ def unsupported_combinations(envs: list[str], algos: list[str]) -> list[dict]:
 
 
 def check_available(env: str, algo: str, tier: str, overrides: list[str]) -> str | None:
-    """Build the cell's config here: a method that does not import or an override it does not know fails once,
-    clearly, instead of once per seed in a subprocess."""
+    """Why the cell's config cannot be built (a method that does not import, an unknown override), or None."""
     try:
         build_config(env, algo, tier, SEEDS[0], overrides)
     except Exception as error:  # import errors of half-written methods included
@@ -92,8 +91,7 @@ def check_available(env: str, algo: str, tier: str, overrides: list[str]) -> str
 
 
 def config_mismatch(cell: Cell, tier: str, overrides: list[str]) -> list[str]:
-    """The config keys where an existing cell differs from what this invocation asks for: such a cell is kept,
-    with a warning, so new ``--set`` values never silently mix budgets in one table."""
+    """The config keys where an existing cell differs from what this invocation asks for."""
     try:
         saved = json.loads((cell.run_dir / "config.json").read_text())
         # through JSON, as config.json was written: tuples become lists
@@ -121,8 +119,7 @@ def _defaults_of(saved: dict) -> dict | None:
 
 
 def cell_command(cell: Cell, tier: str, overrides: list[str], threads: int, run_dir: Path, resume: bool) -> list[str]:
-    """The ``experiments.run`` command of ``cell`` writing into ``run_dir``; ``overrides`` are the runner's, used
-    unless the cell has its own. A resumed run keeps its saved config."""
+    """The ``experiments.run`` command of ``cell`` into ``run_dir`` (the runner's ``overrides`` unless its own)."""
     base = [sys.executable, "-m", "experiments.run"]
     if resume:
         return [*base, "--resume", str(run_dir), "--no-progress"]
@@ -148,15 +145,13 @@ except OSError:
 
 
 def set_parent_death_signal() -> None:
-    """In the child before exec: die with SIGTERM when the runner dies uncleanly (SIGKILL), so no orphaned run
-    keeps writing into a cell that the next runner resumes."""
+    """In the child: die with the runner, so no orphaned run writes into a cell the next runner resumes."""
     if _LIBC is not None:
         _LIBC.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def start_process(command: list[str], run_dir: Path, env: dict[str, str], note: str = "") -> tuple:
-    """Run ``command`` in ``run_dir`` (where libraries drop files such as MuJoCo's log), in a session of its own,
-    appending to ``stderr.log`` (a resumed cell keeps the log of its earlier segments): ``(process, log)``."""
+    """Start ``command`` in ``run_dir`` and a session of its own, appending to ``stderr.log``: ``(process, log)``."""
     stderr = open(run_dir / "stderr.log", "ab")
     stderr.write(f"$ {shlex.join(command)}{note}\n".encode())
     stderr.flush()
@@ -182,8 +177,7 @@ class Outcome:
 
 
 class CellRunner:
-    """Runs cells as subprocesses, ``workers`` at a time, with a progress bar. On an interrupt it stops them all;
-    they lose only the iteration in progress (runs checkpoint atomically after every iteration)."""
+    """Runs cells as subprocesses, ``workers`` at a time; an interrupt stops them (losing the iteration in progress)."""
     where = ""  # how a started cell is announced
 
     def __init__(self, cells: list[Cell], already_done: int, workers: int, tier: str, overrides: list[str],
@@ -340,8 +334,7 @@ def previous_plan(tier_dir: Path) -> dict:
 
 
 def merged_plan(previous: dict, current: dict) -> dict:
-    """The tier folder's previous plan widened by this run's, so a runner of a few cells keeps every method,
-    environment and seed the tier's table showed."""
+    """The tier folder's previous plan widened by this run's: a runner of a few cells keeps the whole table."""
     def union(key: str) -> list:
         return list(dict.fromkeys([*previous.get(key, []), *current.get(key, [])]))
 
@@ -362,9 +355,8 @@ def refuse_unrestored_carries(cells: list[Cell]) -> bool:
 
 
 def claim_cell(cell: Cell) -> IO[str] | None:
-    """Take ``cell``'s runner lock, or return None while another runner holds it. The lock is an ``flock`` on
-    ``.<seed>.lock`` beside the run folder (which a fresh start deletes), released when the returned file is
-    closed or the process ends, so a killed runner never leaves a cell claimed."""
+    """``cell``'s runner lock (an ``flock`` on ``.<seed>.lock`` beside its folder, released with the returned file or
+    the process), or None while another runner holds it."""
     cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = open(cell.run_dir.parent / f".{cell.run_dir.name}.lock", "w")
     try:

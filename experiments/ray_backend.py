@@ -15,7 +15,6 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from algos.core.io import REPO_ROOT, atomic_write_bytes, atomic_write_json, git_commit
@@ -88,44 +87,35 @@ class CellFolders:
                 atomic_write_bytes(folder / name, data)
 
 
-@dataclass
-class CellTask:
-    """What a node needs to run a cell: the cell, the runner's settings, and its folder under the driver's root."""
-    cell: Cell
-    tier: str
-    overrides: list[str]
-    threads: int
-    folder: str
-
-
-def run_cell_on_node(task: CellTask, folders, sync_seconds: float = SYNC_SECONDS) -> int:
-    """The body of a cell's Ray task: fetch the cell's folder, run ``experiments.run`` in a scratch copy of it (a
-    fresh run, or a resumed one when a checkpoint came with it), and send changed files back as it goes."""
+def run_cell_on_node(cell: Cell, tier: str, overrides: list[str], threads: int, folder: str, folders,
+                     sync_seconds: float = SYNC_SECONDS) -> int:
+    """The body of a cell's Ray task: fetch the cell's folder (``folder``, under the driver's root), run
+    ``experiments.run`` in a scratch copy (resumed when a checkpoint came with it), and send changed files back."""
     import ray
 
     scratch = Path(tempfile.mkdtemp(prefix="cell-"))
     try:
-        for name, data in ray.get(folders.read.remote(task.folder)).items():
+        for name, data in ray.get(folders.read.remote(folder)).items():
             atomic_write_bytes(scratch / name, data)
         resume = (scratch / "checkpoint.pt").exists() and not (scratch / "results.json").exists()
         if not resume:  # killed before its first checkpoint, or never started: start afresh, as locally
             for path in scratch.iterdir():
                 if path.is_file():
                     path.unlink()
-        command = cell_command(task.cell, task.tier, task.overrides, task.threads, scratch, resume)
-        process, stderr = start_process(command, scratch, child_environment(task.threads, Path.cwd()),
+        command = cell_command(cell, tier, overrides, threads, scratch, resume)
+        process, stderr = start_process(command, scratch, child_environment(threads, Path.cwd()),
                                         f"   # on Ray node {socket.gethostname()}")
         sent: dict[str, tuple[int, int]] = {}
         try:
             while process.poll() is None:
                 time.sleep(sync_seconds)
-                ray.get(folders.write.remote(task.folder, _folder_files(scratch, sent)))
+                ray.get(folders.write.remote(folder, _folder_files(scratch, sent)))
         finally:
             if process.poll() is None:  # the task was cancelled: stop the run, keep what it checkpointed
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait()
             stderr.close()
-        ray.get(folders.write.remote(task.folder, _folder_files(scratch, sent)))
+        ray.get(folders.write.remote(folder, _folder_files(scratch, sent)))
         return process.returncode
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -149,8 +139,9 @@ class RayCellRunner(CellRunner):
             self.folders = ray.remote(num_cpus=0)(CellFolders).options(scheduling_strategy=here).remote(str(self.root))
             self.task = ray.remote(run_cell_on_node).options(num_cpus=self.threads, max_retries=NODE_LOSS_RETRIES)
         self.prepare(cell)
-        task = CellTask(cell, self.tier, self.overrides, self.threads, str(cell.run_dir.relative_to(self.root)))
-        return RunningCell(cell, self.task.remote(task, self.folders, self.sync_seconds))
+        return RunningCell(cell, self.task.remote(cell, self.tier, self.overrides, self.threads,
+                                                  str(cell.run_dir.relative_to(self.root)), self.folders,
+                                                  self.sync_seconds))
 
     def poll(self, running: RunningCell, bar) -> int | str | None:
         import ray

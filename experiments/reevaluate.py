@@ -65,21 +65,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.variants = ([[name, *overrides] for name, overrides in SETFORMER_VARIANTS.items()]
                          if args.algo == "setformer" else [["as-trained"]])
     names = [variant[0] for variant in args.variants]
-    if len(set(names)) != len(names):
-        parser.error(f"variant names must be unique, got {names}")
-    for name, *overrides in args.variants:
-        if "=" in name:
-            parser.error(f"--variant takes a name first, then KEY=VALUE overrides; got {name!r} as the name")
-    if args.threads < 1 or (args.repeats is not None and args.repeats < 1):
-        parser.error("--threads and --repeats must be positive")
-    if args.own_embedding_episodes < 0:
-        parser.error("--own-embedding-episodes must be >= 0")
+    if len(set(names)) != len(names) or any("=" in name for name in names):
+        parser.error(f"--variant takes a unique name first, then KEY=VALUE overrides; got names {names}")
+    if args.threads < 1 or (args.repeats is not None and args.repeats < 1) or args.own_embedding_episodes < 0:
+        parser.error("--threads and --repeats must be positive, --own-embedding-episodes non-negative")
     return args
 
 
 def check_inference_time(algorithm, overrides: list[str]) -> None:
-    """Refuse an override outside the groups the algorithm declares inference-time and the evaluation-only
-    protocol settings: changing a training setting on weights trained without it would not measure anything."""
+    """Refuse an override outside the method's inference-time groups and the evaluation-only protocol settings."""
     groups = tuple(getattr(algorithm, "inference_time_config", ()))
     for item in overrides:
         key = item.split("=", 1)[0].strip()
@@ -95,8 +89,7 @@ def check_inference_time(algorithm, overrides: list[str]) -> None:
 
 
 def fallback_share_probe(agent):
-    """Wrap ``agent.get_action`` to count post-exploration steps acted on a hypothesis instead of the encoder's
-    reading; ``None`` for agents that do not report it."""
+    """Count the post-exploration steps ``agent`` acts on a hypothesis; None for agents that do not report it."""
     if not hasattr(agent, "acting_on_hypothesis"):
         return None
     counts = {"post_exploration_steps": 0, "on_hypothesis": 0}
@@ -151,14 +144,8 @@ def entries_describe(entries: dict, results: dict) -> bool:
     ``results``; an entry without the cell's identity matches on its commit and the recorded figure it reproduced."""
     identity = cell_identity(results)
     recorded = (results.get("final_eval") or {}).get("meta_test_return")
-    for entry in entries.values():
-        if "cell" in entry:
-            if entry["cell"] != identity:
-                return False
-        elif entry.get("trained_at") != identity["git_commit"] or entry.get("recorded_final_eval") not in (None,
-                                                                                                       recorded):
-            return False
-    return True
+    return all(entry["cell"] == identity if "cell" in entry else entry.get("trained_at") == identity["git_commit"]
+               and entry.get("recorded_final_eval") in (None, recorded) for entry in entries.values())
 
 
 def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, threads: int) -> dict:
@@ -173,15 +160,13 @@ def reevaluate_cell(run_dir: Path, overrides: list[str], repeats: int | None, th
     probe = fallback_share_probe(algorithm.agent)
     started = time.perf_counter()
     result = trainer.final_evaluation(num_repeats)
-    recorded_final = (recorded.get("final_eval") or {})
-    entry = {
-        "meta_test_return": result.meta_test_return, "online_returns": result.online_returns,
-        "per_task_final_returns": result.per_task_final_returns, "num_repeats": num_repeats,
-        "recorded_final_eval": recorded_final.get("meta_test_return")
-        if recorded_final.get("num_repeats") == num_repeats else None,
-        "trained_at": recorded.get("git_commit"), "cell": cell_identity(recorded),
-        "wall_time_s": time.perf_counter() - started,
-    }
+    recorded_final = recorded.get("final_eval") or {}
+    entry = {"meta_test_return": result.meta_test_return, "online_returns": result.online_returns,
+             "per_task_final_returns": result.per_task_final_returns, "num_repeats": num_repeats,
+             "recorded_final_eval": recorded_final.get("meta_test_return")
+             if recorded_final.get("num_repeats") == num_repeats else None,
+             "trained_at": recorded.get("git_commit"), "cell": cell_identity(recorded),
+             "wall_time_s": time.perf_counter() - started}
     if probe is not None and probe["post_exploration_steps"]:
         entry["fallback_share"] = probe["on_hypothesis"] / probe["post_exploration_steps"]
     return entry
@@ -263,39 +248,34 @@ def main(argv=None) -> int:
         report.update(provenance(command))
         atomic_write_json(json_path, report)
 
-    for env in args.envs:
-        for seed in args.seeds:
-            run_dir = cell_dir(tier_dir, env, args.algo, seed)
-            results = read_json(run_dir / "results.json", what="cell results") if (run_dir / "results.json").exists() else {}
-            cached = cells.get(env, {}).get(str(seed))
-            if cached and not entries_describe(cached, results):
-                # the cell was rerun (or removed) since: its old figures describe weights that are gone
-                print(f"{env} seed {seed}: dropping re-evaluations of an earlier cell")
-                del cells[env][str(seed)]
-                own_embedding.get(env, {}).pop(str(seed), None)
-            if not results or not (run_dir / "checkpoint.pt").exists():
-                print(f"skipping {env} seed {seed}: no finished cell with its checkpoint in {run_dir}")
-                continue
-            cell_config = read_json(run_dir / "config.json", what="cell config")
-            repeats = args.repeats or cell_config["protocol"]["final_eval_repeats"]
-            for name, overrides in variants.items():
-                have = cells.get(env, {}).get(str(seed), {}).get(name)
-                if have and have["num_repeats"] == repeats:
-                    continue
+    for env, seed in ((env, seed) for env in args.envs for seed in args.seeds):
+        run_dir, key = cell_dir(tier_dir, env, args.algo, seed), str(seed)
+        results_path = run_dir / "results.json"
+        results = read_json(results_path, what="cell results") if results_path.exists() else {}
+        if key in cells.get(env, {}) and not entries_describe(cells[env][key], results):
+            # the cell was rerun (or removed) since: its old figures describe weights that are gone
+            print(f"{env} seed {seed}: dropping re-evaluations of an earlier cell")
+            del cells[env][key]
+            own_embedding.get(env, {}).pop(key, None)
+        if not results or not (run_dir / "checkpoint.pt").exists():
+            print(f"skipping {env} seed {seed}: no finished cell with its checkpoint in {run_dir}")
+            continue
+        repeats = args.repeats or read_json(run_dir / "config.json", what="config")["protocol"]["final_eval_repeats"]
+        for name, overrides in variants.items():
+            if cells.get(env, {}).get(key, {}).get(name, {}).get("num_repeats") != repeats:
                 print(f"{env} seed {seed}: {name} ...", flush=True)
                 entry = reevaluate_cell(run_dir, overrides, repeats, args.threads)
+                cells.setdefault(env, {}).setdefault(key, {})[name] = entry
                 print(f"  meta_test_return {entry['meta_test_return']:.3f} ({entry['wall_time_s']:.0f} s)", flush=True)
-                cells.setdefault(env, {}).setdefault(str(seed), {})[name] = entry
                 save()
-            have = own_embedding.get(env, {}).get(str(seed))
-            episodes = args.own_embedding_episodes
-            if episodes and not (have and have["episodes_per_task"] == episodes):
-                print(f"{env} seed {seed}: own embedding ...", flush=True)
-                entry = own_embedding_return(run_dir, episodes, args.threads)
-                if entry is not None:
-                    print(f"  return {entry['return']:.3f} ({entry['wall_time_s']:.0f} s)", flush=True)
-                    own_embedding.setdefault(env, {})[str(seed)] = entry
-                    save()
+        episodes = args.own_embedding_episodes
+        if episodes and own_embedding.get(env, {}).get(key, {}).get("episodes_per_task") != episodes:
+            print(f"{env} seed {seed}: own embedding ...", flush=True)
+            entry = own_embedding_return(run_dir, episodes, args.threads)
+            if entry is not None:
+                print(f"  return {entry['return']:.3f} ({entry['wall_time_s']:.0f} s)", flush=True)
+                own_embedding.setdefault(env, {})[key] = entry
+                save()
     save()
     atomic_write_text(markdown_path, render_markdown(report))
     print(f"wrote {json_path} and {markdown_path}")

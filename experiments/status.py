@@ -47,8 +47,7 @@ def read_metrics(run_dir: Path, strict: bool = False) -> list[dict]:
 
 
 def running_run_dirs(proc: Path = Path("/proc")) -> set[Path]:
-    """Run directories named by ``--run-dir`` or ``--resume`` on a live process's command line (Linux; empty
-    elsewhere), a relative one taken relative to that process's working directory."""
+    """Run directories named by ``--run-dir`` or ``--resume`` on a live process's command line (Linux)."""
     held = set()
     for cmdline in proc.glob("[0-9]*/cmdline"):
         try:

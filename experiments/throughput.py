@@ -277,32 +277,25 @@ def main(argv=None) -> int:
     matmul = matmul_peak(peak_config.protocol.meta_batch * peak_config.protocol.batch_size,
                          peak_config.agent.hidden_dim, torch.device(peak_config.device))
     print(f"matmul peak: fp32 {matmul['fp32_gflop_per_s']:.1f} GFLOP/s, bf16 {matmul['bf16_gflop_per_s']:.1f} GFLOP/s")
-    for env in args.envs:
-        for algo in args.algos:
-            try:
-                algorithm_class(algo)
-            except Exception as error:  # a method still being written: skip it, say why
-                note = f"not importable yet ({type(error).__name__}: {error})"
-                print(f"skipping {algo}: {note}")
-                results.append({"env": env, "algo": algo, "status": "skipped", "notes": [note]})
-                continue
-            reason = unsupported_reason(algo, env)
-            if reason:  # a combination that does not exist (the oracle on cheetah-vel), not a failure
-                results.append({"env": env, "algo": algo, "status": "not run", "notes": [reason]})
-                continue
-            print(f"measuring {algo} on {env} ...", flush=True)
-            try:
-                result = measure(env, algo, args)
-            except Exception:
-                failed = True
-                print(f"FAILED {algo} on {env}:\n{traceback.format_exc()}", file=sys.stderr)
-                last = traceback.format_exc().strip().splitlines()[-1]
-                results.append({"env": env, "algo": algo, "status": "failed", "notes": [last]})
-                continue
-            print(f"  grad steps/s {_f(((result['gradient'] or {}).get('default') or {}).get('grad_steps_per_s'), 2)}"
-                  ", adapt ms " + ", ".join(f"@{n}: {_f(result['adapt'][str(n)]['adapt_ms_median'], 3)}"
-                                            for n in args.context_sizes))
-            results.append(result)
+    for env, algo in ((env, algo) for env in args.envs for algo in args.algos):
+        try:
+            algorithm_class(algo)
+        except Exception as error:  # a method still being written: skip it, say why
+            print(f"skipping {algo}: not importable yet")
+            results.append({"env": env, "algo": algo, "status": "skipped",
+                            "notes": [f"not importable yet ({type(error).__name__}: {error})"]})
+            continue
+        if reason := unsupported_reason(algo, env):  # a combination that does not exist: not a failure
+            results.append({"env": env, "algo": algo, "status": "not run", "notes": [reason]})
+            continue
+        print(f"measuring {algo} on {env} ...", flush=True)
+        try:
+            results.append(measure(env, algo, args))
+        except Exception:
+            failed = True
+            print(f"FAILED {algo} on {env}:\n{traceback.format_exc()}", file=sys.stderr)
+            results.append({"env": env, "algo": algo, "status": "failed",
+                            "notes": [traceback.format_exc().strip().splitlines()[-1]]})
     report = {**provenance(command), "threads": args.threads, "tier": args.tier, "envs": args.envs,
               "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
               "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "matmul_peak": matmul,

@@ -89,7 +89,7 @@ def test_killed_runner_resumes_without_rerunning_finished_cells(tmp_path, capsys
             "num_train_steps_per_itr=30"]
     runner = subprocess.Popen([sys.executable, "-m", "experiments.benchmark", "--no-progress", *args], cwd=REPO_ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # a liveness guard, not a speed target: generous, since it once ran out with both cores busy beside the suite
+    # a liveness guard, not a speed target: generous, for a machine busy with other work
     deadline = time.monotonic() + 180
     try:
         while not ((oracle_dir / "results.json").exists() and (sac_dir / "checkpoint.pt").exists()):

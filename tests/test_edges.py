@@ -257,8 +257,8 @@ def test_runner_passes_the_users_thread_count_once():
 
 
 def test_a_setting_added_to_the_code_later_at_its_default_does_not_block_resume(tmp_path, monkeypatch, capsys):
-    """Campaign cells resume across sessions while the code gains settings: a new field at its default is the
-    same run; the same field at another value is not."""
+    """A run resumes while the code gains settings: a new field at its default is the same run; the same field at
+    another value is not."""
     import torch as torch_module
 
     run_dir = finished_run(tmp_path, "run", algo="pearl")
