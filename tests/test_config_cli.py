@@ -182,6 +182,7 @@ def test_cli_resume_may_change_only_the_thread_count(capsys, tmp_path):
                                   "--set", "num_iterations=1"])
     assert code == 0
     first = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").unlink()  # as if killed before its final evaluation: a finished run is left alone
     code, _, err = run_cli(capsys, ["--resume", str(run_dir), "--no-progress", "--set", "num_threads=2"])
     assert code == 0, err
     assert json.loads((run_dir / "config.json").read_text())["num_threads"] == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
@@ -36,6 +37,7 @@ NON_SEMANTIC_KEYS = frozenset({"num_threads", "run_dir", "run_root", "device"})
 RESUME_OVERRIDABLE_KEYS = frozenset({"num_threads", "device"})
 DEVICES = ("auto", "cpu", "cuda")
 MAX_ITERATIONS = 1_000_000  # the protocol runs 20; anything near this is a typo, not an experiment
+MAX_SEED = 2**32 - 1  # seeds numpy, torch and gymnasium all take (the evaluation seeds derived from it too)
 
 
 def check_finite(obj: Any, prefix: str = "") -> None:
@@ -154,6 +156,8 @@ class RunConfig:
     run_dir: str = ""                  # set when the run starts; --resume takes it
 
     def validate(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be a non-negative integer below 2**32, got {self.seed!r}")
         check_finite(self.protocol, "protocol.")
         if is_dataclass(self.agent):
             check_finite(self.agent, "agent.")

@@ -1,6 +1,7 @@
-"""Atomic file writes and checkpoint loading with clear errors: no run loses data."""
+"""Atomic file writes, run directories and checkpoint loading with clear errors: no run loses data."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -56,6 +57,36 @@ def atomic_savefig(fig, path: Path, dpi: int = 110) -> None:
 
 class CheckpointError(RuntimeError):
     """A missing, corrupt or foreign checkpoint or run file; the message names the file."""
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be created or written; the message names it and says why."""
+
+
+def make_run_dir(path: Path) -> None:
+    """Create the run directory ``path`` (and missing parents) and check it is writable, or raise
+    :class:`RunDirError`; on failure, folders this call created are removed again, so nothing is left behind."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()][::-1]  # outermost first
+    base = missing[0].parent if missing else path
+    if not base.is_dir():
+        raise RunDirError(f"cannot create run directory {path}: {base} is not a folder")
+    created: list[Path] = []
+    try:
+        for folder in missing:
+            folder.mkdir()
+            created.append(folder)
+    except OSError as error:
+        why = error.strerror or str(error)
+        if error.errno == errno.ENOENT:  # the parent exists but refuses new entries (e.g. /proc, /sys)
+            why = f"{folder.parent} does not accept new folders"
+        for made in reversed(created):
+            made.rmdir()
+        raise RunDirError(f"cannot create run directory {path}: {why}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        for made in reversed(created):
+            made.rmdir()
+        raise RunDirError(f"run directory {path} is not writable (permission denied or a read-only file system)")
 
 
 def load_checkpoint(path: Path, data: bytes | None = None) -> dict:
