@@ -74,24 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# ---------------------------------------------------------------------- running
-def run(args: argparse.Namespace, out: Path) -> int:
-    for name in args.ablations:  # a bad override fails here once, not once per cell
-        error = check_available(args.envs[0], ALGO, args.tier, list(ABLATIONS[name][0]))
-        if error:
-            print(f"error: ablation {name} cannot be set up: {error}", file=sys.stderr)
-            return 2
-    cells = [Cell(env, ALGO, seed, cell_dir(out / name / args.tier, env, ALGO, seed), list(ABLATIONS[name][0]))
-             for name in args.ablations for env in args.envs for seed in args.seeds]
-    unfinished = [cell for cell in cells if not cell.finished]
-    outcome = run_cells(args, unfinished, len(cells) - len(unfinished), args.tier, [], out)
-    if outcome is None:
-        return 2
-    if outcome.interrupted:
-        print("stopped; rerun the same command to continue from the cells' checkpoints")
-    return 130 if outcome.interrupted else 1 if outcome.failed else 0
-
-
 # ---------------------------------------------------------------------- report
 def compare_cells(full_cells: list[dict], ablation_cells: list[dict]) -> dict:
     """Per environment: the ablation's figures paired by seed with the full method's, and their config changes."""
@@ -258,9 +240,22 @@ def main(argv=None) -> int:
         return 0
     out, full_root = Path(args.out).resolve(), Path(args.full).resolve()
     command = shlex.join(["python", "-m", "experiments.ablations", *(sys.argv[1:] if argv is None else argv)])
-    code = 0 if args.render_only else run(args, out)
-    if code in (2, 130):
-        return code
+    code = 0
+    if not args.render_only:
+        for name in args.ablations:  # a bad override fails here once, not once per cell
+            if error := check_available(args.envs[0], ALGO, args.tier, list(ABLATIONS[name][0])):
+                print(f"error: ablation {name} cannot be set up: {error}", file=sys.stderr)
+                return 2
+        cells = [Cell(env, ALGO, seed, cell_dir(out / name / args.tier, env, ALGO, seed), list(ABLATIONS[name][0]))
+                 for name in args.ablations for env in args.envs for seed in args.seeds]
+        unfinished = [cell for cell in cells if not cell.finished]
+        outcome = run_cells(args, unfinished, len(cells) - len(unfinished), args.tier, [], out)
+        if outcome is None:
+            return 2
+        if outcome.interrupted:
+            print("stopped; rerun the same command to continue from the cells' checkpoints")
+            return 130
+        code = 1 if outcome.failed else 0
     report = build_report(out, full_root, args.tier, command)
     for name in report["ablations"]:  # each ablation's own benchmark table and learning curves
         if not report["results"][name]:

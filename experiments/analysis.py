@@ -95,10 +95,8 @@ def record_episodes(trainer: Trainer, task_id: int, num_episodes: int | None = N
     p = trainer.config.protocol
     meta_env = trainer.env.unwrapped
     max_path_length = meta_env.max_episode_steps
-    if num_episodes is None:
-        num_episodes = num_eval_episodes(p.num_steps_per_eval, max_path_length)
-    if num_exploration is None:
-        num_exploration = p.num_exp_traj_eval
+    num_episodes = num_eval_episodes(p.num_steps_per_eval, max_path_length) if num_episodes is None else num_episodes
+    num_exploration = p.num_exp_traj_eval if num_exploration is None else num_exploration
     if not 0 <= num_exploration <= num_episodes:
         raise ValueError(f"num_exploration={num_exploration} must lie in [0, num_episodes={num_episodes}]")
     agent, episodes = trainer.algorithm.agent, []
@@ -192,14 +190,11 @@ def task_latents(trainer: Trainer, task_ids: Sequence[int], context_size: int | 
     if context_size is None:
         context_size = (max(1, p.num_exp_traj_eval) * max_path_length if source == "rollout"
                         else p.embedding_batch_size)
-    if source == "buffer":
-        enc_buffer = getattr(algorithm, "enc_buffer", None)
-        if enc_buffer is None:
-            raise ValueError(f"{trainer.config.algo} keeps no encoder buffer; use source='rollout'")
-        train_ids = set(int(t) for t in trainer.env.unwrapped.train_task_ids)
-        foreign = [int(t) for t in task_ids if int(t) not in train_ids]
-        if foreign:
-            raise ValueError(f"source='buffer' needs training tasks; {foreign} are held out (use source='rollout')")
+    enc_buffer, train_ids = getattr(algorithm, "enc_buffer", None), set(map(int, trainer.env.unwrapped.train_task_ids))
+    foreign = [int(t) for t in task_ids if int(t) not in train_ids]
+    if source == "buffer" and (enc_buffer is None or foreign):
+        raise ValueError(f"source='buffer' needs an encoder buffer and training tasks ({foreign} are held out); "
+                         f"use source='rollout'")
 
     latents = []
     with trainer.isolated_randomness(seed), torch.no_grad():

@@ -53,18 +53,6 @@ class Cell:
     def resumable(self) -> bool:
         return (self.run_dir / "checkpoint.pt").exists() and not self.finished
 
-    def progress(self) -> str:
-        """``it <done>/<total>``, read from the files the run writes as it goes."""
-        try:
-            total = json.loads((self.run_dir / "config.json").read_text())["protocol"]["num_iterations"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return "starting"  # config.json appears once the run is built
-        try:
-            done = (self.run_dir / "metrics.jsonl").read_bytes().count(b"\n")  # complete lines only
-        except OSError:
-            done = 0
-        return f"it {done}/{total}"
-
 
 def cell_dir(tier_dir: Path, env: str, algo: str, seed: int) -> Path:
     return tier_dir / "cells" / env / algo / str(seed)
@@ -245,7 +233,6 @@ class CellRunner:
                         self.running.remove(running)
                         self._finish(running, code, outcome, bar)
                         bar.update(1)
-                bar.set_postfix_str(", ".join(f"{r.cell.label} {r.cell.progress()}" for r in self.running))
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
             outcome.interrupted = True
@@ -262,19 +249,15 @@ class CellRunner:
 
     def _carry(self, running: RunningCell, bar) -> None:
         """With ``--carry``: copy a running cell's git-ignored files to carry/ once after each new checkpoint."""
-        if self.carry_repo is None:
+        checkpoint = running.cell.run_dir / "checkpoint.pt"
+        if self.carry_repo is None or not checkpoint.exists():
             return
-        try:
-            written = (running.cell.run_dir / "checkpoint.pt").stat().st_mtime_ns
-        except FileNotFoundError:  # before its first checkpoint
-            return
-        if written == running.carried_checkpoint_ns:
-            return
-        running.carried_checkpoint_ns = written
-        try:
-            save_run(running.cell.run_dir, self.carry_repo)
-        except (OSError, ValueError, CheckpointError, subprocess.CalledProcessError) as error:
-            bar.write(f"warning: could not copy {running.cell.label}'s checkpoint to carry/ ({error})")
+        if (written := checkpoint.stat().st_mtime_ns) != running.carried_checkpoint_ns:
+            running.carried_checkpoint_ns = written
+            try:
+                save_run(running.cell.run_dir, self.carry_repo)
+            except (OSError, ValueError, CheckpointError, subprocess.CalledProcessError) as error:
+                bar.write(f"warning: could not copy {running.cell.label}'s checkpoint to carry/ ({error})")
 
     def _finish(self, running: RunningCell, code: int | str, outcome: Outcome, bar) -> None:
         cell, log = running.cell, running.cell.run_dir / "stderr.log"

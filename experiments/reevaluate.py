@@ -77,12 +77,8 @@ def check_inference_time(algorithm, overrides: list[str]) -> None:
     groups = tuple(getattr(algorithm, "inference_time_config", ()))
     for item in overrides:
         key = item.split("=", 1)[0].strip()
-        if key in EVALUATION_ONLY_PROTOCOL_KEYS:
-            continue
-        path = key.split(".")
-        if path[0] == "agent":
-            path = path[1:]
-        if not groups or path[0] not in groups:
+        group = key.removeprefix("agent.").split(".")[0]
+        if key not in EVALUATION_ONLY_PROTOCOL_KEYS and group not in groups:
             allowed = ", ".join([*(f"{g}.*" for g in groups), *EVALUATION_ONLY_PROTOCOL_KEYS])
             raise ConfigError(f"override {item!r} is not an inference-time setting of "
                               f"{type(algorithm).__name__} (allowed: {allowed})")
@@ -194,18 +190,16 @@ def render_markdown(report: dict) -> str:
         rows = []
         baseline = {seed: cells.get(str(seed), {}).get("as-trained", {}).get("meta_test_return") for seed in seeds}
         for name in variants:
-            entries = {seed: cells.get(str(seed), {}).get(name) for seed in seeds}
-            done = {seed: e for seed, e in entries.items() if e}
-            values = [e["meta_test_return"] for e in done.values()]
+            done = {seed: e for seed in seeds if (e := cells.get(str(seed), {}).get(name))}
             diffs = [e["meta_test_return"] - baseline[s] for s, e in done.items() if baseline.get(s) is not None]
-            delta = format_delta(diffs) if name != "as-trained" else DASH
-            noise = format_paired_test(diffs) if name != "as-trained" else DASH
-            per_seed = " · ".join(f"{s}: {fmt(e['meta_test_return'])}" for s, e in done.items()) or DASH
             shares = [e["fallback_share"] for e in done.values() if "fallback_share" in e]
-            share = f"{100 * float(np.mean(shares)):.0f} %" if shares else DASH
-            online = (np.mean([e["online_returns"] for e in done.values()], axis=0) if done else [])
-            online_text = " / ".join(f"{r:.1f}" for r in online) or DASH
-            rows.append([name, format_mean_std(values, len(seeds)), delta, noise, per_seed, share, online_text])
+            online = np.mean([e["online_returns"] for e in done.values()], axis=0) if done else []
+            rows.append([name, format_mean_std([e["meta_test_return"] for e in done.values()], len(seeds)),
+                         DASH if name == "as-trained" else format_delta(diffs),
+                         DASH if name == "as-trained" else format_paired_test(diffs),
+                         " · ".join(f"{s}: {fmt(e['meta_test_return'])}" for s, e in done.items()) or DASH,
+                         f"{100 * float(np.mean(shares)):.0f} %" if shares else DASH,
+                         " / ".join(f"{r:.1f}" for r in online) or DASH])
         lines = [f"## {env}", "", table(["variant", "meta-test return (low-noise)", "Δ vs as-trained",
                                          "beyond seed noise", "per seed", "fallback share",
                                          "online return per episode"], rows)]
@@ -213,8 +207,7 @@ def render_markdown(report: dict) -> str:
                   for s, e in ((s, cells.get(str(s), {}).get("as-trained")) for s in seeds)
                   if e and e.get("recorded_final_eval") is not None]
         lines += ["", "as-trained, this run vs the cell's recorded low-noise figure: " + (" · ".join(checks) or DASH)]
-        own = {seed: report.get("own_embedding", {}).get(env, {}).get(str(seed)) for seed in seeds}
-        own = {seed: e for seed, e in own.items() if e}
+        own = {seed: e for seed in seeds if (e := report.get("own_embedding", {}).get(env, {}).get(str(seed)))}
         if own:
             first = next(iter(own.values()))
             lines += ["", f"**Known task, no inference** (the policy on each training task's own embedding, "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from algos.core.config import ConfigError
 from algos.core.io import read_json
+from algos.core.trainer import Trainer, config_from_dict
 from experiments.report import (DASH, display_path, provenance, report_heading, short_commit, table,
                                 write_json_and_markdown)
 from experiments.status import read_metrics
@@ -36,8 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("cells", nargs="+", help="finished cell folders (config.json, metrics.jsonl, results.json)")
     parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                         help=f"iterations to rerun and compare (default: {DEFAULT_ITERATIONS})")
-    parser.add_argument("--out", help="writes <out>/rerun_checks.json and RERUN_CHECKS.md (default: the tier folder "
-                                      "of the first cell, <tier>/cells/<env>/<algo>/<seed> -> <tier>)")
+    parser.add_argument("--out", help="writes <out>/rerun_checks.json and RERUN_CHECKS.md (default: the first "
+                                      "cell's tier folder)")
     args = parser.parse_args(argv)
     if args.iterations < 1:
         parser.error(f"--iterations must be at least 1, got {args.iterations}")
@@ -68,8 +69,6 @@ def compare_rows(recorded: list[dict], rerun: list[dict]) -> dict:
 
 def check_cell(cell: Path, iterations: int) -> dict:
     """Rerun ``cell``'s first ``iterations`` from its saved config in a scratch folder and compare."""
-    from algos.core.trainer import Trainer, config_from_dict
-
     for name in ("config.json", "metrics.jsonl", "results.json"):
         if not (cell / name).exists():
             raise FileNotFoundError(f"{cell} holds no {name}: not a finished cell (rerun_check needs all three)")
@@ -90,12 +89,6 @@ def check_cell(cell: Path, iterations: int) -> dict:
             "cell_cpu": (results.get("machine") or {}).get("cpu"), "iterations": iterations,
             "rerun_wall_time_s": time.perf_counter() - started,
             **compare_rows(recorded[:iterations], rerun[:iterations])}
-
-
-def default_out(cell: Path) -> Path:
-    # <tier>/cells/<env>/<algo>/<seed>
-    parents = cell.resolve().parents
-    return parents[3] if len(parents) > 3 and parents[2].name == "cells" else cell.resolve().parent
 
 
 def verdict(entry: dict) -> str:
@@ -130,7 +123,8 @@ def main(argv=None) -> int:
     if missing:
         print(f"error: not a folder: {', '.join(missing)}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else default_out(cells[0])
+    parents = cells[0].resolve().parents  # <tier>/cells/<env>/<algo>/<seed>
+    out = Path(args.out) if args.out else parents[3] if len(parents) > 3 and parents[2].name == "cells" else parents[0]
     json_path = out / "rerun_checks.json"
     command = shlex.join(["python", "-m", "experiments.rerun_check", *(sys.argv[1:] if argv is None else argv)])
     previous = read_json(json_path, what="rerun checks") if json_path.exists() else {}

@@ -2,20 +2,16 @@
 and the ``adapt()`` latency against the context size, each method built as a run builds it (tier, threads).
 
     python -m experiments.throughput --algos pearl setformer --envs point-robot cheetah-vel --tier quick
-    python -m experiments.throughput --render-only                     # re-render THROUGHPUT.md from its JSON
 
-Gradient steps are timed at the default precision, with bf16 forced on and off, and as a *naive* fp32 step in a
-process of its own (Q's weight gradients in the policy pass, glibc's default allocator: the same math, more
-work), with FLOPs per step and this process's matrix-multiply peak. Writes ``<out>/throughput.json`` and
-``THROUGHPUT.md``; a method that does not import is skipped with a note, one that crashes fails the command.
+Gradient steps are timed at the default precision and with bf16 autocast forced on and off, with FLOPs per step
+(torch's ``FlopCounterMode``). Writes ``<out>/throughput.json`` and ``THROUGHPUT.md``; a method that does not
+import is skipped with a note, one that crashes fails the command.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +23,6 @@ import torch
 
 from algos import ALGORITHMS, algorithm_class
 from algos.core.config import TIERS
-from algos.core.device import cpu_allocator
-from algos.core.io import REPO_ROOT, atomic_write_text
 from algos.core.trainer import Trainer, build_config
 from envs_glue import ENV_SPECS
 from experiments.engine import available_cpus, unsupported_reason
@@ -51,8 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config override for every method, e.g. --set bf16=false")
     parser.add_argument("--out", default="benchmarks", help="writes <out>/throughput.json and THROUGHPUT.md")
-    parser.add_argument("--render-only", action="store_true",
-                        help="measure nothing: re-render <out>/THROUGHPUT.md from <out>/throughput.json")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.grad_steps < 1 or args.adapt_repeats < 1 or args.warmup < 0:
         parser.error("--threads, --grad-steps and --adapt-repeats must be positive, --warmup non-negative")
@@ -89,8 +81,8 @@ def gradient_rate(algorithm, steps: int, warmup: int) -> dict:
             "rl_samples_per_s": steps * samples / seconds}
 
 
-def gradient_rates(algorithm, steps: int, warmup: int, naive: dict) -> dict:
-    """Gradient steps/s at the default precision, with bf16 on and off, and the ``naive`` step's; with GFLOP/s."""
+def gradient_rates(algorithm, steps: int, warmup: int) -> dict:
+    """Gradient steps/s at the default precision and with bf16 on and off, each with its GFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -103,46 +95,8 @@ def gradient_rates(algorithm, steps: int, warmup: int, naive: dict) -> dict:
             out[name] = gradient_rate(algorithm, steps, warmup)
         finally:
             algorithm.bf16 = default_bf16
-    out["naive_fp32"] = naive
-    for name in ("default", "bf16", "fp32", "naive_fp32"):
+    for name in ("default", "bf16", "fp32"):
         out[name]["gflop_per_s"] = flops * out[name]["grad_steps_per_s"] / 1e9
-    naive_rate = out["naive_fp32"]["grad_steps_per_s"]
-    out["speedup_default_vs_naive_fp32"] = out["default"]["grad_steps_per_s"] / naive_rate
-    out["speedup_fp32_vs_naive_fp32"] = out["fp32"]["grad_steps_per_s"] / naive_rate  # a CPU without native bf16
-    return out
-
-
-def naive_rate_in_fresh_process(env: str, algo: str, args: argparse.Namespace) -> dict:
-    """The naive fp32 step's rate from the same config and seed, in a process of its own (for its allocator)."""
-    code = "import sys; from experiments.throughput import naive_child; naive_child(sys.argv[1:])"
-    argv = [env, algo, args.tier, str(args.seed), str(args.threads), str(args.grad_steps), str(args.warmup),
-            *args.overrides]
-    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO_ROOT, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"the naive step's process failed: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def naive_child(argv: list[str]) -> None:
-    env, algo, tier, seed, threads, steps, warmup, *overrides = argv
-    config = build_config(env, algo, tier, int(seed), [f"num_threads={threads}", *overrides, "bf16=false"])
-    with tempfile.TemporaryDirectory(prefix="throughput-naive-") as tmp:
-        algorithm = Trainer(config, run_dir=Path(tmp) / "run", progress=False, tune_allocator=False).algorithm
-        algorithm.collect_initial_data()
-        algorithm.freeze_q_in_policy_step = False
-        print(json.dumps({**gradient_rate(algorithm, int(steps), int(warmup)), "allocator": cpu_allocator()}))
-
-
-def matmul_peak(rows: int, width: int, device: torch.device, repeats: int = 20) -> dict:
-    """GFLOP/s of ``(rows × width) @ (width × width)`` in fp32 and bf16: the ceiling a step's layers can reach."""
-    out = {"shape": [rows, width, width]}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(rows, width, device=device).to(dtype), torch.randn(width, width, device=device).to(dtype)
-        for _ in range(3):
-            a @ b
-        _synchronize(device)
-        seconds = _timed(lambda: ([a @ b for _ in range(repeats)], _synchronize(device)))
-        out[f"{name}_gflop_per_s"] = 2 * rows * width * width * repeats / seconds / 1e9
     return out
 
 
@@ -184,8 +138,7 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
         else:
             result["notes"].append("collects no data per iteration")
         if hasattr(algorithm, "train_step"):
-            result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup,
-                                                naive_rate_in_fresh_process(env, algo, args))
+            result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup)
         else:
             result["notes"].append("takes no gradient steps")
         result["adapt"] = adapt_latency(algorithm.agent, trainer.env.observation_space.shape[0],
@@ -200,26 +153,18 @@ def _f(value: float | None, digits: int = 1) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    sizes, peak = report["context_sizes"], report.get("matmul_peak") or {}
+    sizes = report["context_sizes"]
     parts = [
         *report_heading("Throughput", report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
                                               f"**{report['tier']}** tier"),
         "Gradient steps/s of `train_step()` (meta_batch tasks × batch_size transitions) on the same weights and "
-        "buffers: at the default precision, with bf16 autocast forced on and off, and as a *naive* fp32 step in a "
-        "process of its own (Q's weight gradients in the policy pass, glibc's default allocator). *fp32 / naive* is "
-        "what a CPU without native bf16 gets; *% of fp32 peak* sets a rate × FLOPs against the matrix-multiply peak "
-        f"below. Env steps/s: initial (prior) and per-iteration (posterior) collection. `adapt()`: median over "
+        "buffers, at the default precision and with bf16 autocast forced on and off (*fp32* is what a CPU without "
+        "native bf16 gets); GFLOP/step as torch's `FlopCounterMode` counts it. Env steps/s: initial (prior) and per-iteration (posterior) collection. `adapt()`: median over "
         f"{report['adapt_repeats']} calls after N random transitions fed to `update_context`.",
         "",
     ]
-    if peak:
-        rows, width, _ = peak["shape"]
-        parts += [f"**Matrix-multiply peak in this process** ({rows} × {width} @ {width} × {width}, the critic's "
-                  f"layer shape at this tier): fp32 {_f(peak['fp32_gflop_per_s'])} GFLOP/s, bf16 "
-                  f"{_f(peak['bf16_gflop_per_s'])} GFLOP/s.", ""]
     header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
-              "grad steps/s (bf16)", "grad steps/s (fp32)", "grad steps/s (naive fp32)", "default / naive",
-              "fp32 / naive", "GFLOP/step", "GFLOP/s (default)", "fp32 % of fp32 peak", "naive % of fp32 peak",
+              "grad steps/s (bf16)", "grad steps/s (fp32)", "GFLOP/step", "GFLOP/s (default)",
               "env steps/s (initial)", "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
               *(f"update_context µs @ {n}" for n in sizes)]
     for env in report["envs"]:
@@ -227,25 +172,11 @@ def render_markdown(report: dict) -> str:
         for r in (r for r in report["results"] if r["env"] == env and r["status"] == "ok"):
             gradient, adapt = r.get("gradient") or {}, r.get("adapt") or {}
             flops = gradient.get("flops_per_step")
-
-            def rate(name: str) -> float | None:
-                return (gradient.get(name) or {}).get("grad_steps_per_s")
-
-            def peak_share(name: str) -> str:
-                if flops is None or not peak.get("fp32_gflop_per_s") or rate(name) is None:
-                    return DASH
-                return f"{100 * rate(name) * flops / 1e9 / peak['fp32_gflop_per_s']:.0f} %"
-
-            def ratio(key: str) -> str:
-                return DASH if gradient.get(key) is None else f"{gradient[key]:.2f}x"
-
+            rates = {name: (gradient.get(name) or {}).get("grad_steps_per_s") for name in ("default", "bf16", "fp32")}
             rows.append([r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
-                         "yes" if r.get("bf16") else "no", *(_f(rate(n), 2) for n in ("default", "bf16", "fp32",
-                                                                                      "naive_fp32")),
-                         ratio("speedup_default_vs_naive_fp32"), ratio("speedup_fp32_vs_naive_fp32"),
+                         "yes" if r.get("bf16") else "no", *(_f(rate, 2) for rate in rates.values()),
                          _f(None if flops is None else flops / 1e9, 2),
                          _f((gradient.get("default") or {}).get("gflop_per_s"), 1),
-                         peak_share("fp32"), peak_share("naive_fp32"),
                          _f((r.get("initial_collection") or {}).get("env_steps_per_s"), 0),
                          _f((r.get("iteration_collection") or {}).get("env_steps_per_s"), 0),
                          *(_f((adapt.get(str(n)) or {}).get("adapt_ms_median"), 3) for n in sizes),
@@ -260,23 +191,9 @@ def render_markdown(report: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    if args.render_only:
-        try:
-            report = json.loads((out / "throughput.json").read_text())
-        except FileNotFoundError:
-            raise SystemExit(f"--render-only: {out / 'throughput.json'} does not exist; run the measurement first")
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"--render-only: {out / 'throughput.json'} is not valid JSON ({error})")
-        atomic_write_text(out / "THROUGHPUT.md", render_markdown(report))
-        print(f"re-rendered {out / 'THROUGHPUT.md'}")
-        return 0
     command = shlex.join(["python", "-m", "experiments.throughput", *(sys.argv[1:] if argv is None else argv)])
     results, failed = [], False
     torch.set_num_threads(args.threads)
-    peak_config = build_config(args.envs[0], "pearl", args.tier, args.seed, list(args.overrides))
-    matmul = matmul_peak(peak_config.protocol.meta_batch * peak_config.protocol.batch_size,
-                         peak_config.agent.hidden_dim, torch.device(peak_config.device))
-    print(f"matmul peak: fp32 {matmul['fp32_gflop_per_s']:.1f} GFLOP/s, bf16 {matmul['bf16_gflop_per_s']:.1f} GFLOP/s")
     for env, algo in ((env, algo) for env in args.envs for algo in args.algos):
         try:
             algorithm_class(algo)
@@ -298,8 +215,7 @@ def main(argv=None) -> int:
                             "notes": [traceback.format_exc().strip().splitlines()[-1]]})
     report = {**provenance(command), "threads": args.threads, "tier": args.tier, "envs": args.envs,
               "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
-              "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "matmul_peak": matmul,
-              "results": results}
+              "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "results": results}
     write_json_and_markdown(out / "throughput.json", report, out / "THROUGHPUT.md", render_markdown(report))
     print(f"wrote {out / 'throughput.json'} and {out / 'THROUGHPUT.md'}")
     return 1 if failed else 0

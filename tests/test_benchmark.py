@@ -197,15 +197,6 @@ def test_merged_plan_widens_and_recomputes_what_cannot_exist():
     assert merged_plan({}, current)["envs"] == ["cheetah-vel"]
 
 
-def test_progress_reads_only_complete_metric_lines(tmp_path):
-    cell = Cell("point-robot", "pearl", 42, tmp_path)
-    assert cell.progress() == "starting"
-    (tmp_path / "config.json").write_text(json.dumps({"protocol": {"num_iterations": 20}}))
-    assert cell.progress() == "it 0/20"
-    (tmp_path / "metrics.jsonl").write_text('{"iteration": 0}\n{"iteration": 1}\n{"iterat')
-    assert cell.progress() == "it 2/20"
-
-
 # ---------------------------------------------------------------------- the renderer on fixed numbers
 def synthetic_cell(algo: str, seed: int, protocol_return: float, final_return: float) -> dict:
     return {
@@ -367,41 +358,15 @@ def test_throughput_measures_and_skips_unimportable_methods(tmp_path, monkeypatc
     sac = by_algo["sac-no-context"]
     assert sac["status"] == "ok"
     gradient = sac["gradient"]
-    assert all(gradient[name]["grad_steps_per_s"] > 0 for name in ("default", "bf16", "fp32", "naive_fp32"))
+    assert all(gradient[name]["grad_steps_per_s"] > 0 for name in ("default", "bf16", "fp32"))
     assert gradient["flops_per_step"] > 0 and gradient["default"]["gflop_per_s"] > 0
-    assert gradient["speedup_default_vs_naive_fp32"] == pytest.approx(
-        gradient["default"]["grad_steps_per_s"] / gradient["naive_fp32"]["grad_steps_per_s"])
-    assert gradient["speedup_fp32_vs_naive_fp32"] == pytest.approx(
-        gradient["fp32"]["grad_steps_per_s"] / gradient["naive_fp32"]["grad_steps_per_s"])
-    # the naive step ran in its own process with glibc's default allocator
-    assert gradient["naive_fp32"]["allocator"] == {"tuned": False}
-    assert report["matmul_peak"]["fp32_gflop_per_s"] > 0 and report["matmul_peak"]["bf16_gflop_per_s"] > 0
     assert sac["initial_collection"]["env_steps_per_s"] > 0 and sac["iteration_collection"]["env_steps"] > 0
     assert set(sac["adapt"]) == {"10", "100"} and sac["adapt"]["100"]["adapt_ms_median"] >= 0
     assert by_algo["oracle"]["status"] == "skipped"
     markdown = (tmp_path / "THROUGHPUT.md").read_text()
     assert "| sac-no-context |" in markdown and "still being written" in markdown
-    # the fp32 step's share of the fp32 matmul peak is computed from the recorded rate, FLOPs and peak
-    share = 100 * gradient["fp32"]["grad_steps_per_s"] * gradient["flops_per_step"] / 1e9 / \
-        report["matmul_peak"]["fp32_gflop_per_s"]
-    assert f"| {share:.0f} % |" in markdown
-
-    # --render-only rewrites the markdown from the JSON alone, measuring nothing
-    (tmp_path / "THROUGHPUT.md").unlink()
-    before = (tmp_path / "throughput.json").read_text()
-    assert throughput.main(["--render-only", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "THROUGHPUT.md").read_text() == markdown
-    assert (tmp_path / "throughput.json").read_text() == before
-
-
-def test_throughput_render_only_names_a_missing_or_corrupt_report(tmp_path):
-    from experiments import throughput
-
-    with pytest.raises(SystemExit, match="does not exist"):
-        throughput.main(["--render-only", "--out", str(tmp_path)])
-    (tmp_path / "throughput.json").write_text("{not json")
-    with pytest.raises(SystemExit, match="not valid JSON"):
-        throughput.main(["--render-only", "--out", str(tmp_path)])
+    # GFLOP/step is the counted FLOPs of one step
+    assert f"| {gradient['flops_per_step'] / 1e9:,.2f} |" in markdown
 
 
 def test_throughput_skips_combinations_that_do_not_exist(tmp_path):
