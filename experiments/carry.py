@@ -11,8 +11,8 @@ every unfinished run (a checkpoint, no ``results.json``) under ``benchmarks/`` a
 file goes in parts of at most ``PART_BYTES`` with a ``MANIFEST.json`` (parts, size, sha256) written last, so a save
 cut short leaves the previous copy whole and a copy that arrived incomplete is an error naming it. ``restore`` puts
 the files back where a run's own checkpoint is missing or older, once the checkpoint is shown to belong to the
-run's ``config.json``. The benchmark and ablation runners' ``--carry`` refreshes the copy after every checkpoint
-and drops it when the cell finishes; every runner refuses to start afresh a cell whose checkpoint ``carry/`` holds.
+run's ``config.json``. The cell runners' ``--carry`` (benchmark, ablations, sweep) refreshes the copy after every
+checkpoint and drops it when the cell finishes; they refuse to start afresh a cell whose checkpoint ``carry/`` holds.
 """
 from __future__ import annotations
 
