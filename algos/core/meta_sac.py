@@ -116,7 +116,7 @@ class MetaSACAlgorithm(Algorithm):
 
     config_class = MetaSACConfig
     sequential_context = False  # True for order-dependent encoders: context = consecutive trajectories
-    # skip Q's weight gradients in the policy/V pass (identical math); False only to time the naive step
+    # skip Q's weight gradients in the policy/V pass (identical math, which tests/test_device.py checks against False)
     freeze_q_in_policy_step = True
 
     def __init__(self, env, protocol: ProtocolConfig, config: MetaSACConfig, rng: np.random.Generator,

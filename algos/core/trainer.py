@@ -228,7 +228,7 @@ class Trainer:
             config.device = "cpu"
         resolve_hardware(config)  # configs saved before these settings existed say neither
         warn_if_slow(config.bf16, config.device)
-        if tune_allocator:  # off only to measure what a plain script pays (experiments.throughput's naive step)
+        if tune_allocator:  # off only to measure what a process with glibc's default allocator pays
             tune_cpu_allocator()
         self.config = config
         self.device = torch.device(config.device)
