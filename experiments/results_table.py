@@ -185,6 +185,11 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
                         else "low-noise final eval")
     header = ["method", "meta-test return (protocol)", low_noise_header, "per seed (protocol)",
               "online return per episode", "parameters", "wall time (min)", "reference†"]
+    # the low-noise figure on the validation tasks, which settings are chosen on (runs made before they existed lack it)
+    validation = {a: [v for s in seeds if (v := ((grouped.get((env, a), {}).get(s) or {}).get("final_eval") or {})
+                                           .get("validation_return")) is not None] for a in algos}
+    if any(validation.values()):
+        header.insert(3, "validation tasks (low-noise)")
     rows, figures, seed_figures = [], {}, {}
     for algo in algos:
         by_seed = grouped.get((env, algo), {})
@@ -210,6 +215,8 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
         rows.append([display_name(algo), format_mean_std(protocol_values, planned),
                      format_mean_std(final_values, planned), per_seed, online_text, params, wall_text,
                      reference_text])
+        if any(validation.values()):
+            rows[-1].insert(3, format_mean_std(validation[algo], planned) if validation[algo] else DASH)
 
     parts = [f"## {env}", "", table(header, rows), ""]
     # reference lines: the optimum (and the reference lines' own figures: the oracle), then the reference benchmark's

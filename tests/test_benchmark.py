@@ -124,6 +124,9 @@ def test_killed_runner_resumes_without_rerunning_finished_cells(tmp_path, capsys
     markdown = (tmp_path / "smoke" / "RESULTS.md").read_text()
     assert f"{sac_results['meta_test_return']:.2f} (n=1)" in markdown
     assert "| 3 | 30 |" in markdown  # the budget row: iterations, gradient steps per iteration
+    # the validation figure stands beside the test figures, in its own column
+    assert "| validation tasks (low-noise) |" in markdown
+    assert f"| {sac_results['final_eval']['validation_return']:.2f} (n=1) |" in markdown
 
 
 def test_failed_cell_is_reported_and_the_others_still_run(tmp_path, capsys):
