@@ -110,3 +110,15 @@ class RecordingAgent(MetaAgent):
 
     def end_episode(self) -> None:
         self.events.append(("end_episode",))
+
+
+def record_trial_tasks(trainer: Trainer) -> tuple["RecordingAgent", list[int]]:
+    """Put a random-acting ``RecordingAgent`` into ``trainer``; the list records the task of every trial it runs
+    (read when the trial clears its context)."""
+    env = trainer.env
+    agent = RecordingAgent(2, 2, policy="random", env=env, seed=0)
+    visited: list[int] = []
+    original_clear = agent.clear_context
+    agent.clear_context = lambda num_tasks=1: (visited.append(env.unwrapped.task_idx), original_clear(num_tasks))
+    trainer.algorithm.agent = agent
+    return agent, visited

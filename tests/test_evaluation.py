@@ -9,7 +9,7 @@ from algos.core.evaluation import evaluate
 from algos.oracle import OracleAgent, OracleConfig
 from algos.core.config import ConfigError
 from envs_glue import make_env
-from tests.conftest import RecordingAgent, make_trainer
+from tests.conftest import RecordingAgent, make_trainer, record_trial_tasks
 
 
 def split_episodes(events: list[tuple], episode_length: int):
@@ -169,12 +169,7 @@ def test_oracle_rejects_cheetah(tmp_path):
 def test_trainer_evaluate_uses_held_out_tasks_protocol_and_seed(tmp_path):
     trainer = make_trainer("sparse-point-robot", tmp_path, algo="oracle",
                            overrides=["num_steps_per_eval=400", "num_exp_traj_eval=5"])
-    env = trainer.env
-    agent = RecordingAgent(2, 2, policy="random", env=env, seed=0)
-    visited = []
-    original_clear = agent.clear_context
-    agent.clear_context = lambda num_tasks=1: (visited.append(env.unwrapped.task_idx), original_clear(num_tasks))
-    trainer.algorithm.agent = agent
+    agent, visited = record_trial_tasks(trainer)
     result = trainer.evaluate(eval_seed=11, num_repeats=2)
     assert visited == [t for t in range(40, 50) for _ in range(2)]
     assert result.episode_returns.shape == (10, 2, 20)

@@ -7,17 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import RecordingAgent, make_trainer, read_metrics
+from tests.conftest import make_trainer, read_metrics, record_trial_tasks
 
 
 def test_validation_evaluation_visits_only_validation_tasks_with_its_own_seeds(tmp_path):
     trainer = make_trainer("point-robot", tmp_path, algo="oracle")
-    env = trainer.env
-    agent = RecordingAgent(2, 2, policy="random", env=env, seed=0)
-    visited = []
-    original_clear = agent.clear_context
-    agent.clear_context = lambda num_tasks=1: (visited.append(env.unwrapped.task_idx), original_clear(num_tasks))
-    trainer.algorithm.agent = agent
+    agent, visited = record_trial_tasks(trainer)
     validation = trainer.evaluate(eval_seed=11, num_repeats=2, split="validation")
     assert visited == [t for t in range(50, 60) for _ in range(2)]
     assert validation.episode_returns.shape == (10, 2, 3)
