@@ -17,7 +17,7 @@ one on the sparse task), which is what lets it score hypotheses below.
 Task embeddings as hypotheses. A deterministic latent gives no directed exploration, and on the sparse task the
 encoder cannot learn what a goal looks like before some context holds a reward: a deadlock. Meta-training knows
 which task a batch came from, so every training task also owns a learned embedding ``e_j`` in the same latent
-space. A fraction (``teacher_fraction``) of every task's RL batch is conditioned on ``e_j`` instead of the
+space. A share (``embedding_batch_fraction``) of every task's RL batch is conditioned on ``e_j`` instead of the
 encoder's ``z``: the actor-critic learns to solve training task ``j`` from ``e_j`` with no inference problem
 (the critic's reward is dense, as in the reference), and an alignment loss (``aux.align``) pulls the encoder's
 ``z`` toward ``e_j`` (stop-gradient on ``e_j``), so inference lands where the policy knows what to do. The
@@ -33,16 +33,17 @@ from then on the agent acts on the encoder's reading ``z`` of the whole context,
 hypothesis. While the context refutes it (the best hypothesis explains the context ``exp(switch_log_ratio)``
 times better, ``exploration.fallback``), Thompson sampling over the belief goes on instead, so an agent whose
 exploration episodes found nothing keeps testing live hypotheses rather than repeating a refuted guess. With
-``teacher_fraction=0`` the hypotheses are the encoder latents of the training tasks, refreshed from every
-meta-batch.
+``embedding_batch_fraction=0`` there are no task embeddings: the hypotheses are the encoder latents of the
+training tasks, refreshed from every meta-batch. What the agent acts on at any moment is one state, ``Acting``.
 
-Teacher collection. A hypothesis is only as good as its policy and its reward prediction, and both are learned
-from the data of task ``j``. Data collected under other latents rarely reaches goal ``j`` on the sparse task, so
-the reward head learns that ``e_j`` predicts no reward anywhere: a hypothesis that nothing can refute. So a share
-(``teacher_collection``) of every posterior collection phase acts on the task's own embedding: whole episodes,
-the phase's environment steps unchanged. A task whose data still shows no reward at all (its goal was never
-reached) is left out of the hypothesis set (``exploration.min_evidence``): its reward prediction is zero
-everywhere, so no evidence could refute it, and once the real hypotheses were refuted it would take the whole belief.
+Collecting on the task's own embedding. A hypothesis is only as good as its policy and its reward prediction, and
+both are learned from the data of task ``j``. Data collected under other latents rarely reaches goal ``j`` on the
+sparse task, so the reward head learns that ``e_j`` predicts no reward anywhere: a hypothesis that nothing can
+refute. So a share (``embedding_collection_fraction``) of every posterior collection phase acts on the task's own
+embedding: whole episodes, the phase's environment steps unchanged. A task whose data still shows no reward at all
+(its goal was never reached) is left out of the hypothesis set (``exploration.min_evidence``): its reward prediction
+is zero everywhere, so no evidence could refute it, and once the real hypotheses were refuted it would take the
+whole belief.
 
 What each exploration rule is worth on the trained weights (switched off one at a time, same evaluation seeds) is
 measured by ``python -m experiments.reevaluate``; what the training-time parts are worth (retrained with one switch
@@ -56,6 +57,7 @@ coordinate) and ``none`` remain as options (``docs/DESIGN.md#bounded-latents``).
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 
@@ -98,7 +100,8 @@ class AuxConfig:
 
 @dataclass
 class ExplorationConfig:
-    thompson: bool = True            # False: explore with the encoder's z of the context so far
+    thompson: bool = True            # False: no hypotheses; explore on z = 0 (the encoder's reading of no
+                                     # context) until adapt(), and posterior collection on the encoder's z
     reward_noise_std: float = 0.1    # sigma of the reward likelihood that scores hypotheses
     switch_log_ratio: float = 4.6    # resample when log p(best) - log p(current) exceeds this (100x)
     fallback: bool = True            # after adapt(): act on the encoder's z only while the context does not
@@ -128,8 +131,10 @@ class SetFormerConfig(MetaSACConfig):
     head_hidden_dim: int = 128       # reward / next-state heads
     head_num_hidden_layers: int = 2
     min_context_fraction: float = 0.25  # training contexts keep a random n in [fraction * N, N] tokens
-    teacher_fraction: float = 0.5    # share of each task's RL batch conditioned on the task's embedding e_j
-    teacher_collection: float = 0.5  # share of each posterior collection phase (whole episodes) acted on e_j
+    embedding_batch_fraction: float = 0.5  # share of each task's RL batch conditioned on the task's own embedding
+                                           # e_j; 0: no task embeddings (the hypotheses are encoder latents)
+    embedding_collection_fraction: float = 0.5  # share of each posterior collection phase (whole episodes) acting
+                                                # on the task's own embedding e_j (when embeddings are learned)
     latent_norm: str = "sphere"      # how z and the embeddings e_j are kept bounded: sphere (rescale to norm
                                      # sqrt(latent_dim)) | tanh (squash each coordinate into (-1, 1)) | none
     aux: AuxConfig = field(default_factory=AuxConfig)
@@ -149,10 +154,11 @@ class SetFormerConfig(MetaSACConfig):
             raise ConfigError(f"agent.min_context_fraction must lie in (0, 1], got {self.min_context_fraction}")
         if min(self.aux.reward, self.aux.next_state, self.aux.align) < 0:
             raise ConfigError("agent.aux.reward, agent.aux.next_state and agent.aux.align must be >= 0")
-        if not 0.0 <= self.teacher_fraction < 1.0:
-            raise ConfigError(f"agent.teacher_fraction must lie in [0, 1), got {self.teacher_fraction}")
-        if not 0.0 <= self.teacher_collection <= 1.0:
-            raise ConfigError(f"agent.teacher_collection must lie in [0, 1], got {self.teacher_collection}")
+        if not 0.0 <= self.embedding_batch_fraction < 1.0:
+            raise ConfigError(f"agent.embedding_batch_fraction must lie in [0, 1), got {self.embedding_batch_fraction}")
+        if not 0.0 <= self.embedding_collection_fraction <= 1.0:
+            raise ConfigError(f"agent.embedding_collection_fraction must lie in [0, 1], got "
+                              f"{self.embedding_collection_fraction}")
         if self.encoder_pooling not in ENCODER_POOLINGS:
             raise ConfigError(f"agent.encoder_pooling must be one of {list(ENCODER_POOLINGS)}, got "
                               f"{self.encoder_pooling!r}")
@@ -240,6 +246,29 @@ class HypothesisBelief:
         return self.refutes(self.log_likelihood[self.current])
 
 
+class Acting(enum.Enum):
+    """What the agent's latent ``z`` is, and so what it acts on and what may change it. The agent is in exactly one
+    of these (``SetFormerAgent.acting``), and each is entered in one place:
+
+    - ``EXPLORING`` (``reset_to_prior``, with every ``clear_context``): before ``adapt()``. ``z`` is a hypothesis
+      drawn from the belief (Thompson sampling: redrawn after every episode and as soon as the context refutes it),
+      or zeros without Thompson sampling (``exploration.thompson=false``) or for several tasks at once.
+    - ``ON_ENCODER`` (``read_out``: ``adapt()``, and ``infer_posterior()`` in training): ``z`` is the encoder's
+      reading of the context. After ``adapt()`` with the fallback on, the reading is scored like a hypothesis as
+      the context grows.
+    - ``ON_HYPOTHESIS`` (``fall_back``, after ``adapt()``): the context refutes the encoder's reading, so the agent
+      acts on a hypothesis drawn from the belief, redrawn as soon as the context refutes it (until the next
+      ``adapt()``).
+    - ``ON_TASK_EMBEDDING`` (``act_on``): ``z`` is a given latent and nothing changes it: a training task's own
+      embedding ``e_j`` while meta-training collects on it (``collecting_on_task``), or a latent handed to
+      ``act_on()`` for diagnostics.
+    """
+    EXPLORING = "exploring"
+    ON_ENCODER = "on the encoder's reading"
+    ON_HYPOTHESIS = "on a hypothesis"
+    ON_TASK_EMBEDDING = "on a task embedding"
+
+
 class SetFormerAgent(MetaAgent):
     def __init__(self, obs_dim: int, action_dim: int, config: SetFormerConfig, num_train_tasks: int,
                  use_next_obs: bool = False):
@@ -250,20 +279,20 @@ class SetFormerAgent(MetaAgent):
         self.reward_head = build_mlp(head_input, 1, config.head_hidden_dim, config.head_num_hidden_layers)
         self.next_state_head = build_mlp(head_input, obs_dim, config.head_hidden_dim, config.head_num_hidden_layers)
         self.policy = build_policy(obs_dim, config.latent_dim, action_dim, config.hidden_dim, config.num_hidden_layers)
-        # one learned embedding per training task: the teacher latents and the hypothesis set
+        # one learned embedding per training task: conditions part of the RL batch, and the hypothesis set
         self.task_embeddings = nn.Parameter(torch.randn(num_train_tasks, config.latent_dim))
-        # encoder latents of the training tasks, refreshed from every meta-batch (hypotheses without a teacher)
+        # encoder latents of the training tasks, refreshed from every meta-batch (the hypotheses without embeddings)
         self.register_buffer("task_latents", torch.randn(num_train_tasks, config.latent_dim))
         # which training tasks' data ever revealed their reward: only those make refutable hypotheses
         self.register_buffer("hypothesis_usable", torch.ones(num_train_tasks, dtype=torch.bool))
         self._tokens = ContextBuffer(config.model_dim)          # embedded online context, preallocated
         self.attention_weights: torch.Tensor | None = None     # (tasks, heads, seeds, n) of the last pooling
-        self.exploring = True
+        self.acting = Acting.EXPLORING
         self.belief = HypothesisBelief(num_train_tasks)
-        self.encoder_z: torch.Tensor | None = None    # the encoder's reading at the last adapt()
-        self.encoder_log_likelihood = 0.0               # of the context under encoder_z
-        self.acting_on_encoder = False
-        self.teacher_task: int | None = None           # set only while meta-training collects on e_task
+        self.encoder_z: torch.Tensor | None = None      # the encoder's reading at the last adapt()
+        # log-likelihood of the online context under encoder_z while the fallback watches it (else None)
+        self.encoder_log_likelihood: float | None = None
+        self.collecting_on_task: int | None = None      # set only while meta-training collects on e_task
         self.clear_context()
 
     # ------------------------------------------------------------------ belief over hypotheses
@@ -275,31 +304,27 @@ class SetFormerAgent(MetaAgent):
 
     @property
     def hypotheses(self) -> torch.Tensor:
-        """``(num_train_tasks, latent)``: the task embeddings, or the encoder latents without a teacher."""
-        return (self.embedding() if self.config.teacher_fraction > 0 else self.task_latents).detach()
+        """``(num_train_tasks, latent)``: the task embeddings, or the encoder latents without embeddings."""
+        return (self.embedding() if self.config.embedding_batch_fraction > 0 else self.task_latents).detach()
 
     def sample_hypothesis(self) -> torch.Tensor:
-        """Act on a hypothesis drawn from the belief."""
-        self.acting_on_encoder = False
+        """Act on a hypothesis drawn from the belief (Thompson sampling), in the current state."""
         self.z = self.hypotheses[self.belief.sample()][None].clone()
         return self.z
 
-    def act_on(self, latent: torch.Tensor) -> None:
-        """Act on ``latent (latent_dim,)`` from now until the next ``clear_context``: no exploration, no inference.
-        For diagnostics, e.g. the policy on a training task's own embedding, which bounds what any inference
-        could reach with these weights (``experiments.reevaluate``). Feed it no context: ``adapt()`` would
-        replace the latent."""
-        self.exploring = False
-        self.acting_on_encoder = False
-        self.z = latent.detach().reshape(1, -1).clone()
+    def fall_back(self) -> None:
+        """The context refutes the encoder's reading: act on a hypothesis drawn from the belief instead."""
+        self.acting = Acting.ON_HYPOTHESIS
+        self.sample_hypothesis()
 
-    @property
-    def acting_on_hypothesis(self) -> bool:
-        """After ``adapt()``: whether the fallback has taken over, i.e. the agent acts on a sampled hypothesis
-        because the context refuted the encoder's reading (always ``False`` without the fallback)."""
-        exploration = self.config.exploration
-        return (not self.exploring and exploration.thompson and exploration.fallback and self.z.shape[0] == 1
-                and not self.acting_on_encoder)
+    def act_on(self, latent: torch.Tensor, num_tasks: int = 1) -> torch.Tensor:
+        """Act on ``latent (latent_dim,)`` from now until the next ``clear_context``: no exploration, no inference.
+        Meta-training's collection on a task's own embedding comes here; so do diagnostics, e.g. the policy on a
+        training task's own embedding, which bounds what any inference could reach with these weights
+        (``experiments.reevaluate``). Feed it no context: ``adapt()`` would replace the latent."""
+        self.acting = Acting.ON_TASK_EMBEDDING
+        self.z = repeat(latent.detach(), "d -> t d", t=num_tasks).clone()
+        return self.z
 
     @torch.no_grad()
     def log_likelihood(self, context: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
@@ -313,13 +338,21 @@ class SetFormerAgent(MetaAgent):
         sigma = self.config.exploration.reward_noise_std
         return -((reward - predicted) ** 2).sum(-1) / (2 * sigma ** 2)
 
+    def scores_evidence(self) -> bool:
+        """Whether a new transition is scored against the hypotheses: while exploring by Thompson sampling, and
+        after ``adapt()`` while the fallback watches the encoder's reading or acts on a hypothesis."""
+        if self.acting is Acting.EXPLORING:
+            return self.config.exploration.thompson
+        if self.acting is Acting.ON_ENCODER:
+            return self.encoder_log_likelihood is not None
+        return self.acting is Acting.ON_HYPOTHESIS
+
     # ------------------------------------------------------------------ MetaAgent interface
     def reset_to_prior(self, num_tasks: int) -> torch.Tensor:
-        self.exploring = True
-        self.acting_on_encoder = False
         self.belief.reset(self.hypothesis_usable, self.config.exploration.switch_log_ratio)
-        if self.teacher_task is not None:
-            return repeat(self.embedding(self.teacher_task).detach(), "d -> t d", t=num_tasks).clone()
+        if self.collecting_on_task is not None:
+            return self.act_on(self.embedding(self.collecting_on_task), num_tasks)
+        self.acting = Acting.EXPLORING
         if self.config.exploration.thompson and num_tasks == 1:
             return self.sample_hypothesis()
         return torch.zeros(num_tasks, self.latent_dim, device=self.device)
@@ -333,25 +366,27 @@ class SetFormerAgent(MetaAgent):
         row = self.make_context_row(transition)
         self._context.append(row)
         self._tokens.append(self.context_encoder.embed(row[None])[0])
-        exploration = self.config.exploration
-        if not exploration.thompson or (not self.exploring and not exploration.fallback):
+        if not self.scores_evidence():
             return
         # the belief over the hypothesis set (and the encoder's reading, when acting on it) is kept up to date, one
         # transition at a time: one reward-head call, constant cost
-        latents = torch.cat([self.hypotheses, self.encoder_z]) if self.acting_on_encoder else self.hypotheses
+        on_encoder = self.acting is Acting.ON_ENCODER
+        latents = torch.cat([self.hypotheses, self.encoder_z]) if on_encoder else self.hypotheses
         scores = self.log_likelihood(row[None], latents)
         num_hypotheses = self.belief.log_likelihood.shape[0]
         self.belief.observe(scores[:num_hypotheses])
-        if self.acting_on_encoder:
+        if on_encoder:
             self.encoder_log_likelihood += float(scores[num_hypotheses])
             if self.belief.refutes(self.encoder_log_likelihood):
-                self.sample_hypothesis()  # the encoder's reading no longer explains the context
+                self.fall_back()          # the encoder's reading no longer explains the context
         elif self.belief.current_refuted():
             self.sample_hypothesis()      # the current hypothesis is refuted: commit to a live one
 
     def read_out(self, tokens: torch.Tensor) -> torch.Tensor:
-        """End exploration and set ``z`` from embedded tokens ``(tasks, n, model_dim)``; zeros for no tokens."""
-        self.exploring = False
+        """Act on the encoder's reading of embedded tokens ``(tasks, n, model_dim)``: set ``z`` (zeros for no
+        tokens), with no fallback watching it yet."""
+        self.acting = Acting.ON_ENCODER
+        self.encoder_log_likelihood = None
         if tokens.shape[1] == 0:
             self.z = tokens.new_zeros(tokens.shape[0], self.latent_dim)
             return self.z
@@ -367,17 +402,16 @@ class SetFormerAgent(MetaAgent):
             return
         # the encoder's reading is one more hypothesis: act on it unless the context already refutes it
         self.encoder_log_likelihood = float(self.log_likelihood(self.context[0], encoder_z)[0])
-        self.acting_on_encoder = True
         if self.belief.refutes(self.encoder_log_likelihood):
-            self.sample_hypothesis()
+            self.fall_back()
 
     def infer_posterior(self, context: torch.Tensor) -> torch.Tensor:
+        # training's read-out of contexts sampled from the replay data (posterior collection acts on it): the online
+        # context played no part, so no fallback watches it
         return self.read_out(self.context_encoder.embed(context))
 
     def end_episode(self) -> None:
-        if self.teacher_task is not None:
-            return
-        if self.exploring and self.config.exploration.thompson and self.z.shape[0] == 1:
+        if self.acting is Acting.EXPLORING and self.config.exploration.thompson and self.z.shape[0] == 1:
             with torch.no_grad():
                 self.sample_hypothesis()
 
@@ -420,30 +454,33 @@ class SetFormer(MetaSACAlgorithm):
             self.agent.hypothesis_usable[task] = share >= self.config.exploration.min_evidence
 
     def collect_posterior(self, task, num_samples, add_to_enc_buffer):
-        # the teacher acts in its own task for a share of the episodes: on-policy data for the policy on e_j, and
+        # a share of the episodes acts on the task's own embedding e_j: on-policy data for the policy on e_j, and
         # rewarded transitions that teach the reward head what hypothesis j predicts (whole episodes, so the
         # phase's environment steps are unchanged)
         episodes = num_samples // self.max_path_length
-        teacher_episodes = round(self.config.teacher_collection * episodes) if self.config.teacher_fraction else 0
-        teacher_steps = teacher_episodes * self.max_path_length
-        steps = super().collect_posterior(task, num_samples - teacher_steps, add_to_enc_buffer)
-        if teacher_steps:
-            self.agent.teacher_task = task
+        embedding_episodes = (round(self.config.embedding_collection_fraction * episodes)
+                              if self.config.embedding_batch_fraction else 0)
+        embedding_steps = embedding_episodes * self.max_path_length
+        steps = super().collect_posterior(task, num_samples - embedding_steps, add_to_enc_buffer)
+        if embedding_steps:
+            self.agent.collecting_on_task = task
             try:
-                steps += self.collect(task, teacher_steps, update_posterior=False, add_to_enc_buffer=add_to_enc_buffer)
+                steps += self.collect(task, embedding_steps, update_posterior=False,
+                                      add_to_enc_buffer=add_to_enc_buffer)
             finally:
-                self.agent.teacher_task = None
+                self.agent.collecting_on_task = None
         return steps
 
     def batch_latents(self, tasks, task_z, batch_size):
-        # the first teacher_fraction of every task's RL batch acts on the task's embedding, the rest on the
-        # encoder's reading of its context
+        # the first embedding_batch_fraction of every task's RL batch acts on the task's own embedding, the rest on
+        # the encoder's reading of its context
         batch_z = repeat(task_z, "t d -> t b d", b=batch_size)
-        num_teacher = int(round(self.config.teacher_fraction * batch_size))
-        if num_teacher == 0:
+        num_on_embedding = int(round(self.config.embedding_batch_fraction * batch_size))
+        if num_on_embedding == 0:
             return batch_z
         embeddings = self.agent.embedding(torch.as_tensor(tasks, device=self.device))     # (t, latent)
-        return torch.cat([repeat(embeddings, "t d -> t b d", b=num_teacher), batch_z[:, num_teacher:]], dim=1)
+        return torch.cat([repeat(embeddings, "t d -> t b d", b=num_on_embedding), batch_z[:, num_on_embedding:]],
+                         dim=1)
 
     def training_context(self, context: torch.Tensor) -> torch.Tensor:
         # contexts at meta-test time are smaller than the encoder buffer's samples: train on a random size
@@ -458,9 +495,9 @@ class SetFormer(MetaSACAlgorithm):
         with torch.no_grad():
             self.agent.task_latents[task_index] = task_z.detach().float()
         losses = {}
-        if aux.align > 0 and self.config.teacher_fraction > 0:
-            teacher = self.agent.embedding(task_index).detach()
-            losses["align_loss"] = aux.align * F.mse_loss(task_z.float(), teacher)
+        if aux.align > 0 and self.config.embedding_batch_fraction > 0:
+            own_embedding = self.agent.embedding(task_index).detach()
+            losses["align_loss"] = aux.align * F.mse_loss(task_z.float(), own_embedding)
         head_input = torch.cat([batch.obs, batch.actions, batch_z], dim=-1)
         if aux.reward > 0:
             reward_input = (head_input if aux.reward_shapes_z

@@ -26,6 +26,7 @@ from algos import ALGORITHMS
 from algos.core.config import SEEDS, TIERS, ConfigError, apply_overrides
 from algos.core.io import REPO_ROOT, atomic_write_json, atomic_write_text, read_json
 from algos.core.sampler import rollout
+from algos.setformer import Acting
 from envs_glue import ENV_SPECS
 from experiments.analysis import load_run
 from experiments.engine import cell_dir
@@ -39,7 +40,7 @@ SETFORMER_VARIANTS = {
     "as-trained": [],
     "no-fallback": ["exploration.fallback=false"],        # after adapt(): always act on the encoder's z
     "all-hypotheses": ["exploration.min_evidence=0"],     # every training task is a hypothesis
-    "no-thompson": ["exploration.thompson=false"],        # no hypotheses at all: the encoder's z throughout
+    "no-thompson": ["exploration.thompson=false"],        # no hypotheses: z = 0 until adapt(), then the encoder's z
 }
 
 
@@ -85,16 +86,17 @@ def check_inference_time(algorithm, overrides: list[str]) -> None:
 
 
 def fallback_share_probe(agent):
-    """Count the post-exploration steps ``agent`` acts on a hypothesis; None for agents that do not report it."""
-    if not hasattr(agent, "acting_on_hypothesis"):
+    """Count the post-exploration steps ``agent`` acts on a hypothesis (the fallback); None for agents that do not
+    report what they act on."""
+    if not isinstance(getattr(agent, "acting", None), Acting):
         return None
     counts = {"post_exploration_steps": 0, "on_hypothesis": 0}
     get_action = agent.get_action
 
     def counting_get_action(obs, deterministic=False):
-        if not agent.exploring:
+        if agent.acting is not Acting.EXPLORING:
             counts["post_exploration_steps"] += 1
-            counts["on_hypothesis"] += int(agent.acting_on_hypothesis)
+            counts["on_hypothesis"] += int(agent.acting is Acting.ON_HYPOTHESIS)
         return get_action(obs, deterministic=deterministic)
 
     agent.get_action = counting_get_action
@@ -122,7 +124,7 @@ def own_embedding_return(run_dir: Path, episodes: int, threads: int) -> dict | N
         returns = []
         for _ in range(episodes):
             agent.clear_context()
-            agent.act_on(agent.hypotheses[int(task)])  # task j's embedding (its encoder latent without teachers)
+            agent.act_on(agent.hypotheses[int(task)])  # task j's embedding (its encoder latent without embeddings)
             path = rollout(env, agent, algorithm.max_path_length, deterministic=True)
             returns.append(float(np.sum(path["sparse_rewards"] if sparse else path["rewards"], dtype=np.float64)))
         per_task.append(float(np.mean(returns)))

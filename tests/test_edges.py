@@ -119,7 +119,7 @@ def test_settings_the_env_or_machine_cannot_take_are_refused_before_anything_is_
 NUMERIC_FIELDS = {  # (algo, key): a sensible value; the fuzz loop also tries bad ones
     ("pearl", "lr"): 3e-4, ("pearl", "latent_dim"): 5, ("pearl", "kl_lambda"): 0.1, ("pearl", "tau"): 0.005,
     ("focal", "metric_power"): 2.0, ("focal", "metric_eps"): 1e-3, ("setformer", "aux.next_state"): 1.0,
-    ("setformer", "num_heads"): 4, ("setformer", "teacher_fraction"): 0.5, ("varibad", "gru_hidden_dim"): 16,
+    ("setformer", "num_heads"): 4, ("setformer", "embedding_batch_fraction"): 0.5, ("varibad", "gru_hidden_dim"): 16,
     ("sac-no-context", "discount"): 0.99, ("sac-no-context", "batch_size"): 8, ("sac-no-context", "meta_batch"): 2,
     ("sac-no-context", "embedding_batch_size"): 4, ("sac-no-context", "num_steps_per_eval"): 40,
 }
@@ -273,3 +273,40 @@ def test_a_setting_added_to_the_code_later_at_its_default_does_not_block_resume(
     (run_dir / "config.json").write_text(json.dumps(config))
     code, err = resume_as_cli(run_dir, capsys, more_iterations=False)
     assert code == 2 and "agent.encoder_hidden_dim: 200 -> 64" in err  # read as the default it ran with
+
+
+def test_a_run_saved_with_setformers_teacher_settings_resumes_under_their_new_names(tmp_path, monkeypatch, capsys):
+    """setformer's ``teacher_fraction`` / ``teacher_collection`` are ``embedding_batch_fraction`` /
+    ``embedding_collection_fraction`` today (``MOVED_KEYS``): a run killed after its first checkpoint, whose
+    config.json and checkpoint (identity hash included) were written under the old names, resumes; a value changed
+    since is refused by its new name."""
+    import hashlib
+
+    import torch as torch_module
+
+    from tests.test_training import interrupt_on_call
+
+    run_dir = tmp_path / "run"
+    trainer = make_trainer("point-robot", run_dir, "setformer", overrides=["num_iterations=2"])
+    interrupt_on_call(monkeypatch, trainer.algorithm, 2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    old_names = {"embedding_batch_fraction": "teacher_fraction", "embedding_collection_fraction": "teacher_collection"}
+    config = json.loads((run_dir / "config.json").read_text())
+    config["agent"] = {old_names.get(k, k): v for k, v in config["agent"].items()}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    checkpoint = torch_module.load(run_dir / "checkpoint.pt", weights_only=False)
+    checkpoint["config"] = {f"agent.{old_names[k[6:]]}" if k[6:] in old_names else k: v
+                            for k, v in checkpoint["config"].items()}
+    # the identity the old code wrote: the hash of its flattened config, old names and all
+    old_hash = hashlib.sha256(json.dumps(checkpoint["config"], sort_keys=True).encode()).hexdigest()[:16]
+    checkpoint["identity"]["config_sha256"] = old_hash
+    torch_module.save(checkpoint, run_dir / "checkpoint.pt")
+    assert "agent.teacher_fraction" in checkpoint["config"] and "teacher_collection" in config["agent"]
+    code, err = resume_as_cli(run_dir, capsys, more_iterations=False)
+    assert code == 0, err
+    assert [m["iteration"] for m in read_metrics(run_dir)] == [0, 1]
+    config["agent"]["teacher_collection"] = 0.25
+    (run_dir / "config.json").write_text(json.dumps(config))
+    code, err = resume_as_cli(run_dir, capsys, more_iterations=False)
+    assert code == 2 and "agent.embedding_collection_fraction: 0.5 -> 0.25" in err

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from algos.core.config import ConfigError
+from algos.setformer import Acting
 from experiments import reevaluate
 from tests.conftest import train_smoke_cell
 
@@ -107,8 +108,8 @@ def test_other_repeats_are_a_new_request(smoke_root):
 
 def test_training_overrides_are_refused(smoke_root):
     run_dir = smoke_root / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0"
-    with pytest.raises(ConfigError, match="teacher_fraction=0.*not an inference-time setting"):
-        reevaluate.reevaluate_cell(run_dir, ["teacher_fraction=0"], None, 1)
+    with pytest.raises(ConfigError, match="embedding_batch_fraction=0.*not an inference-time setting"):
+        reevaluate.reevaluate_cell(run_dir, ["embedding_batch_fraction=0"], None, 1)
     with pytest.raises(ConfigError, match="unknown config key"):
         reevaluate.reevaluate_cell(run_dir, ["exploration.no_such_key=1"], None, 1)
     with pytest.raises(ConfigError, match="protocol.batch_size=8.*not an inference-time setting"):
@@ -154,7 +155,7 @@ def test_own_embedding_figure_acts_on_each_training_tasks_latent(smoke_root):
     agent.clear_context()
     agent.act_on(latent)
     rollout(trainer.env, agent, trainer.algorithm.max_path_length, deterministic=True)
-    assert torch.equal(agent.z, latent[None]) and not agent.exploring
+    assert torch.equal(agent.z, latent[None]) and agent.acting is Acting.ON_TASK_EMBEDDING
 
     report = _run(smoke_root, "--own-embedding-episodes", "1")
     assert report["own_embedding"]["sparse-point-robot"]["0"]["per_task_returns"] == first["per_task_returns"]

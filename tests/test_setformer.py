@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from algos.core.buffers import sample_rl_batch
-from algos.setformer import ExplorationConfig, SetFormerAgent, SetFormerConfig
+from algos.setformer import Acting, ExplorationConfig, SetFormerAgent, SetFormerConfig
 from tests.conftest import make_trainer
 
 OBS, ACT = 2, 2
@@ -156,7 +156,7 @@ def test_a_detached_reward_head_trains_but_shapes_no_latent(tmp_path, shapes):
 def test_thompson_sampling_acts_on_hypotheses_and_drops_falsified_ones():
     agent = make_agent()
     agent.clear_context()
-    assert agent.exploring
+    assert agent.acting is Acting.EXPLORING
     assert any(torch.equal(agent.z[0], h) for h in agent.hypotheses)  # acting as one hypothesis
     agent = linear_hypothesis_agent()
     latent_dim = agent.latent_dim
@@ -169,9 +169,14 @@ def test_thompson_sampling_acts_on_hypotheses_and_drops_falsified_ones():
     assert torch.equal(agent.z[0], agent.embedding(4))
     agent.end_episode()
     assert agent.belief.current == 4            # the belief is concentrated: the next episode commits to it again
+    assert agent.acting is Acting.EXPLORING
     agent.adapt()
-    assert not agent.exploring              # adapt() ends exploration: z is now the encoder's reading
-    assert agent.z.shape == (1, latent_dim)
+    # adapt() ends exploration; the encoder's untrained reading predicts reward z[0] != 4, which the context refutes,
+    # so the fallback acts on the best hypothesis instead, and no episode's end redraws it
+    assert agent.acting is Acting.ON_HYPOTHESIS and agent.encoder_z[0, 0] != 4.0
+    assert agent.z.shape == (1, latent_dim) and agent.belief.current == 4
+    agent.end_episode()
+    assert agent.acting is Acting.ON_HYPOTHESIS and torch.equal(agent.z[0], agent.embedding(4))
 
 
 def linear_hypothesis_agent(**overrides) -> SetFormerAgent:
@@ -201,38 +206,61 @@ def test_adapt_falls_back_to_the_belief_when_the_context_refutes_the_encoder(fal
     agent.adapt()
     assert torch.equal(agent.encoder_z, torch.zeros(1, agent.latent_dim))
     if fallback:
-        assert not agent.acting_on_encoder and agent.belief.current == 4
+        assert agent.acting is Acting.ON_HYPOTHESIS and agent.belief.current == 4
         assert torch.equal(agent.z[0], agent.embedding(4))
     else:
-        assert torch.equal(agent.z, agent.encoder_z)
+        assert agent.acting is Acting.ON_ENCODER and torch.equal(agent.z, agent.encoder_z)
     # once the encoder reads the context right, adapt() acts on its reading
     with torch.no_grad():
         agent.context_encoder.to_latent.bias[0] = 4.0
     agent.adapt()
     assert torch.equal(agent.z, agent.encoder_z) and agent.z[0, 0] == 4.0
+    assert agent.acting is Acting.ON_ENCODER
+    # new evidence against the encoder's reading (reward 2, predicted 4) switches to a live hypothesis, only with
+    # the fallback
+    for _ in range(3):
+        agent.update_context((np.zeros(2), np.zeros(2), 2.0, np.zeros(2), False, {}))
     if fallback:
-        assert agent.acting_on_encoder
-        # new evidence against the encoder's reading (reward 2, predicted 4) switches to a live hypothesis
-        for _ in range(3):
-            agent.update_context((np.zeros(2), np.zeros(2), 2.0, np.zeros(2), False, {}))
-        assert not agent.acting_on_encoder
-        assert agent.belief.current in (2, 3)
+        assert agent.acting is Acting.ON_HYPOTHESIS
+        assert agent.belief.current in (2, 3) and torch.equal(agent.z[0], agent.embedding(agent.belief.current))
+    else:
+        assert agent.acting is Acting.ON_ENCODER and torch.equal(agent.z, agent.encoder_z)
 
 
-def test_teacher_collection_keeps_the_env_steps_and_acts_on_the_task_embedding(tmp_path):
+
+def test_a_given_latent_or_a_training_read_out_is_acted_on_as_it_is():
+    """``act_on`` holds its latent whatever the context says; ``infer_posterior`` (training's read-out of sampled
+    contexts) acts on the encoder's reading with no fallback watching it; ``clear_context`` explores again."""
+    agent = linear_hypothesis_agent()
+    agent.clear_context()
+    agent.act_on(agent.embedding(2))
+    for _ in range(3):  # reward 4 refutes hypothesis 2, which predicts 2
+        agent.update_context((np.zeros(2), np.zeros(2), 4.0, np.zeros(2), False, {}))
+    agent.end_episode()
+    assert agent.acting is Acting.ON_TASK_EMBEDDING and torch.equal(agent.z[0], agent.embedding(2))
+    agent.clear_context()
+    with torch.no_grad():
+        z = agent.infer_posterior(torch.zeros(1, 5, agent.context_dim)).clone()
+    agent.update_context((np.zeros(2), np.zeros(2), 4.0, np.zeros(2), False, {}))
+    agent.end_episode()
+    assert agent.acting is Acting.ON_ENCODER and agent.encoder_log_likelihood is None and torch.equal(agent.z, z)
+    agent.clear_context()
+    assert agent.acting is Acting.EXPLORING
+
+def test_collection_on_the_task_embedding_keeps_the_env_steps_and_acts_on_it(tmp_path):
     steps = {}
     for share in (0.0, 1.0):
         trainer = make_trainer("point-robot", tmp_path / str(share), "setformer",
-                               overrides=[f"teacher_collection={share}"])
+                               overrides=[f"embedding_collection_fraction={share}"])
         algorithm = trainer.algorithm
         acted_on = []
         original = algorithm.collect
 
         def spy(task, num_samples, update_posterior, add_to_enc_buffer):
-            acted_on.append(algorithm.agent.teacher_task)
+            acted_on.append(algorithm.agent.collecting_on_task)
             collected = original(task, num_samples, update_posterior, add_to_enc_buffer)
-            if algorithm.agent.teacher_task is not None:  # z stayed on e_task through every teacher episode
-                assert not update_posterior
+            if algorithm.agent.collecting_on_task is not None:  # z stayed on e_task through every such episode
+                assert not update_posterior and algorithm.agent.acting is Acting.ON_TASK_EMBEDDING
                 assert torch.equal(algorithm.agent.z[0], algorithm.agent.embedding(task).detach())
             return collected
 
@@ -240,7 +268,7 @@ def test_teacher_collection_keeps_the_env_steps_and_acts_on_the_task_embedding(t
         before = algorithm.env_steps
         algorithm.collect_iteration_data()
         steps[share] = algorithm.env_steps - before
-        assert algorithm.agent.teacher_task is None
+        assert algorithm.agent.collecting_on_task is None
         assert any(t is not None for t in acted_on) == (share > 0)
     assert steps[0.0] == steps[1.0] > 0
 

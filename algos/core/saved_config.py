@@ -26,6 +26,10 @@ MOVED_KEYS: dict[str, str | None | tuple[str, dict]] = {
     "protocol.kl_lambda": "agent.kl_lambda",
     # setformer's on/off latent bound became a choice of normalisation: on -> tanh, off -> none
     "agent.bounded_latents": ("agent.latent_norm", {True: "tanh", False: "none"}),
+    # setformer's "teacher" settings, named for what they are: the share of each task's RL batch, and of each
+    # posterior collection phase, that acts on the training task's own embedding e_j
+    "agent.teacher_fraction": "agent.embedding_batch_fraction",
+    "agent.teacher_collection": "agent.embedding_collection_fraction",
 }
 
 # key -> the value a saved config without it ran with
