@@ -1,7 +1,7 @@
 """Training ablations of setformer: retrained from scratch with one switch flipped, on the same protocol and budget,
 and compared seed by seed with the full method's benchmark cells.
 
-    python -m experiments.ablations --tier quick --ablations no-teacher high-lr --workers 2
+    python -m experiments.ablations --tier quick --ablations no-task-embeddings high-lr --workers 2
     python -m experiments.ablations --tier quick --render-only        # re-render from the finished cells
     python -m experiments.ablations --list                            # the catalogue
 
@@ -34,8 +34,10 @@ ALGO = "setformer"
 ABLATIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "high-lr": (("lr=0.001",), "lr 1e-3 on the point robots, the default before the baselines' 3e-4 (on cheetah-vel "
                 "1e-3 is the default: no change there)"),
-    "no-teacher": (("teacher_fraction=0",), "no task embeddings: the batch is conditioned on the encoder's z alone"),
-    "no-teacher-collection": (("teacher_collection=0",), "all posterior data collected on the encoder's z"),
+    "no-task-embeddings": (("embedding_batch_fraction=0",), "no task embeddings: the batch is conditioned on the "
+                           "encoder's z alone (named no-teacher before)"),
+    "no-embedding-collection": (("embedding_collection_fraction=0",), "all posterior data collected on the encoder's "
+                                "z (named no-teacher-collection before)"),
     "no-reward-head": (("aux.reward=0",), "z and the embeddings shaped without reward prediction; the untrained "
                        "head scores every hypothesis alike, so Thompson sampling draws blindly"),
     "reward-head-detached": (("aux.reward_shapes_z=false",), "the reward head learns on detached latents: its loss "
