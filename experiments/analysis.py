@@ -16,29 +16,34 @@ from algos.core.buffers import sample_context
 from algos.core.io import REPO_ROOT, read_json
 from algos.core.evaluation import meta_test_episodes
 from algos.core.sampler import num_eval_episodes, rollout
-from algos.core.trainer import Trainer, build_config
+from algos.core.trainer import AGENT_WEIGHTS_FILE, Trainer, build_config
 from envs_glue import env_spec
 
 
 # ---------------------------------------------------------------------------------------------- finding runs
+def weights_of(run: Path) -> Path | None:
+    """The run's checkpoint, else the agent weights a finished run keeps (committed with benchmark cells), else None."""
+    return next((path for path in (run / "checkpoint.pt", run / AGENT_WEIGHTS_FILE) if path.exists()), None)
+
+
 def find_latest_run(algo: str | None = None, env: str | None = None, root: Path | str = REPO_ROOT) -> Path | None:
     """The newest run of ``algo`` (and ``env``) under ``root``'s ``runs/`` and ``benchmarks/*/cells/`` that has its
-    checkpoint, else the newest at all (so that :func:`load_run` can say what is missing), else None."""
+    weights, else the newest at all (so that :func:`load_run` can say what is missing), else None."""
     runs = {config.parent for pattern in ("runs/{}/{}/*", "benchmarks/*/cells/{}/{}/*")
             for config in Path(root).glob(pattern.format(env or "*", algo or "*") + "/config.json")}
-    with_checkpoint = [run for run in runs if (run / "checkpoint.pt").exists()]
-    return max(with_checkpoint or runs, key=lambda run: (run / "checkpoint.pt" if run in with_checkpoint
-                                                         else run / "config.json").stat().st_mtime, default=None)
+    with_weights = [run for run in runs if weights_of(run)]
+    return max(with_weights or runs, key=lambda run: (weights_of(run) or run / "config.json").stat().st_mtime,
+               default=None)
 
 
 def find_or_train_run(algo: str, env: str | None = None, root: Path | str = REPO_ROOT) -> Path:
-    """The newest run of ``algo`` (and ``env``) with its checkpoint; where none has one (a fresh clone), a smoke-tier
-    run trained now under ``root/runs`` (seconds), so a notebook always has weights to show."""
+    """The newest run of ``algo`` (and ``env``) with its weights; where none has any, a smoke-tier run trained now
+    under ``root/runs`` (seconds), so a notebook always has weights to show."""
     found = find_latest_run(algo, env, root)
-    if found is not None and (found / "checkpoint.pt").exists():
+    if found is not None and weights_of(found):
         return found
     env = env or "point-robot"
-    print(f"no {algo} run with a checkpoint under {root}: training a smoke-tier run on {env} now (seconds), to "
+    print(f"no {algo} run with weights under {root}: training a smoke-tier run on {env} now (seconds), to "
           f"show the plots. For meaningful ones: python -m experiments.run --env {env} --algo {algo} --tier quick")
     config = build_config(env, algo, "smoke", 0)
     config.run_root = str(Path(root) / "runs")
@@ -49,8 +54,9 @@ def find_or_train_run(algo: str, env: str | None = None, root: Path | str = REPO
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_run(run_dir: Path | str) -> Trainer:
-    """A run's :class:`Trainer` with its ``checkpoint.pt`` (weights, replay buffers) loaded; the run's files and
-    torch's global random state are left alone."""
+    """A run's :class:`Trainer` with its ``checkpoint.pt`` (weights, replay buffers) loaded, or only its agent
+    weights (``agent.pt``) where the checkpoint is gone; the run's files and torch's global random state are left
+    alone."""
     return Trainer.from_run_dir(Path(run_dir).expanduser().resolve() if run_dir is not None else None,
                                 progress=False, load_weights=True)
 
@@ -70,8 +76,9 @@ def describe_run(run_dir: Path | str | None) -> str:
         final = (results.get("final_eval") or {}).get("meta_test_return")
         lines.append(f"  finished: meta_test_return {results.get('meta_test_return')}, low-noise final evaluation "
                      f"{final}")
-    lines.append("  checkpoint.pt present: weights can be loaded" if (run_dir / "checkpoint.pt").exists() else
-                 "  checkpoint.pt MISSING: this run cannot be analysed; set RUN_DIR to a run that has one")
+    weights = weights_of(run_dir)
+    lines.append(f"  {weights.name} present: weights can be loaded" if weights else
+                 "  no checkpoint.pt or agent.pt: this run cannot be analysed; set RUN_DIR to a run that has one")
     return "\n".join(lines)
 
 
@@ -192,9 +199,9 @@ def task_latents(trainer: Trainer, task_ids: Sequence[int], context_size: int | 
                         else p.embedding_batch_size)
     enc_buffer, train_ids = getattr(algorithm, "enc_buffer", None), set(map(int, trainer.env.unwrapped.train_task_ids))
     foreign = [int(t) for t in task_ids if int(t) not in train_ids]
-    if source == "buffer" and (enc_buffer is None or foreign):
-        raise ValueError(f"source='buffer' needs an encoder buffer and training tasks ({foreign} are held out); "
-                         f"use source='rollout'")
+    if source == "buffer" and (enc_buffer is None or foreign or not enc_buffer.sizes[list(task_ids)].all()):
+        raise ValueError(f"source='buffer' needs the run's encoder buffer (its checkpoint.pt, not only agent.pt) and "
+                         f"training tasks ({foreign} are held out); use source='rollout'")
 
     latents = []
     with trainer.isolated_randomness(seed), torch.no_grad():

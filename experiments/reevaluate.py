@@ -28,7 +28,7 @@ from algos.core.io import REPO_ROOT, atomic_write_json, atomic_write_text, read_
 from algos.core.sampler import rollout
 from algos.setformer import Acting
 from envs_glue import ENV_SPECS
-from experiments.analysis import load_run
+from experiments.analysis import load_run, weights_of
 from experiments.engine import cell_dir
 from experiments.report import (DASH, display_name, fmt, format_delta, format_mean_std, format_paired_test,
                                 provenance, reevaluation_paths, report_heading, table)
@@ -252,8 +252,8 @@ def main(argv=None) -> int:
             print(f"{env} seed {seed}: dropping re-evaluations of an earlier cell")
             del cells[env][key]
             own_embedding.get(env, {}).pop(key, None)
-        if not results or not (run_dir / "checkpoint.pt").exists():
-            print(f"skipping {env} seed {seed}: no finished cell with its checkpoint in {run_dir}")
+        if not results or not weights_of(run_dir):
+            print(f"skipping {env} seed {seed}: no finished cell with its weights in {run_dir}")
             continue
         repeats = args.repeats or read_json(run_dir / "config.json", what="config")["protocol"]["final_eval_repeats"]
         for name, overrides in variants.items():

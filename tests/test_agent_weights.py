@@ -33,3 +33,21 @@ def test_agent_weights_of_another_run_are_refused(tmp_path):
     (second / AGENT_WEIGHTS_FILE).write_bytes((first / AGENT_WEIGHTS_FILE).read_bytes())
     with pytest.raises(CheckpointError, match="another run: seed"):
         Trainer.from_run_dir(second, progress=False, load_weights=True)
+
+
+def test_the_analysis_and_reevaluation_read_a_run_that_kept_only_its_agent_weights(tmp_path):
+    from experiments import analysis
+    from experiments.reevaluate import reevaluate_cell
+
+    run_dir = train_smoke_cell(tmp_path / "runs" / "point-robot" / "setformer" / "0-x", "point-robot", "setformer")
+    (run_dir / "checkpoint.pt").unlink()
+    assert analysis.find_latest_run("setformer", "point-robot", root=tmp_path) == run_dir
+    assert "agent.pt present" in analysis.describe_run(run_dir)
+    trainer = analysis.load_run(run_dir)
+    test_ids = list(trainer.env.unwrapped.test_task_ids[:2])
+    assert analysis.task_latents(trainer, test_ids, num_samples=2, seed=0).shape[:2] == (2, 2)
+    with pytest.raises(ValueError, match="encoder buffer"):  # replay contexts need the checkpoint
+        analysis.task_latents(trainer, [0], num_samples=2, seed=0, source="buffer")
+    results = json.loads((run_dir / "results.json").read_text())
+    entry = reevaluate_cell(run_dir, [], 1, 1)
+    assert entry["meta_test_return"] == results["final_eval"]["meta_test_return"]  # as trained, 1 repeat

@@ -66,7 +66,7 @@ def test_load_run_errors_name_what_is_missing(tmp_path, smoke_runs):
         (cleaned / name).write_bytes((smoke_runs["setformer"] / name).read_bytes())
     with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
         analysis.load_run(cleaned)
-    assert "MISSING" in analysis.describe_run(cleaned)
+    assert "no checkpoint.pt or agent.pt" in analysis.describe_run(cleaned)
     with pytest.raises(FileNotFoundError, match="no run directory given"):
         analysis.load_run(None)
 
