@@ -124,7 +124,7 @@ def _json_default(value):
 
 def git_commit() -> str:
     """The commit this code is at (``-dirty`` with uncommitted code changes). Where the tree travelled without its
-    git metadata (a cluster node, a lent GPU machine), the driver states it in ``META_RL_GIT_COMMIT``."""
+    git metadata (a cluster node, a copy on another machine), the driver states it in ``META_RL_GIT_COMMIT``."""
     if os.environ.get("META_RL_GIT_COMMIT") and not (REPO_ROOT / ".git").exists():
         return os.environ["META_RL_GIT_COMMIT"]
     try:
