@@ -125,9 +125,13 @@ def select(trials: list[dict], points_in_order: list[str]) -> list[dict]:
             complete = sorted(t["seed"] for t in runs) == seeds and len(values) == len(seeds)
             scored.append({"point": name, "overrides": runs[0]["overrides"], "seeds": sorted(t["seed"] for t in runs),
                            "mean": mean_std(values)[0] if values else None, "complete": complete})
+        present = {s["point"] for s in scored}
+        scored += [{"point": name, "overrides": None, "seeds": [], "mean": None, "complete": False}
+                   for name in points_in_order if name not in present]  # grid points not run yet
         scored.sort(key=lambda s: (order.get(s["point"], len(order)), s["point"]))
         ranked = [s for s in scored if s["complete"]]
-        best = max(ranked, key=lambda s: s["mean"]) if ranked else None  # max keeps the first of equal means
+        # a selection is made once every point has finished every seed; max keeps the first of equal means
+        best = max(ranked, key=lambda s: s["mean"]) if ranked and len(ranked) == len(scored) else None
         selections.append({"env": env, "algo": algo, "tier": tier, "points": scored,
                            "selected": None if best is None else best["point"],
                            "selected_overrides": None if best is None else best["overrides"]})
@@ -148,10 +152,10 @@ def render_markdown(report: dict, out: Path) -> str:
              "## Selected settings", ""]
     rows = []
     for s in report["selections"]:
-        means = " · ".join(f"{p['point']}: {fmt(p['mean'])}" + ("" if p["complete"] else " (incomplete)")
+        means = " · ".join(f"{p['point']}: {fmt(p['mean'])}" + ("" if p["complete"] else " (not finished)")
                            for p in s["points"])
-        rows.append([s["env"], display_name(s["algo"]), s["tier"], f"`{s['selected']}`" if s["selected"] else DASH,
-                     means])
+        rows.append([s["env"], display_name(s["algo"]), s["tier"],
+                     f"`{s['selected']}`" if s["selected"] else "pending: not every point has finished", means])
     parts += [table(["environment", "method", "tier", "selected point", "mean validation figure per point"], rows),
               "", "## Every trial", ""]
     rows = []

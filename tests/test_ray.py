@@ -182,15 +182,18 @@ def _trial(point: str, seed: int, validation: float | None, test: float) -> dict
             "seed": seed, "validation_low_noise": validation, "test_low_noise": test}
 
 
-def test_selection_reads_the_validation_figure_only_and_ranks_complete_points():
+def test_selection_reads_the_validation_figure_only_once_every_point_has_finished():
     trials = [_trial("a", 1, -6.0, -9.0), _trial("a", 2, -6.0, -9.0),       # best on validation
               _trial("b", 1, -7.0, -1.0), _trial("b", 2, -7.0, -1.0),       # far better on test: not read
-              _trial("c", 1, -1.0, -9.0)]                                    # best, but seed 2 did not finish
-    [selection] = sweep.select(trials, ["b", "a", "c"])
-    assert selection["selected"] == "a"
-    by_point = {p["point"]: p for p in selection["points"]}
+              _trial("c", 1, -1.0, -9.0)]                                    # seed 2 has not finished
+    [pending] = sweep.select(trials, ["b", "a", "c"])
+    assert pending["selected"] is None  # no selection while a point is unfinished, however good it looks
+    by_point = {p["point"]: p for p in pending["points"]}
     assert by_point["a"]["mean"] == -6.0 and by_point["a"]["complete"] and not by_point["c"]["complete"]
-    assert [p["point"] for p in selection["points"]] == ["b", "a", "c"]  # in grid order
+    assert [p["point"] for p in pending["points"]] == ["b", "a", "c"]  # in grid order
+    finished = trials + [_trial("c", 2, -13.0, 0.0)]                        # c's mean: -7.0
+    assert sweep.select(finished, ["b", "a", "c"])[0]["selected"] == "a"
+    assert sweep.select(finished, ["b", "a", "c", "d"])[0]["selected"] is None  # d has not run at all
     # equal validation figures: the point listed first wins
     tie = [_trial("a", 1, -5.0, 0.0), _trial("b", 1, -5.0, 1.0)]
     assert sweep.select(tie, ["b", "a"])[0]["selected"] == "b"
