@@ -14,7 +14,7 @@ import torch
 
 from algos.core.agent import MetaAgent
 from algos.core.config import ConfigError
-from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig
+from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from models.mlp import build_mlp
 from models.policy import build_policy
 
@@ -80,6 +80,12 @@ class FOCAL(MetaSACAlgorithm):
     reference_row = "FOCAL"
     report_rank = 2
     config_class = FocalConfig
+
+    @classmethod
+    def architecture(cls, agent: dict) -> str:
+        return (f"deterministic MLP encoder ({agent['encoder_num_hidden_layers']} x {agent['encoder_hidden_dim']}) "
+                f"averaged over the context, z ({agent['latent_dim']}) shaped by the distance-metric loss; "
+                + sac_architecture(agent))
 
     def make_agent(self) -> FocalAgent:
         return FocalAgent(self.obs_dim, self.action_dim, self.config, self.protocol.use_next_obs_in_context)

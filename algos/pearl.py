@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from algos.core.agent import MetaAgent
 from algos.core.config import ConfigError
-from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig
+from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from envs_glue import env_spec
 from models.mlp import build_mlp
 from models.policy import build_policy
@@ -87,6 +87,12 @@ class PEARL(MetaSACAlgorithm):
     reference_row = "PEARL"
     report_rank = 1
     config_class = PearlConfig
+
+    @classmethod
+    def architecture(cls, agent: dict) -> str:
+        return (f"MLP encoder ({agent['encoder_num_hidden_layers']} x {agent['encoder_hidden_dim']}) per transition, "
+                f"Gaussian factors multiplied into the belief, z ({agent['latent_dim']}) sampled from it; "
+                + sac_architecture(agent))
 
     @classmethod
     def default_config(cls, env: str) -> PearlConfig:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from algos.core.agent import MetaAgent
-from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig
+from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from models.policy import build_policy
 
 
@@ -34,6 +34,10 @@ class SACNoContext(MetaSACAlgorithm):
     display_name = "SAC (no context)"
     role = "floor"
     config_class = SACNoContextConfig
+
+    @classmethod
+    def architecture(cls, agent: dict) -> str:
+        return "no encoder, z = 0; " + sac_architecture(agent)
 
     def make_agent(self) -> SACNoContextAgent:
         return SACNoContextAgent(self.obs_dim, self.action_dim, self.config)

@@ -69,7 +69,7 @@ from torch import nn
 
 from algos.core.agent import ContextBuffer, MetaAgent
 from algos.core.config import ConfigError
-from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig
+from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from models.mlp import build_mlp
 from models.policy import build_policy
 from models.set_transformer import InducedSetAttentionBlock, PoolingByMultiheadAttention
@@ -421,6 +421,16 @@ class SetFormer(MetaSACAlgorithm):
     display_name = "setformer (ours)"
     role = "ours"
     config_class = SetFormerConfig
+
+    @classmethod
+    def architecture(cls, agent: dict) -> str:
+        pooling = (f"{agent['num_blocks']} induced-set attention blocks ({agent['num_inducing']} inducing points, "
+                   f"{agent['num_heads']} heads) and pooling by attention ({agent['num_seeds']} seed queries)"
+                   if agent.get("encoder_pooling", "attention") == "attention" else "a mean over the tokens")
+        return (f"set transformer: each transition a token (MLP to {agent['model_dim']}), {pooling}, a deterministic "
+                f"z ({agent['latent_dim']}, latent_norm {agent.get('latent_norm', 'none')}); reward and next-state "
+                f"heads ({agent['head_num_hidden_layers']} x {agent['head_hidden_dim']}); one learned embedding per "
+                f"training task as hypotheses; " + sac_architecture(agent))
     inference_time_config = ("exploration",)
 
     @classmethod

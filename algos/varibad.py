@@ -16,7 +16,7 @@ from torch import nn
 
 from algos.core.agent import MetaAgent
 from algos.core.config import ConfigError
-from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig
+from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from models.mlp import build_mlp
 from models.policy import build_policy
 
@@ -91,6 +91,12 @@ class VariBAD(MetaSACAlgorithm):
     reference_row = "VariBAD"
     report_rank = 3
     config_class = VariBADConfig
+
+    @classmethod
+    def architecture(cls, agent: dict) -> str:
+        return (f"per-transition MLP ({agent['transition_embed_dim']}) into a GRU ({agent['gru_hidden_dim']}) over "
+                f"the ordered context, Gaussian z ({agent['latent_dim']}) acted on at its mean, reward decoder "
+                f"({agent['decoder_num_hidden_layers']} x {agent['decoder_hidden_dim']}); " + sac_architecture(agent))
     sequential_context = True
 
     def make_agent(self) -> VariBADAgent:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from algos import methods_with_role
+from algos import algorithm_class, methods_with_role
 from algos.core.io import REPO_ROOT, atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from algos.core.meta_sac import MetaSACConfig
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
@@ -80,6 +80,10 @@ def cell_record(results: dict, cell_dir: str, with_config: bool = False) -> dict
     record["protocol"] = config.get("protocol")
     agent = config.get("agent") or {}
     record["shared_hyperparameters"] = {key: agent[key] for key in SHARED_HYPERPARAMETERS if key in agent}
+    try:  # a method's own description of its networks, read from the saved config
+        record["architecture"] = algorithm_class(results["algo"]).architecture(agent)
+    except (KeyError, ValueError):  # a config from before a setting existed, or a method no longer here
+        record["architecture"] = ""
     # bf16=auto resolves per machine, so cells of one table may differ here; saved resolved (a bool), and a config
     # from before the option existed ran fp32
     record["bf16"] = bool(config.get("bf16", False))
@@ -296,6 +300,18 @@ def _margin_of(algo: str, env: str, seed_figures: dict[str, tuple[dict[int, floa
     return " ".join(sentences)
 
 
+def _architecture_text(summary: dict) -> str:
+    """Each method's task inference and networks, as its cells ran them: architecture differences, stated."""
+    described: dict[str, list[str]] = defaultdict(list)
+    for cell in summary.get("cells") or []:
+        if cell.get("architecture") and cell["architecture"] not in described[cell["algo"]]:
+            described[cell["algo"]].append(cell["architecture"])
+    if not described:
+        return ""
+    return "**Architectures.** " + " · ".join(f"{display_name(algo)}: {' / '.join(described[algo])}"
+                                             for algo in ordered(described, ALGO_ORDER)) + "."
+
+
 def _hyperparameter_text(summary: dict) -> str:
     """The hyperparameters every SAC-based method has (``MetaSACConfig``) whose values differ between the methods of
     this table: equal budget is not equal tuning, and a reader must see where the methods were set differently."""
@@ -398,6 +414,7 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
         _code_text(summary),
         "",
         *([text, ""] if (text := _precision_text(summary)) else []),
+        *([text, ""] if (text := _architecture_text(summary)) else []),
         *([text, ""] if (text := _hyperparameter_text(summary)) else []),
         "**Figures.** *meta-test return (protocol)* is the protocol's own figure after the last iteration: on each "
         "held-out task the context is cleared, episodes run back to back, the first ones explore, and the task "

@@ -19,6 +19,8 @@ Facts (class attributes):
   is this method's own published number, shown beside it. Read from the class's own body only: a variant made
   by subclassing PEARL is not PEARL, so it does not inherit PEARL's number (every other fact is inherited).
 - ``report_rank``: the order among methods of the same role in tables (then the name).
+- ``architecture(agent_config)``: one line on its task inference and networks, from a saved ``agent`` config
+  (a dict), which tables print so that every architecture difference between methods is stated.
 
 The interface: ``__init__(env, protocol, config, rng, bf16, device)``; ``agent`` (a :class:`MetaAgent`, what
 evaluation runs), ``env_steps`` and ``grad_steps`` counters, ``networks`` (the modules the device setting moves:
@@ -53,6 +55,10 @@ class Algorithm:
     agent: Any
     env_steps: int
     grad_steps: int
+
+    @classmethod
+    def architecture(cls, agent: dict) -> str:
+        return ""
 
     def __init__(self, env, protocol, config, rng: np.random.Generator, bf16: bool = False,
                  device: torch.device | str = "cpu"):

@@ -73,6 +73,11 @@ class MetaSACConfig:
             raise ConfigError(f"agent.network_init must be one of {list(NETWORK_INITS)}, got {self.network_init!r}")
 
 
+def sac_architecture(agent: dict) -> str:
+    """The SAC networks of a saved ``agent`` config, as tables describe them."""
+    return f"actor and critic {agent['num_hidden_layers']} x {agent['hidden_dim']} (twin Q, V, target V)"
+
+
 class TwinCritic(nn.Module):
     """Twin Q functions, a state value function and its soft-updated target."""
 
