@@ -390,6 +390,20 @@ def _precision_text(summary: dict) -> str:
             "budget, rounded differently): " + " · ".join(parts) + ".")
 
 
+def _machine_text(summary: dict) -> str:
+    """The CPU each cell finished on (a resumed cell may have started on another), grouped by CPU: speed and the
+    last digits depend on it."""
+    by_cpu: dict[str, list[str]] = defaultdict(list)
+    for cell in summary.get("cells") or []:
+        machine = cell.get("machine") or {}
+        cpu = f"{machine.get('cpu', 'unknown CPU')}" + (" (native bf16)" if machine.get("cpu_native_bf16") else "")
+        by_cpu[cpu].append(f"{display_name(cell['algo'])} {cell['env']} {cell['seed']}")
+    if not by_cpu:
+        return ""
+    return ("**Machines** (the CPU each cell finished on). "
+            + " · ".join(f"{cpu}: {', '.join(cells)}" for cpu, cells in by_cpu.items()) + ".")
+
+
 def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
                     companions: dict[str, str] | None = None, protocol: str = PROTOCOL_LINK) -> str:
     """RESULTS.md: setup and budget, one table per environment, reference lines, curves and notes.
@@ -414,6 +428,7 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
         _code_text(summary),
         "",
         *([text, ""] if (text := _precision_text(summary)) else []),
+        *([text, ""] if (text := _machine_text(summary)) else []),
         *([text, ""] if (text := _architecture_text(summary)) else []),
         *([text, ""] if (text := _hyperparameter_text(summary)) else []),
         "**Figures.** *meta-test return (protocol)* is the protocol's own figure after the last iteration: on each "

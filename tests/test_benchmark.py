@@ -128,6 +128,7 @@ def test_killed_runner_resumes_without_rerunning_finished_cells(tmp_path, capsys
     assert "| validation tasks (low-noise) |" in markdown
     # every method's networks are stated, read from its cells' saved configs (the scripted oracle has none)
     assert "**Architectures.** SAC (no context): no encoder, z = 0; actor and critic 3 x 300" in markdown
+    assert f"**Machines** (the CPU each cell finished on). {sac_results['machine']['cpu']}" in markdown
     assert f"| {sac_results['final_eval']['validation_return']:.2f} (n=1) |" in markdown
 
 
