@@ -89,9 +89,11 @@ def make_run_dir(path: Path) -> None:
         raise RunDirError(f"run directory {path} is not writable (permission denied or a read-only file system)")
 
 
-def load_checkpoint(path: Path, data: bytes | None = None) -> dict:
-    """The checkpoint at ``path``; ``data`` holds its bytes where they are not one file there (a copy carried in
-    parts, ``experiments.carry``), and ``path`` then only names it in errors."""
+def load_checkpoint(path: Path, data: bytes | None = None, required: tuple[str, ...] = ("iteration", "algorithm")
+                    ) -> dict:
+    """The checkpoint at ``path`` (or another torch file of a run holding the ``required`` keys, e.g. a finished
+    run's agent weights); ``data`` holds its bytes where they are not one file there (a copy carried in parts,
+    ``experiments.carry``), and ``path`` then only names it in errors."""
     path = Path(path)
     if data is None and not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -99,7 +101,7 @@ def load_checkpoint(path: Path, data: bytes | None = None) -> dict:
         state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or "iteration" not in state or "algorithm" not in state:
+    if not isinstance(state, dict) or any(key not in state for key in required):
         raise CheckpointError(f"checkpoint {path} is not a checkpoint of this project (missing keys)")
     return state
 

@@ -371,30 +371,25 @@ class Trainer:
         """Load a finished run's agent weights: evaluation and acting work as after training; what needs the
         replay buffers or the critic (resuming, replay-data probes) needs the checkpoint instead."""
         path = self.run_dir / AGENT_WEIGHTS_FILE
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as error:  # torch raises several types for truncated or foreign files
-            raise CheckpointError(f"{path} is corrupt or unreadable ({type(error).__name__}: {error})") from None
-        if not isinstance(state, dict) or "agent" not in state:
-            raise CheckpointError(f"{path} holds no agent weights of this project")
+        state = load_checkpoint(path, required=("agent",))
         check_identity(state, self.config, path)
+        self._load_networks(self.algorithm.agent, state["agent"], path)
+
+    def _load_networks(self, target, state: dict, path: Path) -> None:
+        """``target.load_state_dict(state)``; a state of another method's networks is one clear error naming
+        ``path``."""
         try:
-            self.algorithm.agent.load_state_dict(state["agent"])
-        except (KeyError, RuntimeError, ValueError) as error:
+            target.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as error:  # shapes or keys of another method's networks
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CheckpointError(f"{path} does not fit this run's {self.config.algo} agent ({first_line})") from None
+            raise CheckpointError(f"{path} does not fit this run's {self.config.algo} networks ({first_line})") from None
 
     def load_checkpoint(self, for_resume: bool = True) -> None:
         """Load the run's last checkpoint. ``for_resume=False`` only restores the algorithm's state (weights,
         buffers, counters) and touches neither the run's files nor torch's global random state: for analysis."""
         state = load_checkpoint(self.checkpoint_path)
         check_identity(state, self.config, self.checkpoint_path)
-        try:
-            self.algorithm.load_state_dict(state["algorithm"])
-        except (KeyError, RuntimeError, ValueError) as error:  # shapes or keys of another method's networks
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CheckpointError(f"checkpoint {self.checkpoint_path} does not fit this run's {self.config.algo} "
-                                  f"networks ({first_line})") from None
+        self._load_networks(self.algorithm, state["algorithm"], self.checkpoint_path)
         self.learning_curve = state["learning_curve"]
         # a kill between checkpoints loses the partial iteration's work, not its time: the clock file has it
         self.elapsed = max(state["elapsed"], self.wall_clock.read() if for_resume else 0.0)
