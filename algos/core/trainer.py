@@ -382,7 +382,8 @@ class Trainer:
             target.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as error:  # shapes or keys of another method's networks
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CheckpointError(f"{path} does not fit this run's {self.config.algo} networks ({first_line})") from None
+            raise CheckpointError(f"{path} does not fit this run's {self.config.algo} networks "
+                                  f"({first_line})") from None
 
     def load_checkpoint(self, for_resume: bool = True) -> None:
         """Load the run's last checkpoint. ``for_resume=False`` only restores the algorithm's state (weights,
