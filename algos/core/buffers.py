@@ -153,6 +153,23 @@ def sample_rl_batch(buffer: MultiTaskReplayBuffer, tasks: np.ndarray, batch_size
     """``batch_size`` uniform samples of each task's replay data (:class:`RLBatch`). The critic's reward is the
     context's unless ``critic_uses_dense_reward`` (on a sparse task the reference trains the critic densely)."""
     sampled = buffer.gather(tasks, buffer.random_positions(tasks, batch_size, rng))
+    return _rl_batch(sampled, context_uses_sparse_reward, critic_uses_dense_reward)
+
+
+def sample_rl_sequences(buffer: MultiTaskReplayBuffer, tasks: np.ndarray, length: int, rng: np.random.Generator,
+                        context_uses_sparse_reward: bool, critic_uses_dense_reward: bool
+                        ) -> tuple[RLBatch, torch.Tensor]:
+    """The sequence sampler of methods that read a history in order: per task, ``length`` consecutive transitions
+    from a random episode start (whole trajectories in collection order,
+    :meth:`MultiTaskReplayBuffer.sequence_positions`), as an :class:`RLBatch` with a time axis ``(t, length, d)``,
+    and each transition's episode-start flag ``(t, length, 1)``."""
+    positions = buffer.sequence_positions(tasks, length, rng)
+    episode_starts = torch.from_numpy(buffer.episode_starts[tasks[:, None], positions].astype(np.float32))[..., None]
+    return _rl_batch(buffer.gather(tasks, positions), context_uses_sparse_reward, critic_uses_dense_reward), episode_starts
+
+
+def _rl_batch(sampled: dict[str, np.ndarray], context_uses_sparse_reward: bool,
+              critic_uses_dense_reward: bool) -> RLBatch:
     columns = {name: torch.from_numpy(array) for name, array in sampled.items()}
     columns = {name: tensor[..., None] if tensor.dim() == 2 else tensor for name, tensor in columns.items()}
     context_rewards = columns["sparse_rewards"] if context_uses_sparse_reward else columns["rewards"]

@@ -29,7 +29,7 @@ from algos.core.agent import MetaAgent
 from algos.core.algorithm import Algorithm
 from algos.core.buffers import MultiTaskReplayBuffer, RLBatch, sample_context, sample_rl_batch
 from algos.core.config import ConfigError, ProtocolConfig
-from algos.core.sampler import collect_data
+from algos.core.sampler import collect_data, num_eval_episodes
 from models.mlp import NETWORK_INITS, build_qf, build_vf, count_parameters, rlkit_init_
 
 
@@ -121,6 +121,9 @@ class MetaSACAlgorithm(Algorithm):
 
     config_class = MetaSACConfig
     sequential_context = False  # True for order-dependent encoders: context = consecutive trajectories
+    # True for agents that read their own transitions as they act (a black-box history model): collection runs
+    # them in trials of a meta-test trial's length instead of re-inferring from the encoder buffer
+    acts_in_context = False
     # skip Q's weight gradients in the policy/V pass (identical math, which tests/test_device.py checks against False)
     freeze_q_in_policy_step = True
 
@@ -132,6 +135,7 @@ class MetaSACAlgorithm(Algorithm):
         self.obs_dim = env.observation_space.shape[0]
         self.action_dim = env.action_space.shape[0]
         self.max_path_length = meta_env.max_episode_steps
+        self.trial_episodes = num_eval_episodes(protocol.num_steps_per_eval, self.max_path_length)  # per meta-test trial
         self.train_tasks = np.asarray(meta_env.train_task_ids)
         buffer_args = (len(self.train_tasks), protocol.replay_buffer_size, self.obs_dim, self.action_dim)
         self.rl_buffer = MultiTaskReplayBuffer(*buffer_args)
@@ -219,7 +223,9 @@ class MetaSACAlgorithm(Algorithm):
             return 0
         started = time.perf_counter()
         steps = collect_data(self.env, self.agent, task, num_samples, self.max_path_length, self.rl_buffer,
-                             self.enc_buffer, update_posterior, add_to_enc_buffer, self.sample_task_context)
+                             self.enc_buffer, update_posterior, add_to_enc_buffer, self.sample_task_context,
+                             trial_episodes=self.trial_episodes if self.acts_in_context else 0,
+                             context_uses_sparse_reward=self.protocol.sparse_rewards)
         self.env_steps += steps
         self.timings["collection_s"] += time.perf_counter() - started
         return steps
@@ -282,22 +288,30 @@ class MetaSACAlgorithm(Algorithm):
         context = self.training_context(self.sample_task_context(tasks))  # (tasks, n, context_dim)
         batch = sample_rl_batch(self.rl_buffer, tasks, p.batch_size, self.rng, context_uses_sparse_reward=p.sparse_rewards,
                                 critic_uses_dense_reward=c.critic_uses_dense_reward).to(self.device)  # (t, b, d)
-        flat = batch.flatten_tasks()                                                   # (t*b, d)
-        obs, actions, next_obs, terminals, rewards = (flat.obs, flat.actions, flat.next_obs, flat.terminals,
-                                                      flat.critic_rewards)
-        critic, policy = self.critic, self.agent.policy
-
         with self.autocast():
             task_z = self.agent.infer_posterior(context)                              # (tasks, latent)
             batch_z = self.batch_latents(tasks, task_z, p.batch_size)                # (tasks, batch, latent)
             encoder_losses = self.encoder_losses(tasks, context, task_z, batch_z, batch)
-            z = rearrange(batch_z, "t b d -> (t b) d")                              # (tasks*batch, latent)
+        z = rearrange(batch_z, "t b d -> (t b) d")                                  # (tasks*batch, latent)
+        # the task does not change within a batch row: the next state's latent is the same
+        return self.sac_update(batch.flatten_tasks(), z, z, encoder_losses)
 
+    def sac_update(self, batch: RLBatch, z: torch.Tensor, next_z: torch.Tensor,
+                   encoder_losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One SAC step on flat samples (``batch`` fields ``(n, d)``), each conditioned on its latent ``z`` ``(n,
+        latent)`` and bootstrapped from ``V(next_obs, next_z)``; ``encoder_losses`` (already weighted) are summed
+        into the critic step, whose Q loss is the only RL gradient into the latents."""
+        p, c = self.protocol, self.config
+        obs, actions, next_obs, terminals, rewards = (batch.obs, batch.actions, batch.next_obs, batch.terminals,
+                                                      batch.critic_rewards)
+        critic, policy = self.critic, self.agent.policy
+
+        with self.autocast():
             # Q loss: the only RL gradient into the encoder
             q1_pred = critic.qf1(obs, actions, z).float()
             q2_pred = critic.qf2(obs, actions, z).float()
             with torch.no_grad():
-                target_v = critic.target_vf(next_obs, z).float()
+                target_v = critic.target_vf(next_obs, next_z).float()
                 q_target = rewards * p.reward_scale + (1.0 - terminals) * p.discount * target_v
             qf_loss = F.mse_loss(q1_pred, q_target) + F.mse_loss(q2_pred, q_target)
             encoder_loss = sum(encoder_losses.values()) if encoder_losses else torch.zeros(())

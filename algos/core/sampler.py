@@ -43,21 +43,28 @@ def rollout(env: gym.Env, agent: MetaAgent, max_path_length: int, deterministic:
 
 def collect_data(env: gym.Env, agent: MetaAgent, task: int, num_samples: int, max_path_length: int,
                  rl_buffer: MultiTaskReplayBuffer, enc_buffer: MultiTaskReplayBuffer,
-                 update_posterior: bool, add_to_enc_buffer: bool, sample_task_context) -> int:
+                 update_posterior: bool, add_to_enc_buffer: bool, sample_task_context,
+                 trial_episodes: int = 0, context_uses_sparse_reward: bool = False) -> int:
     """Collect ``num_samples`` transitions in ``task`` (whole episodes; the last one may run past the budget's
     end by less than an episode, as in the reference). The belief starts at the prior; with
     ``update_posterior`` it is re-inferred after every episode from ``sample_task_context(task)`` (the encoder
-    buffer). Returns the number of transitions collected."""
+    buffer). An agent that acts in context (``trial_episodes > 0``) instead reads its own transitions as they
+    happen, in trials of ``trial_episodes`` episodes (a meta-test trial's length), its context cleared before
+    each: it never re-infers from the encoder buffer. Returns the number of transitions collected."""
     env.unwrapped.reset_task(task)
     agent.clear_context()
-    collected = 0
+    collected = episodes = 0
     while collected < num_samples:
-        path = rollout(env, agent, max_path_length)
+        if trial_episodes and episodes and episodes % trial_episodes == 0:
+            agent.clear_context()
+        path = rollout(env, agent, max_path_length, accum_context=trial_episodes > 0,
+                       context_uses_sparse_reward=context_uses_sparse_reward)
         collected += len(path["rewards"])
+        episodes += 1
         rl_buffer.add_path(task, path)
         if add_to_enc_buffer:
             enc_buffer.add_path(task, path)
-        if update_posterior:
+        if update_posterior and not trial_episodes:
             with torch.no_grad():
                 agent.infer_posterior(sample_task_context(task))
     return collected
