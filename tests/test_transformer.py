@@ -144,8 +144,8 @@ def test_one_step_trains_every_network_on_the_protocols_sample_count(trainer):
 
 @pytest.mark.parametrize("env, overrides", [
     ("point-robot", []),
-    ("sparse-point-robot", ["num_iterations=1"]),
-    # cheetah: one scored episode per trial keeps this to seconds (a 200-step context)
+    # shorter trials keep these to seconds (100- and 200-step contexts); the full smoke tier is the CLI's
+    ("sparse-point-robot", ["num_iterations=1", "num_steps_per_eval=100", "num_exp_traj_eval=1"]),
     ("cheetah-vel", ["num_iterations=1", "num_steps_per_eval=200", "num_exp_traj_eval=0"]),
 ])
 def test_smoke_run_on_every_environment(tmp_path, env, overrides):
