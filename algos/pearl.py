@@ -7,6 +7,7 @@ information bottleneck. The encoder learns from the critic's Q loss and the KL, 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -96,7 +97,7 @@ class PEARL(MetaSACAlgorithm):
 
     @classmethod
     def default_config(cls, env: str) -> PearlConfig:
-        return PearlConfig(kl_lambda=1.0 if env_spec(env).sparse_reward else 0.1)
+        return dataclasses.replace(super().default_config(env), kl_lambda=1.0 if env_spec(env).sparse_reward else 0.1)
 
     def make_agent(self) -> PearlAgent:
         return PearlAgent(self.obs_dim, self.action_dim, self.config, self.protocol.use_next_obs_in_context)

@@ -421,6 +421,7 @@ class SetFormer(MetaSACAlgorithm):
     display_name = "setformer (ours)"
     role = "ours"
     config_class = SetFormerConfig
+    env_defaults = ENV_DEFAULTS
 
     @classmethod
     def architecture(cls, agent: dict) -> str:
@@ -432,10 +433,6 @@ class SetFormer(MetaSACAlgorithm):
                 f"heads ({agent['head_num_hidden_layers']} x {agent['head_hidden_dim']}); one learned embedding per "
                 f"training task as hypotheses; " + sac_architecture(agent))
     inference_time_config = ("exploration",)
-
-    @classmethod
-    def default_config(cls, env: str) -> SetFormerConfig:
-        return SetFormerConfig(**ENV_DEFAULTS.get(env, {}))
 
     def make_agent(self) -> SetFormerAgent:
         return SetFormerAgent(self.obs_dim, self.action_dim, self.config, len(self.train_tasks),

@@ -362,3 +362,23 @@ def test_experiments_is_smaller_than_what_it_runs():
                    for path in (REPO_ROOT / package).rglob("*.py"))
 
     assert lines("experiments") < lines("algos", "models", "envs_glue")
+
+
+def test_per_environment_defaults_are_applied_and_checked():
+    from algos.core.algorithm import check_facts
+    from envs_glue import ENV_SPECS
+    for name in ALGORITHMS:
+        cls = algorithm_class(name)
+        assert set(cls.env_defaults) <= set(ENV_SPECS), f"{name}: env_defaults names an unknown environment"
+        for env, settings in cls.env_defaults.items():
+            config = cls.default_config(env)
+            assert {key: getattr(config, key) for key in settings} == settings
+    assert algorithm_class("setformer").default_config("cheetah-vel").lr == 1e-3
+    assert algorithm_class("setformer").default_config("point-robot").lr == 3e-4
+
+    class Misnamed(algorithm_class("pearl")):
+        name, display_name = "misnamed", "misnamed"
+        env_defaults = {"point-robot": {"learning_rate": 1e-3}}
+
+    with pytest.raises(TypeError, match=r"env_defaults\['point-robot'\]` sets \['learning_rate'\], not fields of PearlConfig"):
+        check_facts(Misnamed)

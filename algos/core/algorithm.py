@@ -19,6 +19,8 @@ Facts (class attributes):
   is this method's own published number, shown beside it. Read from the class's own body only: a variant made
   by subclassing PEARL is not PEARL, so it does not inherit PEARL's number (every other fact is inherited).
 - ``report_rank``: the order among methods of the same role in tables (then the name).
+- ``env_defaults``: per-environment settings that replace the config's defaults, ``{env: {field: value}}``: the
+  grid point chosen for the method on that environment's validation tasks (``docs/PROTOCOL.md#selection-rule``).
 - ``architecture(agent_config)``: one line on its task inference and networks, from a saved ``agent`` config
   (a dict), which tables print so that every architecture difference between methods is stated.
 
@@ -30,6 +32,7 @@ state included).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,6 +50,7 @@ class Algorithm:
     unsupported_reason: ClassVar[str] = ""
     reference_row: ClassVar[str | None] = None
     report_rank: ClassVar[int] = 0
+    env_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     config_class: ClassVar[type]
     # config groups (of ``config_class``) that only change how the trained agent acts, not what it learns from a
     # given batch: ``experiments.reevaluate`` may override them on finished weights
@@ -74,9 +78,9 @@ class Algorithm:
 
     @classmethod
     def default_config(cls, env: str):
-        """The method's config on ``env`` before any ``--set``: ``config_class()`` unless a default depends on the
-        environment (PEARL's KL weight)."""
-        return cls.config_class()
+        """The method's config on ``env`` before any ``--set``: ``config_class()`` with the environment's
+        ``env_defaults`` (a method may also derive a default from the environment's facts: PEARL's KL weight)."""
+        return cls.config_class(**cls.env_defaults.get(env, {}))
 
     @classmethod
     def own_reference_row(cls) -> str | None:
@@ -119,4 +123,9 @@ def check_facts(cls: type) -> None:
         raise TypeError(f"{where}: `supported_envs` must be a tuple of env names or None")
     if not hasattr(cls, "config_class"):
         raise TypeError(f"{where}: `config_class` (its typed config) is missing")
+    known = {f.name for f in dataclasses.fields(cls.config_class)}
+    for env, settings in cls.env_defaults.items():
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(f"{where}: `env_defaults[{env!r}]` sets {unknown}, not fields of {cls.config_class.__name__}")
 
