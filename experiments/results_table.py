@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from algos import algorithm_class, methods_with_role
+from algos.core.config import TUNING_GRID
 from algos.core.io import REPO_ROOT, atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from algos.core.meta_sac import MetaSACConfig
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
@@ -64,6 +65,18 @@ SHARED_HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(MetaSACConfig)
 # (computing as before), so a missing key is read as the default and a later cell that switched it on still shows
 SHARED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MetaSACConfig)
                    if f.default is not dataclasses.MISSING}
+
+
+
+def grid_point_of(hyperparameters: dict) -> str:
+    """The ``TUNING_GRID`` point a cell's shared hyperparameters match (what a table names as its setting), or
+    ``other`` where they match none (a cell run before the grid, or with hand-set values)."""
+    settings = {**SHARED_DEFAULTS, **hyperparameters}
+    for point, assignments in TUNING_GRID.items():
+        if all(settings.get(key) == json.loads(value) for key, value in (a.split("=", 1) for a in assignments)):
+            return point
+    return "other"
+
 
 CELL_FIELDS = ("env", "algo", "seed", "meta_test_return", "final_eval", "online_returns", "learning_curve",
                "env_steps", "grad_steps", "wall_time_s", "parameter_count", "git_commit", "git_commits", "machine")
@@ -187,13 +200,13 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
     final_repeats = [r for r in final_repeats if r is not None]
     low_noise_header = (f"low-noise final eval ({plural(final_repeats[0], 'repeat')})" if len(final_repeats) == 1
                         else "low-noise final eval")
-    header = ["method", "meta-test return (protocol)", low_noise_header, "per seed (protocol)",
+    header = ["method", "setting", "meta-test return (protocol)", low_noise_header, "per seed (protocol)",
               "online return per episode", "parameters", "wall time (min)", "reference†"]
     # the low-noise figure on the validation tasks, which settings are chosen on (runs made before they existed lack it)
     validation = {a: [v for s in seeds if (v := ((grouped.get((env, a), {}).get(s) or {}).get("final_eval") or {})
                                            .get("validation_return")) is not None] for a in algos}
     if any(validation.values()):
-        header.insert(3, "validation tasks (low-noise)")
+        header.insert(4, "validation tasks (low-noise)")
     rows, figures, seed_figures = [], {}, {}
     for algo in algos:
         by_seed = grouped.get((env, algo), {})
@@ -216,11 +229,13 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
         wall_text = fmt(float(np.mean(wall)) / 60.0) if wall else DASH
         reference = reference_for(algo, env)
         reference_text = f"{reference:.3f}†" if reference is not None else ""
-        rows.append([display_name(algo), format_mean_std(protocol_values, planned),
+        setting = join_unique((f"`{grid_point_of(c['shared_hyperparameters'])}`" for c in done
+                               if c.get("shared_hyperparameters")), render=str)
+        rows.append([display_name(algo), setting, format_mean_std(protocol_values, planned),
                      format_mean_std(final_values, planned), per_seed, online_text, params, wall_text,
                      reference_text])
         if any(validation.values()):
-            rows[-1].insert(3, format_mean_std(validation[algo], planned) if validation[algo] else DASH)
+            rows[-1].insert(4, format_mean_std(validation[algo], planned) if validation[algo] else DASH)
 
     parts = [f"## {env}", "", table(header, rows), ""]
     # reference lines: the optimum (and the reference lines' own figures: the oracle), then the reference benchmark's
@@ -431,6 +446,13 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
         *([text, ""] if (text := _machine_text(summary)) else []),
         *([text, ""] if (text := _architecture_text(summary)) else []),
         *([text, ""] if (text := _hyperparameter_text(summary)) else []),
+        "**Settings.** *setting* names the point of the tuning grid a method's cells ran at (`other`: none of them): "
+        + "; ".join(f"`{point}`: {', '.join(assignments)}" for point, assignments in TUNING_GRID.items())
+        + f". Each method's point on each environment is chosen on validation tasks only ([selection rule]"
+        f"({protocol.split('#')[0]}#selection-rule)); settings chosen on test tasks before the validation tasks "
+        f"existed, and the cells they touched, are listed in [docs/DESIGN.md]"
+        f"({protocol.split('#')[0].replace('PROTOCOL.md', 'DESIGN.md')}#choices-made-on-the-test-tasks).",
+        "",
         "**Figures.** *meta-test return (protocol)* is the protocol's own figure after the last iteration: on each "
         "held-out task the context is cleared, episodes run back to back, the first ones explore, and the task "
         "scores the return of the final episode (averaged over `num_evals` repeats); the figure is the mean over "

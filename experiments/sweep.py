@@ -28,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from algos import ALGORITHMS
-from algos.core.config import TIERS, ConfigError
+from algos.core.config import TIERS, TUNING_GRID, TUNING_SEEDS, ConfigError
 from algos.core.io import REPO_ROOT, atomic_write_json, read_json
 from algos.core.trainer import build_config
 from envs_glue import ENV_SPECS
@@ -37,13 +37,6 @@ from experiments.engine import Cell, cell_dir, unsupported_reason
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, display_name, fmt, mean_std, provenance, report_heading,
                                 short_commit, table, write_json_and_markdown)
 
-# The grid every method is tuned on, identical for all: the references' settings first (ties go to them), then
-# setformer's cheetah-vel settings, the two places where the methods' defaults differed before any tuning.
-TUNING_GRID: dict[str, tuple[str, ...]] = {
-    "reference-settings": ("lr=0.0003", "encoder_lr=0", "learn_temperature=false"),
-    "fast-actor-critic": ("lr=0.001", "encoder_lr=0.0003", "learn_temperature=true"),
-}
-TUNING_SEEDS = (7,)  # outside the table seeds (algos.core.config.SEEDS)
 SELECTION_FIGURE = "validation_low_noise"
 
 

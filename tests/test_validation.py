@@ -47,3 +47,10 @@ def test_runs_record_the_validation_figure_beside_the_test_figure(tmp_path):
     assert abs(final["validation_return"] - (-4.60)) < 1.0
     assert final["validation_return"] != final["meta_test_return"]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["final_eval"] == final
+
+
+def test_tables_name_the_grid_point_each_cell_ran_at():
+    from experiments.results_table import grid_point_of
+    assert grid_point_of({}) == "reference-settings"  # the shared defaults are the references' settings
+    assert grid_point_of({"lr": 0.001, "encoder_lr": 0.0003, "learn_temperature": True}) == "fast-actor-critic"
+    assert grid_point_of({"lr": 0.001, "encoder_lr": 0.0003, "learn_temperature": False}) == "other"

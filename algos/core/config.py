@@ -114,6 +114,14 @@ BENCHMARK = {
         num_evals=1),
 }
 SEEDS = (42, 123, 456)
+# The grid every method is tuned on, identical for all (docs/PROTOCOL.md#equal-budget): the references' settings
+# first (ties go to them), then setformer's former cheetah-vel settings, the two places where the methods' defaults
+# differed before any tuning. Chosen per environment and method on validation tasks by ``experiments.sweep``.
+TUNING_GRID: dict[str, tuple[str, ...]] = {
+    "reference-settings": ("lr=0.0003", "encoder_lr=0", "learn_temperature=false"),
+    "fast-actor-critic": ("lr=0.001", "encoder_lr=0.0003", "learn_temperature=true"),
+}
+TUNING_SEEDS = (7,)  # outside the table seeds
 
 
 def protocol_for(env: str, tier: str) -> ProtocolConfig:
