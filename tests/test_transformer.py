@@ -176,3 +176,14 @@ def test_kill_and_resume_is_bit_identical(tmp_path, monkeypatch):
     assert (strip_nondeterministic(read_metrics(tmp_path / "killed"))
             == strip_nondeterministic(read_metrics(tmp_path / "reference")))
     assert results["final_eval"] == reference_results["final_eval"]
+
+
+def test_the_attention_notebook_reads_the_transformers_last_read_out(trainer):
+    """What the attention-map notebook plots: after each episode, the last block's attention from the newest
+    position over every transition read so far, summing to one over them."""
+    from experiments import analysis
+    record = analysis.record_episodes(trainer, trainer.env.unwrapped.test_task_ids[0], seed=3)
+    assert [weights.shape for weights in record["attention"]] == [(4, 1, 20), (4, 1, 40), (4, 1, 60)]
+    final = analysis.attention_after(record, analysis.attention_stages(record)["after the final episode"])
+    assert final.shape == (60,) and final.sum() == pytest.approx(1.0, abs=1e-5)
+    assert len(analysis.attention_per_episode(final, 20)) == 3
