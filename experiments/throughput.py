@@ -4,7 +4,8 @@ and the ``adapt()`` latency against the context size, each method built as a run
     python -m experiments.throughput --algos pearl setformer --envs point-robot cheetah-vel --tier quick
 
 Gradient steps are timed at the default precision and with bf16 autocast forced on and off, with FLOPs per step
-(torch's ``FlopCounterMode``). Writes ``<out>/throughput.json`` and ``THROUGHPUT.md``; a method that does not
+(torch's ``FlopCounterMode``) and, as the ceiling they are set against, the fp32 and bf16 matrix-multiply peak at the
+critic's layer shape measured in the same process. Writes ``<out>/throughput.json`` and ``THROUGHPUT.md``; a method that does not
 import is skipped with a note, one that crashes fails the command.
 """
 from __future__ import annotations
@@ -147,6 +148,19 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
     return result
 
 
+def matmul_peak(rows: int, width: int, device: torch.device, repeats: int = 20) -> dict:
+    """GFLOP/s of ``(rows x width) @ (width x width)`` in fp32 and bf16: the most a step's layers can reach."""
+    out = {"shape": [rows, width, width]}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(rows, width, device=device, dtype=dtype), torch.randn(width, width, device=device, dtype=dtype)
+        for _ in range(3):  # warm-up: kernel selection, allocation
+            a @ b
+        _synchronize(device)
+        seconds = _timed(lambda: ([a @ b for _ in range(repeats)], _synchronize(device)))
+        out[f"{name}_gflop_per_s"] = 2 * rows * width * width * repeats / seconds / 1e9
+    return out
+
+
 # ---------------------------------------------------------------------- report
 def _f(value: float | None, digits: int = 1) -> str:
     return DASH if value is None else f"{value:,.{digits}f}"
@@ -160,11 +174,19 @@ def render_markdown(report: dict) -> str:
         "Gradient steps/s of `train_step()` (meta_batch tasks × batch_size transitions) on the same weights and "
         "buffers, at the default precision and with bf16 autocast forced on and off (*fp32* is what a CPU without "
         "native bf16 gets); GFLOP/step as torch's `FlopCounterMode` counts it. Env steps/s: initial (prior) and per-iteration (posterior) collection. `adapt()`: median over "
-        f"{report['adapt_repeats']} calls after N random transitions fed to `update_context`.",
+        f"{report['adapt_repeats']} calls after N random transitions fed to `update_context`. *% of peak* sets a "
+        "rate × GFLOP/step against the matrix-multiply peak below, bf16 for the bf16 rate and fp32 for the fp32 rate.",
         "",
     ]
+    peak = report.get("matmul_peak") or {}
+    if peak:
+        rows, width, _ = peak["shape"]
+        parts += [f"**Matrix-multiply peak in this process** ({rows} × {width} @ {width} × {width}, the critic's layer "
+                  f"shape at this tier): fp32 {_f(peak['fp32_gflop_per_s'])} GFLOP/s, bf16 "
+                  f"{_f(peak['bf16_gflop_per_s'])} GFLOP/s.", ""]
     header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
               "grad steps/s (bf16)", "grad steps/s (fp32)", "GFLOP/step", "GFLOP/s (default)",
+              "bf16 % of bf16 peak", "fp32 % of fp32 peak",
               "env steps/s (initial)", "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
               *(f"update_context µs @ {n}" for n in sizes)]
     for env in report["envs"]:
@@ -173,10 +195,17 @@ def render_markdown(report: dict) -> str:
             gradient, adapt = r.get("gradient") or {}, r.get("adapt") or {}
             flops = gradient.get("flops_per_step")
             rates = {name: (gradient.get(name) or {}).get("grad_steps_per_s") for name in ("default", "bf16", "fp32")}
+
+            def peak_share(name: str) -> str:
+                ceiling = peak.get(f"{name}_gflop_per_s")
+                if flops is None or rates[name] is None or not ceiling:
+                    return DASH
+                return f"{100 * rates[name] * flops / 1e9 / ceiling:.0f} %"
+
             rows.append([r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
                          "yes" if r.get("bf16") else "no", *(_f(rate, 2) for rate in rates.values()),
                          _f(None if flops is None else flops / 1e9, 2),
-                         _f((gradient.get("default") or {}).get("gflop_per_s"), 1),
+                         _f((gradient.get("default") or {}).get("gflop_per_s"), 1), peak_share("bf16"), peak_share("fp32"),
                          _f((r.get("initial_collection") or {}).get("env_steps_per_s"), 0),
                          _f((r.get("iteration_collection") or {}).get("env_steps_per_s"), 0),
                          *(_f((adapt.get(str(n)) or {}).get("adapt_ms_median"), 3) for n in sizes),
@@ -194,6 +223,10 @@ def main(argv=None) -> int:
     command = shlex.join(["python", "-m", "experiments.throughput", *(sys.argv[1:] if argv is None else argv)])
     results, failed = [], False
     torch.set_num_threads(args.threads)
+    first = build_config(args.envs[0], "sac-no-context", args.tier, args.seed, list(args.overrides))
+    peak = matmul_peak(first.protocol.meta_batch * first.protocol.batch_size, first.agent.hidden_dim,
+                       torch.device("cuda" if first.device == "cuda" else "cpu"))
+    print(f"matmul peak: fp32 {peak['fp32_gflop_per_s']:.1f} GFLOP/s, bf16 {peak['bf16_gflop_per_s']:.1f} GFLOP/s")
     for env, algo in ((env, algo) for env in args.envs for algo in args.algos):
         try:
             algorithm_class(algo)
@@ -215,7 +248,7 @@ def main(argv=None) -> int:
                             "notes": [traceback.format_exc().strip().splitlines()[-1]]})
     report = {**provenance(command), "threads": args.threads, "tier": args.tier, "envs": args.envs,
               "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
-              "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "results": results}
+              "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "matmul_peak": peak, "results": results}
     write_json_and_markdown(out / "throughput.json", report, out / "THROUGHPUT.md", render_markdown(report))
     print(f"wrote {out / 'throughput.json'} and {out / 'THROUGHPUT.md'}")
     return 1 if failed else 0

@@ -373,6 +373,11 @@ def test_throughput_measures_and_skips_unimportable_methods(tmp_path, monkeypatc
     assert "| sac-no-context |" in markdown and "still being written" in markdown
     # GFLOP/step is the counted FLOPs of one step
     assert f"| {gradient['flops_per_step'] / 1e9:,.2f} |" in markdown
+    # the peaks the rates are set against were measured in the same run, and each rate's share of its own peak shown
+    peak = report["matmul_peak"]
+    assert peak["shape"] == [4 * 32, 300, 300] and peak["fp32_gflop_per_s"] > 0 and peak["bf16_gflop_per_s"] > 0
+    fp32_share = 100 * gradient["fp32"]["gflop_per_s"] / peak["fp32_gflop_per_s"]
+    assert f"| {fp32_share:.0f} % |" in markdown and "Matrix-multiply peak in this process" in markdown
 
 
 def test_throughput_skips_combinations_that_do_not_exist(tmp_path):
