@@ -87,6 +87,8 @@ def test_every_trainable_parameter_has_exactly_one_optimizer(algo):
             for param in group["params"]:
                 owners.setdefault(id(param), []).append(key)
     trainable = [p for m in (algorithm.agent, algorithm.critic) for p in m.parameters() if p.requires_grad]
+    if algorithm.log_temperature is not None:  # a learned temperature (the method's default on this environment)
+        trainable.append(algorithm.log_temperature)
     assert all(len(owners.get(id(p), [])) == 1 for p in trainable)
     assert len(owners) == len(trainable)
     expected_encoder = [p for p in algorithm.agent.parameters() if p.requires_grad
