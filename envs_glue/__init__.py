@@ -1,4 +1,5 @@
-"""Environments of the benchmark, discovered from their modules, registered with gymnasium, and the one way to build them.
+"""Environments of the benchmark, discovered from their modules and registered with gymnasium; the one way to
+build them.
 
 An environment is one module in this package that defines ``SPEC``, an :class:`~envs_glue.spec.EnvSpec` holding
 everything about it: its :class:`~envs_glue.base.MetaEnv` class (dynamics and task list), its facts (every tool and

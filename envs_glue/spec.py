@@ -20,9 +20,11 @@ class EnvSpec:
     protocol: ProtocolConfig             # the benchmark tier; quick and smoke derive from it (``protocol_for``)
     max_episode_steps: int               # the time limit; also the smoke tier's episode and step counts
     sparse_reward: bool                  # the context and every reported return use the sparse reward
-    known_optimum: float | None          # the final episode's best score when the task is known: docs/PROTOCOL.md#known-optima-and-limits
+    known_optimum: float | None          # the final episode's best score when the task is known
+                                         # (docs/PROTOCOL.md#known-optima-and-limits)
     known_optimum_note: str              # how that number was obtained, as tables quote it
-    task_label: str                      # the one scalar that names a task in plots (``tasks[:, 0]``, or the goal's angle)
+    task_label: str                      # the one scalar that names a task in plots: ``tasks[:, 0]``, or the
+                                         # goal's angle on a goal plane
     report_rank: int = 1000              # table order: lower first, then the module's file name
     goal_plane: bool = False             # tasks are goals (x, y) on a plane: plots draw positions and goals
     task_wraps_around: bool = False      # the task scalar is an angle over the full circle (a cyclic colormap)
@@ -51,8 +53,7 @@ def check_spec(spec: object, where: str) -> EnvSpec:
         value, expected = getattr(spec, f.name), _FIELD_TYPES.get(f.name)
         if expected is None:
             continue
-        wrong_bool = isinstance(value, bool) and expected is not bool and bool not in (expected if isinstance(expected, tuple) else (expected,))
-        if not isinstance(value, expected) or wrong_bool:
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
             problems.append(f"`{f.name}` must be {_type_names(expected)}, got {value!r}")
     if not (isinstance(spec.env_class, type) and issubclass(spec.env_class, MetaEnv)):
         problems.append(f"`env_class` must be a MetaEnv subclass, got {spec.env_class!r}")

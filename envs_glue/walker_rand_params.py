@@ -21,8 +21,8 @@ class WalkerRandParamsEnv(RandomisedPhysicsEnv, Walker2dEnv):
 
 SPEC = EnvSpec(
     "walker-rand-params", "incontext/WalkerRandParams-v0", WalkerRandParamsEnv,
-    # PEARL's configs/walker_rand_params.json over its default.py, at 20 iterations of 2000 gradient steps instead of 500
-    # of 4000 (docs/PROTOCOL.md)
+    # PEARL's configs/walker_rand_params.json over its default.py, at 20 iterations of 2000 gradient steps
+    # instead of 500 of 4000 (docs/PROTOCOL.md)
     ProtocolConfig(
         num_iterations=20, num_initial_steps=2000, num_tasks_sample=5, num_steps_prior=400, num_steps_posterior=0,
         num_extra_rl_steps_posterior=600, num_train_steps_per_itr=2000, meta_batch=10, batch_size=256,
