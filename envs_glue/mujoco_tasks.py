@@ -9,6 +9,8 @@ import mujoco
 import numpy as np
 
 from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED, MetaEnv
+from envs_glue.protocol import ProtocolConfig
+from envs_glue.spec import EnvSpec
 
 TASK_SEED = 1337
 
@@ -109,7 +111,9 @@ class RandomisedPhysicsEnv(TaskArrayEnv):
     rest are the exponents in the order of ``PHYSICS_SCALE_BASES``.
     """
 
-    num_tasks: int            # train + test
+    max_episode_steps = 200
+    num_train_tasks = 40
+    num_test_tasks = 10
     HEALTHY_REWARD = 1.0
     CTRL_COST_WEIGHT = 1e-3
 
@@ -117,7 +121,8 @@ class RandomisedPhysicsEnv(TaskArrayEnv):
         with known_model_warnings_silenced():
             super().__init__(render_mode=render_mode)
         self.nominal_physics = {name: getattr(self.model, name).copy() for name in PHYSICS_SCALE_BASES}
-        exponents = np.concatenate([physics_exponents(self.model, self.num_tasks, TASK_SEED),
+        num_tasks = self.num_train_tasks + self.num_test_tasks
+        exponents = np.concatenate([physics_exponents(self.model, num_tasks, TASK_SEED),
                                     physics_exponents(self.model, NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED)])
         total_mass = np.array([self.scaled_physics(row)["body_mass"].sum() for row in exponents])
         mass_scale = np.log(total_mass / self.nominal_physics["body_mass"].sum()) / np.log(1.5)
@@ -149,3 +154,18 @@ class RandomisedPhysicsEnv(TaskArrayEnv):
         if self.render_mode == "human":
             self.render()
         return self._get_obs(), reward, terminated, False, info
+
+
+def randomised_physics_spec(name: str, gym_id: str, env_class: type[RandomisedPhysicsEnv],
+                            report_rank: int) -> EnvSpec:
+    """The spec walker- and hopper-rand-params share: PEARL's configs/walker_rand_params.json and
+    hopper_rand_params.json (the same settings) over its default.py, at 20 iterations of 2000 gradient steps instead
+    of 500 of 4000 (docs/PROTOCOL.md#pearl-mujoco-suite)."""
+    protocol = ProtocolConfig(
+        num_iterations=20, num_initial_steps=2000, num_tasks_sample=5, num_steps_prior=400, num_steps_posterior=0,
+        num_extra_rl_steps_posterior=600, num_train_steps_per_itr=2000, meta_batch=10, batch_size=256,
+        embedding_batch_size=100, discount=0.99, reward_scale=5.0, num_steps_per_eval=600, num_exp_traj_eval=2,
+        num_evals=2, use_next_obs_in_context=True)
+    return EnvSpec(name, gym_id, env_class, protocol, max_episode_steps=200, sparse_reward=False, known_optimum=None,
+                   known_optimum_note="no closed form", task_label="log1.5 of the total body mass scale",
+                   report_rank=report_rank, runs_by_default=False)
