@@ -29,8 +29,11 @@ from envs_glue.wrappers import ScaledActionWrapper
 
 
 def _register(spec: EnvSpec) -> None:
-    if spec.gym_id not in gym.registry:
+    registered = gym.registry.get(spec.gym_id)
+    if registered is None:
         gym.register(id=spec.gym_id, entry_point=spec.entry_point, max_episode_steps=spec.max_episode_steps)
+    elif registered.entry_point != spec.entry_point:  # make_env would silently build the other environment
+        raise EnvSpecError(f"{spec.name}: gym id {spec.gym_id!r} is already registered for {registered.entry_point}")
 
 
 def _discover() -> dict[str, EnvSpec]:

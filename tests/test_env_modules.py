@@ -136,6 +136,7 @@ def outside_package(tmp_path, monkeypatch):
     (package / "__init__.py").write_text("")
     (package / "shifted.py").write_text(PROBE_ENV)
     (package / "not_a_spec.py").write_text("SPEC = 3\n")
+    (package / "taken_id.py").write_text(PROBE_ENV.replace("probe/ShiftedPointRobot-v0", "incontext/PointRobot-v0"))
     monkeypatch.syspath_prepend(str(tmp_path / "outside"))
     yield tmp_path / "outside"
     for name in [m for m in sys.modules if m == "my_envs" or m.startswith("my_envs.")]:
@@ -158,6 +159,7 @@ def test_an_environment_outside_the_repository_is_named_module_colon_attribute(o
     ("my_envs.shifted:OTHER", "env 'my_envs.shifted:OTHER': module my_envs.shifted has no attribute 'OTHER'"),
     ("my_envs.not_a_spec:SPEC", "env 'my_envs.not_a_spec:SPEC': expected an envs_glue.spec.EnvSpec, got int"),
     ("my_envs.shifted:", "is not of the form module.path:ATTRIBUTE"),
+    ("my_envs.taken_id:SPEC", "gym id 'incontext/PointRobot-v0' is already registered for envs_glue.point_robot"),
 ])
 def test_a_reference_that_does_not_resolve_is_a_configuration_error(outside_package, reference, message):
     with pytest.raises(ConfigError) as error:
