@@ -38,8 +38,8 @@ def known_model_warnings_silenced():
 class TaskArrayEnv(MetaEnv):
     """A :class:`MetaEnv` whose tasks are the rows of one array, ``task_array``: train, test, then validation rows.
 
-    A subclass sets ``task_array`` before the MuJoCo model is built and says in ``apply_task`` what a task changes
-    (nothing, where the reward reads ``self.task``; the model's arrays, for randomised physics).
+    A subclass sets ``task_array`` in its ``__init__`` and says in ``apply_task`` what a task changes (nothing, where
+    the reward reads the task; the model's arrays, for randomised physics).
     """
 
     task_array: np.ndarray
