@@ -2,7 +2,9 @@
 run-level settings, and ``key=value`` overrides with clear errors.
 
 Tiers:
-- ``benchmark``: the reference benchmark's protocol exactly (``docs/PROTOCOL.md#benchmark-tier``).
+- ``benchmark``: the protocol each environment module declares (``SPEC.protocol``): the reference benchmark's
+  exactly (``docs/PROTOCOL.md#benchmark-tier``), and a stated share of PEARL's budget on PEARL's MuJoCo suite
+  (``docs/PROTOCOL.md#pearl-mujoco-suite``).
 - ``quick``: the same data collection and evaluation, with the gradient budget scaled down for a 2-core CPU:
   ``num_train_steps_per_itr`` divided by ``QUICK_STEP_DIVISOR`` (1000 -> 200, 2000 -> 400) and the per-task RL
   batch ``batch_size`` 256 -> ``QUICK_BATCH_SIZE`` (64), i.e. 1/20 of the benchmark's gradient samples. Meta-batch,
