@@ -6,7 +6,8 @@ from envs_glue.metaworld_ml1 import ML1Env, ml1_spec
 
 
 class ML1PickPlaceEnv(ML1Env):
-    """Grasp a puck and place it at a goal position, in the air or on the table; success when Meta-World says so (``info["success"]``)."""
+    """Grasp a puck and place it at a goal position, in the air or on the table; success when Meta-World says so
+    (``info["success"]``)."""
 
     metaworld_name = "pick-place-v3"
 
