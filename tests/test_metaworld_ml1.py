@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import sys
 import warnings
@@ -18,10 +19,12 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from algos import ALGORITHMS
 from algos.core.config import protocol_for
 from algos.core.evaluation import evaluate
 from envs_glue import DEFAULT_ENVS, ENV_SPECS, make_env
 from envs_glue.metaworld_ml1 import INSTALL_HINT, ML1_SEED, OptionalExtraMissingError, ml1_task_lists
+from experiments.engine import unsupported_reason
 from experiments.run import main as run_main
 from tests.conftest import RecordingAgent
 
@@ -206,8 +209,21 @@ def test_success_and_reach_reward_recomputed_from_the_state(metaworld, name):
     assert any(successes) and not all(successes)  # both outcomes were checked
 
 
-@pytest.mark.parametrize("algo", ["setformer", "pearl"])
-def test_setformer_and_pearl_train_on_ml1_reach_and_report_success(metaworld, tmp_path, algo):
+# every method that runs on ML1; setformer and PEARL by default, the others with INCONTEXT_SLOW_TESTS=1 (a smoke run on
+# ML1 takes minutes on a busy 2-core machine)
+SMOKE_METHODS = [pytest.param(algo, marks=pytest.mark.skipif(
+                     algo not in ("setformer", "pearl") and os.environ.get("INCONTEXT_SLOW_TESTS") != "1",
+                     reason="slow: INCONTEXT_SLOW_TESTS=1"))
+                 for algo in ("setformer", "pearl", "sac-no-context", "focal", "varibad")]
+
+
+def test_the_smoke_runs_cover_every_method_that_runs_on_ml1():
+    runnable = {algo for algo in ALGORITHMS if unsupported_reason(algo, "ml1-reach") is None}
+    assert runnable == {param.values[0] for param in SMOKE_METHODS}
+
+
+@pytest.mark.parametrize("algo", SMOKE_METHODS)
+def test_methods_train_on_ml1_reach_and_report_success(metaworld, tmp_path, algo):
     """A smoke run, with one evaluation episode per trial and the evaluation after the last iteration only (an ML1
     evaluation covers 60 tasks; the tier's three episodes each would take minutes on a busy CPU)."""
     run_dir = tmp_path / "run"
