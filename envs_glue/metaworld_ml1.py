@@ -78,7 +78,8 @@ class ML1Env(MetaEnv):
     def __init__(self, render_mode: str | None = None):
         if render_mode is not None:
             raise ValueError(f"{type(self).__name__} does not render (render_mode={render_mode!r})")
-        env_class, self._metaworld_tasks, self.task_array = ml1_task_lists(self.metaworld_name)
+        env_class, self._metaworld_tasks, positions = ml1_task_lists(self.metaworld_name)
+        self.task_array = positions.copy()  # the cached lists are shared by every instance in the process
         self.sim = env_class()
         self.sim.max_path_length = self.max_episode_steps  # Meta-World's own truncation then agrees with ours
         self.reset_task(0)
