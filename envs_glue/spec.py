@@ -30,6 +30,8 @@ class EnvSpec:
     task_wraps_around: bool = False      # the task scalar is an angle over the full circle (a cyclic colormap)
     goal_radius: float | None = None     # the sparse reward's radius around the goal (drawn on attention maps)
     runs_by_default: bool = True         # in the runners' default environment list (``--envs`` names any of them)
+    reports_success: bool = False        # ``step`` puts a task-success flag in ``info["success"]``: evaluation then
+                                         # reports a success rate beside the return (``meta_test_success``)
 
     @property
     def entry_point(self) -> str:
@@ -41,7 +43,8 @@ class EnvSpec:
 _FIELD_TYPES = {"name": str, "gym_id": str, "protocol": ProtocolConfig, "max_episode_steps": int, "sparse_reward": bool,
                 "known_optimum": (float, int, type(None)), "known_optimum_note": str, "task_label": str,
                 "report_rank": int, "goal_plane": bool, "task_wraps_around": bool,
-                "goal_radius": (float, int, type(None)), "runs_by_default": bool}
+                "goal_radius": (float, int, type(None)), "runs_by_default": bool,
+                "reports_success": bool}
 
 
 def check_spec(spec: object, where: str) -> EnvSpec:

@@ -66,6 +66,8 @@ def main(argv=None) -> int:
                                        "wall_time_s")}
     if results["final_eval"]:
         summary["final_eval_meta_test_return"] = results["final_eval"]["meta_test_return"]
+        if "meta_test_success" in results["final_eval"]:  # environments that report task success (Meta-World)
+            summary["final_eval_meta_test_success"] = results["final_eval"]["meta_test_success"]
     print(json.dumps(summary))
     print(next_steps(trainer.run_dir, trainer.config.algo))
     return 0
