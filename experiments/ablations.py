@@ -18,11 +18,12 @@ from pathlib import Path
 
 from algos.core.config import SEEDS, TIERS
 from algos.core.io import REPO_ROOT, read_json
-from envs_glue import ENV_SPECS
+from envs_glue import DEFAULT_ENVS
 from experiments.benchmark import add_runner_arguments, check_runner_arguments, run_cells
 from experiments.engine import Cell, cell_dir, check_available, config_changes
-from experiments.report import (DASH, ENV_ORDER, descends_from, display_path, final_eval_value, fmt, format_delta,
-                                format_commits, format_mean_std, format_paired_test, mean_std, ordered, paired_test,
+from experiments.report import (DASH, ENV_ORDER, descends_from, display_path, env_argument, final_eval_value, fmt,
+                                format_delta, format_commits, format_mean_std, format_paired_test, mean_std, ordered,
+                                paired_test,
                                 provenance, report_heading, run_code_changes, short_commit, table, unique,
                                 write_json_and_markdown)
 from experiments.rerun_check import RERUN_CHECKS_FILE
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tier", default="quick", choices=TIERS)
     parser.add_argument("--ablations", nargs="+", default=[], metavar="NAME",
                         help="which ablations to run, in this order (see --list)")
-    parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=list(ENV_SPECS))
+    parser.add_argument("--envs", nargs="+", type=env_argument, default=list(DEFAULT_ENVS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--out", default="benchmarks/ablations", help="where ablation cells and the report go")
     parser.add_argument("--full", default="benchmarks",

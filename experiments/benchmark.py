@@ -20,10 +20,11 @@ from pathlib import Path
 from algos import ALGORITHMS
 from algos.core.config import SEEDS, TIERS
 from algos.core.io import REPO_ROOT
-from envs_glue import ENV_SPECS
+from envs_glue import DEFAULT_ENVS
 from experiments.engine import (Cell, CellRunner, Outcome, available_cpus, cell_dir, check_available, claim_cells,
                                 config_mismatch, merged_plan, previous_plan, refuse_unrestored_carries,
                                 threads_per_cell, unsupported_combinations)
+from experiments.report import env_argument
 from experiments.results_table import render_tier
 
 
@@ -86,8 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", default="quick", choices=TIERS, help="protocol tier (default: quick)")
-    parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=None,
-                        help="environments (default: all; with --render-only: those of the last run)")
+    parser.add_argument("--envs", nargs="+", type=env_argument, default=None,
+                        help=f"environments, or module.path:SPEC references (default: {' '.join(DEFAULT_ENVS)}; "
+                             "with --render-only: those of the last run)")
     parser.add_argument("--algos", nargs="+", choices=list(ALGORITHMS), default=None,
                         help="methods (default: every registered one; with --render-only: those of the last run)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
         print(f"rendered {render_tier(tier_dir, args.tier, plan, command, [])}")
         return 0
 
-    envs, algos, seeds = args.envs or list(ENV_SPECS), args.algos or list(ALGORITHMS), args.seeds or list(SEEDS)
+    envs, algos, seeds = args.envs or list(DEFAULT_ENVS), args.algos or list(ALGORITHMS), args.seeds or list(SEEDS)
     skipped, notes, runnable = unsupported_combinations(envs, algos), [], set()
     for combination in skipped:
         print(f"note: skipping {combination['algo']} on {combination['env']}: {combination['reason']}")

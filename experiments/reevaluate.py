@@ -27,11 +27,11 @@ from algos.core.config import SEEDS, TIERS, ConfigError, apply_overrides
 from algos.core.io import REPO_ROOT, atomic_write_json, atomic_write_text, read_json
 from algos.core.sampler import rollout
 from algos.setformer import Acting
-from envs_glue import ENV_SPECS
+from envs_glue import DEFAULT_ENVS
 from experiments.analysis import load_run, weights_of
 from experiments.engine import cell_dir
-from experiments.report import (DASH, display_name, fmt, format_delta, format_mean_std, format_paired_test,
-                                provenance, reevaluation_paths, report_heading, table)
+from experiments.report import (DASH, display_name, env_argument, fmt, format_delta, format_mean_std,
+                                format_paired_test, provenance, reevaluation_paths, report_heading, table)
 
 # protocol settings that change only how the meta-test evaluation acts, never what training computed
 EVALUATION_ONLY_PROTOCOL_KEYS = ("protocol.deterministic_exploration",)
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", default="quick", choices=TIERS)
     parser.add_argument("--algo", default="setformer", choices=list(ALGORITHMS))
-    parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=list(ENV_SPECS))
+    parser.add_argument("--envs", nargs="+", type=env_argument, default=list(DEFAULT_ENVS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--variant", dest="variants", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
                         help="a variant: a name, then its overrides (repeat the flag for several); default: "

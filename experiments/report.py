@@ -6,6 +6,7 @@ build on this module, so they state provenance, spread and missing values the sa
 """
 from __future__ import annotations
 
+import argparse
 import math
 import subprocess
 from datetime import datetime, timezone
@@ -17,10 +18,10 @@ import numpy as np
 from algos import ALGORITHMS, algorithm_class, display_name, methods_with_role
 from algos.core.io import REPO_ROOT, atomic_savefig, atomic_write_json, atomic_write_text, git_commit, \
     machine_description, read_json
-from envs_glue import ENV_SPECS
+from envs_glue import ENV_SPECS, env_spec
 
-__all__ = ["ALGO_ORDER", "DASH", "ENV_ORDER", "REFERENCE", "STD_DDOF", "display_name", "fmt", "format_delta",
-           "format_mean_std", "format_paired_test", "known_optimum", "mean_std", "ordered", "paired_test",
+__all__ = ["ALGO_ORDER", "DASH", "ENV_ORDER", "REFERENCE", "STD_DDOF", "display_name", "env_argument", "fmt",
+           "format_delta", "format_mean_std", "format_paired_test", "known_optimum", "mean_std", "ordered", "paired_test",
            "provenance", "reference_for", "report_heading", "short_commit", "table", "write_json_and_markdown"]
 
 # Standard deviations over seeds are sample standard deviations (ddof = 1): with three seeds the population
@@ -44,8 +45,20 @@ def reference_for(algo: str, env: str) -> float | None:
 
 def known_optimum(env: str) -> tuple[float | None, str]:
     """The known-task optimum of ``env`` and how it was obtained (its env spec holds both)."""
-    spec = ENV_SPECS.get(env)
-    return (spec.known_optimum, spec.known_optimum_note) if spec else (None, "no known optimum")
+    try:
+        spec = env_spec(env)
+    except ValueError:  # an old cell's environment that no longer resolves
+        return None, "no known optimum"
+    return spec.known_optimum, spec.known_optimum_note
+
+
+def env_argument(name: str) -> str:
+    """``--envs`` values: an environment of ``envs_glue/`` or a ``module.path:ATTRIBUTE`` reference to one outside."""
+    try:
+        env_spec(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name
 
 
 def ours() -> tuple[str, ...]:

@@ -207,6 +207,11 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
                                            .get("validation_return")) is not None] for a in algos}
     if any(validation.values()):
         header.insert(4, "validation tasks (low-noise)")
+    # the low-noise success rate on the test tasks, where the environment reports success (EnvSpec.reports_success)
+    success = {a: [v for s in seeds if (v := ((grouped.get((env, a), {}).get(s) or {}).get("final_eval") or {})
+                                        .get("meta_test_success")) is not None] for a in algos}
+    if any(success.values()):
+        header.insert(4, "success rate (low-noise)")
     rows, figures, seed_figures = [], {}, {}
     for algo in algos:
         by_seed = grouped.get((env, algo), {})
@@ -236,6 +241,8 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
                      reference_text])
         if any(validation.values()):
             rows[-1].insert(4, format_mean_std(validation[algo], planned) if validation[algo] else DASH)
+        if any(success.values()):
+            rows[-1].insert(4, format_mean_std(success[algo], planned) if success[algo] else DASH)
 
     parts = [f"## {env}", "", table(header, rows), ""]
     # reference lines: the optimum (and the reference lines' own figures: the oracle), then the reference benchmark's

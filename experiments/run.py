@@ -18,6 +18,7 @@ from algos import ALGORITHMS
 from algos.core.config import MAX_SEED, TIERS, ConfigError
 from algos.core.io import CheckpointError, RunDirError, make_run_dir
 from algos.core.meta_sac import TrainingDivergedError
+from envs_glue import ENV_SPECS
 
 DEFAULT_TIER, DEFAULT_SEED = "quick", 42
 
@@ -30,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv=None):
     parser = _Parser(prog="python -m experiments.run", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", help="point-robot | sparse-point-robot | cheetah-vel")
+    parser.add_argument("--env", help=" | ".join(ENV_SPECS) + ", or module.path:SPEC for one outside the repository")
     parser.add_argument("--algo", help=" | ".join(ALGORITHMS))
     parser.add_argument("--tier", help=" | ".join(TIERS) + f" (default: {DEFAULT_TIER})")
     parser.add_argument("--seed", type=int, help=f"0 to 2**32 - 1 (default: {DEFAULT_SEED})")
@@ -65,6 +66,8 @@ def main(argv=None) -> int:
                                        "wall_time_s")}
     if results["final_eval"]:
         summary["final_eval_meta_test_return"] = results["final_eval"]["meta_test_return"]
+        if "meta_test_success" in results["final_eval"]:  # environments that report task success (Meta-World)
+            summary["final_eval_meta_test_success"] = results["final_eval"]["meta_test_success"]
     print(json.dumps(summary))
     print(next_steps(trainer.run_dir, trainer.config.algo))
     return 0

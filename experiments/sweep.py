@@ -31,11 +31,11 @@ from algos import ALGORITHMS
 from algos.core.config import TIERS, TUNING_GRID, TUNING_SEEDS, ConfigError
 from algos.core.io import REPO_ROOT, atomic_write_json, read_json
 from algos.core.trainer import build_config
-from envs_glue import ENV_SPECS
+from envs_glue import DEFAULT_ENVS
 from experiments.benchmark import add_runner_arguments, check_runner_arguments, run_cells
 from experiments.engine import Cell, cell_dir, unsupported_reason
-from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, display_name, fmt, mean_std, provenance, report_heading,
-                                short_commit, table, write_json_and_markdown)
+from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, display_name, env_argument, fmt, mean_std, provenance,
+                                report_heading, short_commit, table, write_json_and_markdown)
 
 SELECTION_FIGURE = "validation_low_noise"
 
@@ -181,7 +181,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", default="quick", choices=TIERS)
-    parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=list(ENV_SPECS))
+    parser.add_argument("--envs", nargs="+", type=env_argument, default=list(DEFAULT_ENVS))
     parser.add_argument("--algos", nargs="+", choices=list(ALGORITHMS), default=None,
                         help="methods (default: every method that learns: ours and the baselines)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(TUNING_SEEDS))

@@ -25,16 +25,15 @@ import torch
 from algos import ALGORITHMS, algorithm_class
 from algos.core.config import TIERS
 from algos.core.trainer import Trainer, build_config
-from envs_glue import ENV_SPECS
 from experiments.engine import available_cpus, unsupported_reason
-from experiments.report import DASH, provenance, report_heading, table, write_json_and_markdown
+from experiments.report import DASH, env_argument, provenance, report_heading, table, write_json_and_markdown
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
-    parser.add_argument("--envs", nargs="+", choices=list(ENV_SPECS), default=["point-robot"])
+    parser.add_argument("--envs", nargs="+", type=env_argument, default=["point-robot"])
     parser.add_argument("--tier", default="quick", choices=TIERS, help="batch sizes of this tier (default: quick)")
     parser.add_argument("--threads", type=int, default=max(1, available_cpus() // 2),
                         help="torch threads (default: cpu_count // 2, a cell's share with the benchmark's --workers 2)")

@@ -171,7 +171,7 @@ def test_a_method_is_one_file(tmp_path):
 
 # ---------------------------------------------------------------------- environments
 def test_every_environment_has_one_spec_and_one_protocol():
-    assert set(BENCHMARK) == set(ENV_SPECS) and ENV_ORDER == ("point-robot", "sparse-point-robot", "cheetah-vel")
+    assert set(BENCHMARK) == set(ENV_SPECS) and ENV_ORDER[:3] == ("point-robot", "sparse-point-robot", "cheetah-vel")
     for name, spec in ENV_SPECS.items():
         for tier in ("benchmark", "quick", "smoke"):
             assert protocol_for(name, tier).sparse_rewards == spec.sparse_reward

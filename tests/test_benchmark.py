@@ -421,3 +421,18 @@ def test_margin_over_a_baseline_pairs_seeds():
     assert _paired_difference({42: -6.0, 123: -8.0}, {123: -9.0}, "protocol") == (
         "+1.00 on the protocol figure (on seed 123, the ones both have run)")
     assert _paired_difference({42: -6.0}, {123: -9.0}, "low-noise") == "no low-noise figure on a seed both have run"
+
+
+def test_renderer_adds_a_success_rate_column_only_where_cells_report_success(synthetic_summary):
+    header = next(line for line in render_markdown(synthetic_summary).splitlines() if line.startswith("| method |"))
+    assert "success rate" not in header  # environments without a success flag: the table as before
+    reach = []
+    for cell, success in zip(synthetic_summary["cells"], (0.5, 0.7, 0.2)):
+        reach.append({**cell, "env": "ml1-reach", "final_eval": {**cell["final_eval"], "meta_test_success": success}})
+    markdown = render_markdown({**synthetic_summary, "plan": {**synthetic_summary["plan"], "envs": ["ml1-reach"]},
+                                "cells": reach})
+    header = next(line for line in markdown.splitlines() if line.startswith("| method |")).split(" | ")
+    pearl = table_row(markdown, "PEARL").split(" | ")
+    assert pearl[header.index("success rate (low-noise)")] == "0.60 ± 0.14 (n=2)"
+    assert table_row(markdown, "setformer (ours)").split(" | ")[header.index("success rate (low-noise)")] \
+        == "0.20 (n=1/2)"

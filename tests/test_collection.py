@@ -112,7 +112,8 @@ def test_rollout_path_fields():
     path = rollout(env, agent, 20, deterministic=True, accum_context=True, context_uses_sparse_reward=True)
     assert {k: v.shape for k, v in path.items()} == {
         "obs": (20, 2), "actions": (20, 2), "rewards": (20,), "sparse_rewards": (20,), "next_obs": (20, 2),
-        "terminals": (20,)}
+        "terminals": (20,), "successes": (20,)}
+    assert not path["successes"].any()  # the point robot reports no success: never counted as one
     np.testing.assert_array_equal(path["obs"][0], [0, 0])
     np.testing.assert_array_equal(path["obs"][1:], path["next_obs"][:-1])
     assert np.all(path["rewards"] <= 0) and path["sparse_rewards"].max() > 0.8

@@ -179,7 +179,7 @@ def test_sparse_point_robot_reset_at_origin_and_rewards():
 
 
 def test_sparse_reward_threshold_boundary():
-    from envs_glue.point_robot import sparsify
+    from envs_glue.sparse_point_robot import sparsify
     assert sparsify(-0.2) == pytest.approx(0.8)
     assert sparsify(-0.2000001) == 0.0
     assert sparsify(-0.0) == 1.0

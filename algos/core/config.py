@@ -2,7 +2,9 @@
 run-level settings, and ``key=value`` overrides with clear errors.
 
 Tiers:
-- ``benchmark``: the reference benchmark's protocol exactly (``docs/PROTOCOL.md#benchmark-tier``).
+- ``benchmark``: the protocol each environment module declares (``SPEC.protocol``): the reference benchmark's
+  exactly (``docs/PROTOCOL.md#benchmark-tier``), and a stated share of PEARL's budget on PEARL's MuJoCo suite
+  (``docs/PROTOCOL.md#pearl-mujoco-suite``).
 - ``quick``: the same data collection and evaluation, with the gradient budget scaled down for a 2-core CPU:
   ``num_train_steps_per_itr`` divided by ``QUICK_STEP_DIVISOR`` (1000 -> 200, 2000 -> 400) and the per-task RL
   batch ``batch_size`` 256 -> ``QUICK_BATCH_SIZE`` (64), i.e. 1/20 of the benchmark's gradient samples. Meta-batch,
@@ -20,15 +22,12 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
-from envs_glue import env_spec
+from envs_glue import ENV_SPECS, env_spec
+from envs_glue.protocol import ConfigError, ProtocolConfig
 
 TIERS = ("benchmark", "quick", "smoke")
 QUICK_STEP_DIVISOR = 5
 QUICK_BATCH_SIZE = 64
-
-
-class ConfigError(ValueError):
-    """A bad configuration key or value; the message names it."""
 
 
 # keys that say where and how fast a run computes, not what it computes
@@ -36,7 +35,6 @@ NON_SEMANTIC_KEYS = frozenset({"num_threads", "run_dir", "run_root", "device"})
 # of those, the ones a resumed run may change (``--resume RUN_DIR --set num_threads=2``): how fast it continues
 RESUME_OVERRIDABLE_KEYS = frozenset({"num_threads", "device"})
 DEVICES = ("auto", "cpu", "cuda")
-MAX_ITERATIONS = 1_000_000  # the protocol runs 20; anything near this is a typo, not an experiment
 MAX_SEED = 2**32 - 1  # seeds numpy, torch and gymnasium all take (the evaluation seeds derived from it too)
 
 
@@ -51,68 +49,9 @@ def check_finite(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"config key '{prefix}{f.name}' must be a finite number, got {value}")
 
 
-@dataclass
-class ProtocolConfig:
-    """The training and evaluation protocol of one environment (``docs/PROTOCOL.md#training-protocol``)."""
-    num_iterations: int
-    num_initial_steps: int
-    num_tasks_sample: int
-    num_steps_prior: int
-    num_steps_posterior: int
-    num_extra_rl_steps_posterior: int
-    num_train_steps_per_itr: int
-    meta_batch: int
-    batch_size: int
-    embedding_batch_size: int
-    discount: float
-    reward_scale: float
-    num_steps_per_eval: int
-    num_exp_traj_eval: int
-    num_evals: int
-    sparse_rewards: bool = False          # the encoder's context and every reported return use the sparse reward
-    use_next_obs_in_context: bool = False
-    replay_buffer_size: int = 1_000_000   # per task; arrays are lazily committed, so only what is written costs
-    eval_interval: int = 1                # evaluate every this many iterations (and always after the last)
-    final_eval_repeats: int = 10          # low-noise evaluation of the final policy
-    deterministic_exploration: bool = False  # the protocol's exploration episodes act stochastically. True acts
-                                             # deterministically in every meta-test episode, as PEARL's own code
-                                             # (oyster, eval_deterministic) does: a diagnostic, not the protocol
-
-    def validate(self) -> None:
-        positive = ["num_iterations", "num_tasks_sample", "meta_batch", "batch_size", "embedding_batch_size",
-                    "num_steps_per_eval", "num_evals", "replay_buffer_size", "eval_interval"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"protocol.{name} must be positive, got {getattr(self, name)}")
-        nonnegative = ["num_initial_steps", "num_steps_prior", "num_steps_posterior",
-                       "num_extra_rl_steps_posterior", "num_train_steps_per_itr", "num_exp_traj_eval",
-                       "final_eval_repeats", "reward_scale"]
-        for name in nonnegative:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"protocol.{name} must be >= 0, got {getattr(self, name)}")
-        if self.num_iterations > MAX_ITERATIONS:
-            raise ConfigError(f"protocol.num_iterations must be at most {MAX_ITERATIONS:,}, got {self.num_iterations:,}")
-        if not 0.0 <= self.discount <= 1.0:
-            raise ConfigError(f"protocol.discount must lie in [0, 1], got {self.discount}")
-
-
-BENCHMARK = {
-    "point-robot": ProtocolConfig(
-        num_iterations=20, num_initial_steps=200, num_tasks_sample=5, num_steps_prior=200, num_steps_posterior=0,
-        num_extra_rl_steps_posterior=200, num_train_steps_per_itr=1000, meta_batch=16, batch_size=256,
-        embedding_batch_size=64, discount=0.99, reward_scale=100.0, num_steps_per_eval=60, num_exp_traj_eval=1,
-        num_evals=2),
-    "sparse-point-robot": ProtocolConfig(
-        num_iterations=20, num_initial_steps=200, num_tasks_sample=10, num_steps_prior=100, num_steps_posterior=900,
-        num_extra_rl_steps_posterior=0, num_train_steps_per_itr=1000, meta_batch=16, batch_size=256,
-        embedding_batch_size=1024, discount=0.90, reward_scale=100.0, num_steps_per_eval=400, num_exp_traj_eval=5,
-        num_evals=2),
-    "cheetah-vel": ProtocolConfig(
-        num_iterations=20, num_initial_steps=2000, num_tasks_sample=5, num_steps_prior=400, num_steps_posterior=0,
-        num_extra_rl_steps_posterior=600, num_train_steps_per_itr=2000, meta_batch=16, batch_size=256,
-        embedding_batch_size=100, discount=0.99, reward_scale=5.0, num_steps_per_eval=600, num_exp_traj_eval=2,
-        num_evals=1),
-}
+# the benchmark tier of every discovered environment, in table order: each environment module declares its own
+# (``SPEC.protocol``); this view is read-only by convention, ``protocol_for`` hands out copies
+BENCHMARK = {name: spec.protocol for name, spec in ENV_SPECS.items()}
 SEEDS = (42, 123, 456)
 # The grid every method is tuned on, identical for all (docs/PROTOCOL.md#equal-budget): the references' settings
 # first (ties go to them), then setformer's former cheetah-vel settings, the two places where the methods' defaults
@@ -125,13 +64,14 @@ TUNING_SEEDS = (7,)  # outside the table seeds
 
 
 def protocol_for(env: str, tier: str) -> ProtocolConfig:
-    if env not in BENCHMARK:
-        raise ConfigError(f"unknown env {env!r}; choose one of {sorted(BENCHMARK)}")
+    try:
+        spec = env_spec(env)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if tier not in TIERS:
         raise ConfigError(f"unknown tier {tier!r}; choose one of {list(TIERS)}")
-    spec = env_spec(env)
     # the reward the context and the reported returns use is the environment's fact, not a protocol choice
-    protocol = dataclasses.replace(BENCHMARK[env], sparse_rewards=spec.sparse_reward)
+    protocol = dataclasses.replace(spec.protocol, sparse_rewards=spec.sparse_reward)
     if tier == "quick":
         protocol.num_train_steps_per_itr //= QUICK_STEP_DIVISOR
         protocol.batch_size = QUICK_BATCH_SIZE

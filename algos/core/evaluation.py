@@ -5,6 +5,10 @@ in the task, every transition fed to ``update_context`` (with the sparse reward 
 ``num_exp_traj_eval`` episodes explore (``deterministic=False``); ``adapt()`` runs after the last exploration
 episode and after every later one; later episodes act deterministically. The task's score is the return of
 the final episode (averaged over ``num_evals`` repeats) and ``meta_test_return`` is the mean over tasks.
+
+Where the environment reports task success (``EnvSpec.reports_success``: ``info["success"]``, Meta-World), the
+scored episode succeeds when any of its steps does, and ``meta_test_success`` is the share of (task, repeat) trials
+whose scored episode succeeded.
 """
 from __future__ import annotations
 
@@ -26,10 +30,15 @@ class EvalResult:
     episode_returns: np.ndarray = field(repr=False)   # (num_tasks, num_repeats, num_episodes)
     exploration_episodes: list[int] = field(default_factory=list)  # which episode indices explored
     env_steps: int = 0
+    # only where the environment reports success: the share of trials whose scored episode succeeded, and per task
+    meta_test_success: float | None = None
+    per_task_final_success: list[float] | None = None
 
     def scalars(self) -> dict[str, float]:
         out = {"meta_test_return": self.meta_test_return}
         out.update({f"online_return/episode_{i}": r for i, r in enumerate(self.online_returns)})
+        if self.meta_test_success is not None:
+            out["meta_test_success"] = self.meta_test_success
         return out
 
 
@@ -44,6 +53,12 @@ class Episode:
     @property
     def scored_return(self) -> float:
         return float(np.sum(self.scored_rewards, dtype=np.float64))
+
+    @property
+    def succeeded(self) -> bool:
+        """The task was solved at some step of the episode (Meta-World's criterion; never on environments that
+        report no success)."""
+        return bool(np.any(self.path["successes"]))
 
 
 def meta_test_episodes(env: gym.Env, agent: MetaAgent, num_episodes: int, num_exp_traj_eval: int,
@@ -69,11 +84,12 @@ def meta_test_episodes(env: gym.Env, agent: MetaAgent, num_episodes: int, num_ex
 
 def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_eval: int,
              num_exp_traj_eval: int, num_repeats: int, max_path_length: int, sparse_rewards: bool,
-             deterministic_exploration: bool = False) -> EvalResult:
+             deterministic_exploration: bool = False, reports_success: bool = False) -> EvalResult:
     num_episodes = num_eval_episodes(num_steps_per_eval, max_path_length)
     if not 0 <= num_exp_traj_eval < num_episodes:
         raise ValueError(f"num_exp_traj_eval={num_exp_traj_eval} leaves no scored episode out of {num_episodes}")
     returns = np.zeros((len(task_ids), num_repeats, num_episodes))
+    successes = np.zeros((len(task_ids), num_repeats), dtype=bool)  # of the scored (last) episode
     env_steps = 0
     for t, task in enumerate(task_ids):
         env.unwrapped.reset_task(task)
@@ -83,7 +99,9 @@ def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_
             for index, episode in enumerate(episodes):
                 returns[t, repeat, index] = episode.scored_return
                 env_steps += len(episode.scored_rewards)
+            successes[t, repeat] = episode.succeeded
     final = returns[:, :, -1].mean(axis=1)
+    final_success = successes.mean(axis=1)
     return EvalResult(
         meta_test_return=float(final.mean()),
         online_returns=returns.mean(axis=(0, 1)).tolist(),
@@ -91,4 +109,6 @@ def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_
         episode_returns=returns,
         exploration_episodes=list(range(num_exp_traj_eval)),
         env_steps=env_steps,
+        meta_test_success=float(final_success.mean()) if reports_success else None,
+        per_task_final_success=final_success.tolist() if reports_success else None,
     )

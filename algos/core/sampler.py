@@ -17,6 +17,7 @@ def rollout(env: gym.Env, agent: MetaAgent, max_path_length: int, deterministic:
     ``agent.update_context``; its reward is the sparse one when ``context_uses_sparse_reward``, so an agent
     at meta-test time never sees the dense reward of a sparse task."""
     obs_list, action_list, reward_list, sparse_list, next_obs_list, terminal_list = [], [], [], [], [], []
+    success_list = []  # ``info["success"]`` where the environment reports one (Meta-World); False elsewhere
     obs, _ = env.reset()
     for step in range(max_path_length):
         action, _ = agent.get_action(obs, deterministic=deterministic)
@@ -28,6 +29,7 @@ def rollout(env: gym.Env, agent: MetaAgent, max_path_length: int, deterministic:
             agent.update_context((obs, action, context_reward, next_obs, terminated, {**info, "truncated": last}))
         obs_list.append(obs); action_list.append(action); reward_list.append(reward)
         sparse_list.append(sparse_reward); next_obs_list.append(next_obs); terminal_list.append(terminated)
+        success_list.append(bool(info.get("success", False)))
         obs = next_obs
         if terminated or truncated:
             break
@@ -38,6 +40,7 @@ def rollout(env: gym.Env, agent: MetaAgent, max_path_length: int, deterministic:
         "sparse_rewards": np.asarray(sparse_list, dtype=np.float32),
         "next_obs": np.asarray(next_obs_list, dtype=np.float32),
         "terminals": np.asarray(terminal_list, dtype=np.float32),
+        "successes": np.asarray(success_list, dtype=bool),
     }
 
 

@@ -320,7 +320,7 @@ class Trainer:
         with self.isolated_randomness(eval_seed):
             return evaluate(self.env, self.algorithm.agent, meta_env.task_ids(split), p.num_steps_per_eval,
                             p.num_exp_traj_eval, num_repeats, meta_env.max_episode_steps, p.sparse_rewards,
-                            p.deterministic_exploration)
+                            p.deterministic_exploration, envs_glue.env_spec(self.config.env).reports_success)
 
     def evaluate_validation_then_test(self, eval_seed: int, num_repeats: int) -> tuple[EvalResult, EvalResult]:
         """Both evaluations of one policy. Validation runs first: the test evaluation then leaves the agent as it
@@ -455,6 +455,8 @@ class Trainer:
                 self.evaluation_s += time.perf_counter() - evaluation_started
                 scalars.update(result.scalars())
                 scalars["validation_return"] = validation.meta_test_return
+                if validation.meta_test_success is not None:
+                    scalars["validation_success"] = validation.meta_test_success
                 bar.set_postfix(meta_test_return=f"{result.meta_test_return:.3f}")
             self.elapsed = time.perf_counter() - started
             row = {"iteration": iteration, "env_steps": self.algorithm.env_steps,
@@ -488,15 +490,22 @@ class Trainer:
                           # the figure every choice of settings reads (docs/PROTOCOL.md#selection-rule)
                           "validation_return": validation.meta_test_return,
                           "per_validation_task_final_returns": validation.per_task_final_returns}
+            if result.meta_test_success is not None:  # environments that report success (EnvSpec.reports_success)
+                final_eval.update({"meta_test_success": result.meta_test_success,
+                                   "per_task_final_success": result.per_task_final_success,
+                                   "validation_success": validation.meta_test_success})
         results = {
             "env": cfg.env, "algo": cfg.algo, "tier": cfg.tier, "seed": cfg.seed,
             "meta_test_return": last.get("meta_test_return"),
             "validation_return": last.get("validation_return"),
+            **({key: last.get(key) for key in ("meta_test_success", "validation_success")}
+               if "meta_test_success" in last else {}),
             "online_returns": [last[k] for k in sorted((k for k in last if k.startswith("online_return/")),
                                                        key=lambda k: int(k.rsplit("_", 1)[1]))],
             "final_eval": final_eval,
             "learning_curve": [{k: row[k] for k in ("iteration", "env_steps", "grad_steps", "wall_time_s",
-                                                     "meta_test_return", "validation_return") if k in row}
+                                                     "meta_test_return", "validation_return", "meta_test_success",
+                                                     "validation_success") if k in row}
                                for row in self.learning_curve],
             "env_steps": self.algorithm.env_steps, "grad_steps": self.algorithm.grad_steps,
             "wall_time_s": self.elapsed, "wall_time_split_s": wall_time_split,

@@ -1,0 +1,133 @@
+"""What the Meta-World ML1 environments share (``docs/PROTOCOL.md#meta-world-ml1``): one Sawyer-arm manipulation
+task whose goal and object positions vary between tasks, through Meta-World's single-environment path
+(``metaworld.ML1``, ``set_task``). Not an environment itself (no ``SPEC``): ``ml1_reach.py``, ``ml1_push.py`` and
+``ml1_pick_place.py`` are.
+
+An optional extra: Meta-World pins ``mujoco==3.3.0`` while this project runs ``mujoco`` 4, so it lives in its own
+virtual environment (``requirements-metaworld.txt``). These modules import without it, so discovery always lists
+the ML1 environments; building one where ``metaworld`` does not import raises :class:`OptionalExtraMissingError`,
+which ``experiments.run`` prints as one line (exit 2).
+
+Rewards and success are Meta-World's own; episodes are 200 steps instead of its 500 (why: the protocol page).
+"""
+from __future__ import annotations
+
+import functools
+import pickle
+
+import numpy as np
+
+from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED, MetaEnv
+from envs_glue.protocol import ConfigError, ProtocolConfig
+from envs_glue.spec import EnvSpec
+
+ML1_SEED = 42            # metaworld.ML1(name, seed=42): train goals from seed 42, test goals from seed 43
+EPISODE_LENGTH = 200     # Meta-World's max_path_length is 500; 200 is 0.4 of it (docs/PROTOCOL.md#meta-world-ml1)
+INSTALL_HINT = ("Meta-World is an optional extra: install it in a separate virtual environment with "
+                "`pip install -r requirements.txt -r requirements-metaworld.txt` (it pins mujoco==3.3.0, this "
+                "project's main environment runs mujoco 4)")
+
+
+class OptionalExtraMissingError(ConfigError):
+    """An environment of an optional extra was asked for where the extra is not installed."""
+
+
+def import_metaworld():
+    """The ``metaworld`` package, or one :class:`OptionalExtraMissingError` saying how to install it."""
+    try:
+        import metaworld
+    except ImportError as error:
+        raise OptionalExtraMissingError(f"{INSTALL_HINT} ({type(error).__name__}: {error})") from None
+    return metaworld
+
+
+@functools.lru_cache(maxsize=None)
+def ml1_task_lists(env_name: str) -> tuple[type, tuple, np.ndarray]:
+    """``(Meta-World's environment class, its tasks, their positions)`` for ``env_name`` (e.g. ``"reach-v3"``).
+
+    Tasks, in the project's order: ``ML1(env_name, seed=ML1_SEED)``'s 50 train tasks, then its 50 test tasks, then the
+    first 10 train tasks of ``ML1(env_name, seed=VALIDATION_TASK_SEED)`` as validation tasks: the same distribution as
+    the train tasks, drawn by Meta-World's own sampler with the project's validation seed. Meta-World draws them under
+    ``np.random.seed`` and restores numpy's global state afterwards. Positions: one row per task, Meta-World's
+    ``rand_vec`` with the goal first, ``[goal x, y, z, object x, y, z]``. Cached: building an ML1 benchmark resets the
+    environment 100 times (several seconds).
+    """
+    metaworld = import_metaworld()
+    benchmark = metaworld.ML1(env_name, seed=ML1_SEED)
+    validation = metaworld.ML1(env_name, seed=VALIDATION_TASK_SEED).train_tasks[:NUM_VALIDATION_TASKS]
+    tasks = (*benchmark.train_tasks, *benchmark.test_tasks, *validation)
+    rand_vecs = np.array([pickle.loads(task.data)["rand_vec"] for task in tasks], dtype=np.float64)
+    if len(np.unique(rand_vecs, axis=0)) != len(tasks):  # a validation or test task repeating a training one
+        raise RuntimeError(f"Meta-World's {env_name} task lists overlap; the ML1 seeds must give distinct goals")
+    positions = np.concatenate([rand_vecs[:, 3:6], rand_vecs[:, 0:3]], axis=1)
+    return benchmark.train_classes[env_name], tasks, positions
+
+
+class ML1Env(MetaEnv):
+    """One Meta-World ML1 task family as a :class:`MetaEnv`: Meta-World's environment with its task set by
+    ``set_task``, goal hidden from the observation (ML1 is partially observable: the last 3 of the 39 observation
+    entries are zero). A task fixes the goal and the object's start; every reset starts the same within a task.
+    ``info["success"]`` is Meta-World's success flag; the reward is its own (0 to 10 per step)."""
+
+    metaworld_name: str      # Meta-World's environment name, e.g. "reach-v3"
+    max_episode_steps = EPISODE_LENGTH
+    num_train_tasks = 50
+    num_test_tasks = 50
+    metadata = {"render_modes": []}
+
+    def __init__(self, render_mode: str | None = None):
+        if render_mode is not None:
+            raise ValueError(f"{type(self).__name__} does not render (render_mode={render_mode!r})")
+        env_class, self._metaworld_tasks, positions = ml1_task_lists(self.metaworld_name)
+        self.task_array = positions.copy()  # the cached lists are shared by every instance in the process
+        self.sim = env_class()
+        self.sim.max_path_length = self.max_episode_steps  # Meta-World's own truncation then agrees with ours
+        self.reset_task(0)
+        # ML1 tasks are partially observable; the space is Meta-World's once its task is set (the goal's entries 0)
+        self.observation_space = self.sim.sawyer_observation_space
+        self.action_space = self.sim.action_space
+
+    @property
+    def tasks(self) -> np.ndarray:
+        return self.task_array
+
+    @property
+    def task(self) -> np.ndarray:
+        return self.task_array[self.task_idx].copy()
+
+    def reset_task(self, task_idx: int) -> None:
+        self.task_idx = int(task_idx)
+        self.sim.set_task(self._metaworld_tasks[self.task_idx])
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)  # a task's start is fixed (Meta-World freezes its positions): no draw here
+        obs, _ = self.sim.reset()
+        return obs, {"task": self.task}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.sim.step(np.asarray(action, dtype=np.float32))
+        info = {**info, "success": bool(info["success"]), "task": self.task}
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+def ml1_protocol() -> ProtocolConfig:
+    """The benchmark tier of every ML1 environment: garage's PEARL ML1 example (``pearl_metaworld_ml1_push.py``: 1000
+    epochs of 4000 gradient steps on meta-batches of 16 x 256, 15 tasks sampled per epoch with 750 prior and 750
+    extra-RL-posterior steps, 4000 initial steps per task, embedding batch 64, reward scale 10), at 20 iterations of
+    1000 gradient steps and 5 tasks of 400 + 600 steps, 1000 initial steps per task: 0.5 % of its gradient steps and
+    0.44 % of its environment steps after the initial collection (``docs/PROTOCOL.md#meta-world-ml1``)."""
+    return ProtocolConfig(
+        num_iterations=20, num_initial_steps=1000, num_tasks_sample=5, num_steps_prior=400, num_steps_posterior=0,
+        num_extra_rl_steps_posterior=600, num_train_steps_per_itr=1000, meta_batch=16, batch_size=256,
+        embedding_batch_size=64, discount=0.99, reward_scale=10.0, num_steps_per_eval=600, num_exp_traj_eval=2,
+        num_evals=1)
+
+
+def ml1_spec(name: str, gym_id: str, env_class: type[ML1Env], report_rank: int) -> EnvSpec:
+    """The spec the ML1 environments share; they differ in Meta-World's task only."""
+    return EnvSpec(name, gym_id, env_class, ml1_protocol(), max_episode_steps=EPISODE_LENGTH, sparse_reward=False,
+                   known_optimum=None, known_optimum_note="no closed form (Meta-World pays at most 10 per step)",
+                   task_label="goal x", report_rank=report_rank, runs_by_default=False, reports_success=True)
