@@ -384,3 +384,9 @@ def test_per_environment_defaults_are_applied_and_checked():
 
     with pytest.raises(TypeError, match=r"env_defaults\['point-robot'\]` sets \['learning_rate'\], not fields of PearlConfig"):
         check_facts(Misnamed)
+
+
+def test_pearl_takes_the_references_kl_weight_per_environment():
+    pearl = algorithm_class("pearl")
+    assert [pearl.default_config(env).kl_lambda for env in ("point-robot", "sparse-point-robot", "ant-goal", "ant-dir")] \
+        == [0.1, 1.0, 1.0, 0.1]
