@@ -81,7 +81,8 @@ class FOCAL(MetaSACAlgorithm):
     report_rank = 2
     # the tuning grid's point with the best validation figure, per environment
     # (benchmarks/benchmark/selection/SELECTION.md); an environment not listed runs the references' settings
-    env_defaults = {"point-robot": {"lr": 1e-3, "encoder_lr": 3e-4, "learn_temperature": True}}
+    env_defaults = {env: {"lr": 1e-3, "encoder_lr": 3e-4, "learn_temperature": True}
+                    for env in ("point-robot", "sparse-point-robot")}
     config_class = FocalConfig
 
     @classmethod
