@@ -17,7 +17,8 @@ import pickle
 
 import numpy as np
 
-from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED, MetaEnv
+from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED
+from envs_glue.mujoco_tasks import TaskArrayEnv
 from envs_glue.protocol import ConfigError, ProtocolConfig
 from envs_glue.spec import EnvSpec
 
@@ -63,7 +64,7 @@ def ml1_task_lists(env_name: str) -> tuple[type, tuple, np.ndarray]:
     return benchmark.train_classes[env_name], tasks, positions
 
 
-class ML1Env(MetaEnv):
+class ML1Env(TaskArrayEnv):
     """One Meta-World ML1 task family as a :class:`MetaEnv`: Meta-World's environment with its task set by
     ``set_task``, goal hidden from the observation (ML1 is partially observable: the last 3 of the 39 observation
     entries are zero). A task fixes the goal and the object's start; every reset starts the same within a task.
@@ -87,16 +88,7 @@ class ML1Env(MetaEnv):
         self.observation_space = self.sim.sawyer_observation_space
         self.action_space = self.sim.action_space
 
-    @property
-    def tasks(self) -> np.ndarray:
-        return self.task_array
-
-    @property
-    def task(self) -> np.ndarray:
-        return self.task_array[self.task_idx].copy()
-
-    def reset_task(self, task_idx: int) -> None:
-        self.task_idx = int(task_idx)
+    def apply_task(self) -> None:
         self.sim.set_task(self._metaworld_tasks[self.task_idx])
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
