@@ -436,6 +436,9 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
     grouped = _cells_by(summary)
     plan = summary.get("plan") or {}
     tier = summary.get("tier", "?")
+    if not envs:  # nothing planned or finished yet: say so instead of empty tables
+        return "\n".join([*report_heading(f"Results: {tier} tier", summary),
+                          "No cell of this tier has finished yet: the tables appear here as cells finish."]) + "\n"
     parts = [
         *report_heading(f"Results: {tier} tier", summary),
         "## Setup",

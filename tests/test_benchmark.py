@@ -436,3 +436,8 @@ def test_renderer_adds_a_success_rate_column_only_where_cells_report_success(syn
     assert pearl[header.index("success rate (low-noise)")] == "0.60 ± 0.14 (n=2)"
     assert table_row(markdown, "setformer (ours)").split(" | ")[header.index("success rate (low-noise)")] \
         == "0.20 (n=1/2)"
+
+
+def test_renderer_of_a_tier_with_no_cells_says_so(synthetic_summary):
+    markdown = render_markdown({**synthetic_summary, "plan": {}, "cells": []})
+    assert "No cell of this tier has finished yet" in markdown and "## Setup" not in markdown
