@@ -15,6 +15,7 @@ import torch
 from algos.core.agent import MetaAgent
 from algos.core.algorithm import Algorithm
 from algos.core.config import ConfigError, ProtocolConfig
+from envs_glue.point_robot import PointRobotEnv
 
 POINT_ROBOT_MAX_STEP = 0.1
 
@@ -59,7 +60,7 @@ class Oracle(Algorithm):
 
     def __init__(self, env, protocol: ProtocolConfig, config: OracleConfig, rng: np.random.Generator,
                  bf16: bool = False, device: torch.device | str = "cpu"):
-        if not hasattr(env.unwrapped, "goals"):
+        if not isinstance(env.unwrapped, PointRobotEnv):
             raise ConfigError("the oracle exists only for the point robots (point-robot, sparse-point-robot)")
         self.env, self.protocol, self.config, self.rng = env, protocol, config, rng
         self.agent = OracleAgent(env, config)

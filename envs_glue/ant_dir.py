@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 
-from envs_glue.mujoco_tasks import TaskArrayEnv, known_model_warnings_silenced, repeated_task_list, unit_vector
+from envs_glue.base import MetaEnv
+from envs_glue.mujoco_tasks import known_model_warnings_silenced, repeated_task_list, unit_vector
 from envs_glue.protocol import ProtocolConfig
 from envs_glue.spec import EnvSpec
 
@@ -14,7 +15,7 @@ CTRL_COST_WEIGHT = 0.5
 SURVIVE_REWARD = 1.0
 
 
-class AntDirEnv(TaskArrayEnv, AntEnv):
+class AntDirEnv(MetaEnv, AntEnv):
     """Reward ``v_xy . (cos g, sin g) + 1 - 0.5 * sum(a^2) - 0.0005 * sum(clip(cfrc_ext, -1, 1)^2)`` with ``g`` the
     task's angle and ``v_xy`` the torso's planar velocity; the episode ends when the torso leaves ``0.2 <= z <= 1``.
     obs = ``qpos[2:]`` (13), ``qvel`` (14): no contact forces, as PEARL's ant."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 
-from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED
-from envs_glue.mujoco_tasks import TASK_SEED, TaskArrayEnv, known_model_warnings_silenced
+from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED, MetaEnv
+from envs_glue.mujoco_tasks import TASK_SEED, known_model_warnings_silenced
 from envs_glue.protocol import ProtocolConfig
 from envs_glue.spec import EnvSpec
 
@@ -24,7 +24,7 @@ def ant_goals(num_tasks: int, seed: int) -> np.ndarray:
     return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
 
 
-class AntGoalEnv(TaskArrayEnv, AntEnv):
+class AntGoalEnv(MetaEnv, AntEnv):
     """Reward ``-|x - g_x| - |y - g_y| - 0.1 * sum(a^2) - 0.0005 * sum(clip(cfrc_ext, -1, 1)^2)`` with ``(x, y)``
     the torso's position after the step; never ends early. obs = ``qpos`` (15, the position included), ``qvel``
     (14), ``clip(cfrc_ext[1:], -1, 1)`` (78)."""

@@ -3,14 +3,14 @@ rewarded for its velocity in the task's direction (``docs/PROTOCOL.md#pearl-mujo
 from __future__ import annotations
 
 from envs_glue.cheetah_vel import HalfCheetahTaskEnv
-from envs_glue.mujoco_tasks import TaskArrayEnv, repeated_task_list
+from envs_glue.mujoco_tasks import repeated_task_list
 from envs_glue.protocol import ProtocolConfig
 from envs_glue.spec import EnvSpec
 
 DIRECTIONS = (-1.0, 1.0)  # backward, forward
 
 
-class CheetahDirEnv(TaskArrayEnv, HalfCheetahTaskEnv):
+class CheetahDirEnv(HalfCheetahTaskEnv):
     """Reward ``d * v_x - 0.05 * sum(a^2)`` with ``d`` the task's direction (+1 forward, -1 backward); obs as
     cheetah-vel's (20). Train and test tasks are the same two directions, as in PEARL."""
 
@@ -18,7 +18,7 @@ class CheetahDirEnv(TaskArrayEnv, HalfCheetahTaskEnv):
     num_test_tasks = 2
 
     def __init__(self, render_mode: str | None = None):
-        self.task_array = repeated_task_list(DIRECTIONS)
+        self.task_array = repeated_task_list(DIRECTIONS)  # (2 + 2 + 10, 1): train, test, validation
         super().__init__(render_mode=render_mode)
 
     def forward_reward(self, forward_velocity: float) -> float:

@@ -24,7 +24,7 @@ def cheetah_velocities(num_tasks: int = NUM_TASKS, seed: int = TASK_SEED) -> np.
     return np.random.RandomState(seed).uniform(0.0, 3.0, size=(num_tasks,))
 
 
-class HalfCheetahTaskEnv(HalfCheetahEnv, MetaEnv):
+class HalfCheetahTaskEnv(MetaEnv, HalfCheetahEnv):
     """PEARL's half-cheetah: obs = ``qpos[1:]`` (8), ``qvel`` (9), torso ``xpos`` (3); reward
     ``forward_reward(v_x) - 0.05 * sum(a^2)``, where a subclass says what the forward reward of the task is."""
 
@@ -59,9 +59,6 @@ class HalfCheetahTaskEnv(HalfCheetahEnv, MetaEnv):
             self.render()
         return self._get_obs(), reward, False, False, info
 
-    def _get_reset_info(self):
-        return {"task": self.task}
-
 
 class CheetahVelEnv(HalfCheetahTaskEnv):
     """Reward ``-|v_x - v_goal| - 0.05 * sum(a^2)``; obs = ``qpos[1:]`` (8), ``qvel`` (9), torso ``xpos`` (3)."""
@@ -70,26 +67,12 @@ class CheetahVelEnv(HalfCheetahTaskEnv):
     num_test_tasks = 10
 
     def __init__(self, render_mode: str | None = None):
-        self.velocities = np.concatenate([cheetah_velocities(),
-                                          cheetah_velocities(NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED)])
-        self._goal_velocity = float(self.velocities[0])
-        self.task_idx = 0
+        self.task_array = np.concatenate([cheetah_velocities(),
+                                          cheetah_velocities(NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED)])[:, None]
         super().__init__(render_mode=render_mode)
 
-    @property
-    def tasks(self) -> np.ndarray:
-        return self.velocities[:, None]
-
-    def reset_task(self, task_idx: int) -> None:
-        self.task_idx = int(task_idx)
-        self._goal_velocity = float(self.velocities[self.task_idx])
-
-    @property
-    def task(self) -> np.ndarray:
-        return np.array([self._goal_velocity])
-
     def forward_reward(self, forward_velocity: float) -> float:
-        return -abs(forward_velocity - self._goal_velocity)
+        return -abs(forward_velocity - float(self.task_array[self.task_idx, 0]))
 
 
 SPEC = EnvSpec(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv, mass_center
 
-from envs_glue.mujoco_tasks import (TaskArrayEnv, known_model_warnings_silenced, random_directions_with_validation,
+from envs_glue.base import MetaEnv
+from envs_glue.mujoco_tasks import (known_model_warnings_silenced, random_directions_with_validation,
                                     unit_vector)
 from envs_glue.protocol import ProtocolConfig
 from envs_glue.spec import EnvSpec
@@ -18,7 +19,7 @@ IMPACT_COST_WEIGHT = 5e-7
 MAX_IMPACT_COST = 10.0
 
 
-class HumanoidDirEnv(TaskArrayEnv, HumanoidEnv):
+class HumanoidDirEnv(MetaEnv, HumanoidEnv):
     """Reward ``0.25 * (dxy . (cos g, sin g)) / timestep + 5 - 0.1 * sum(a^2) - min(5e-7 * sum(cfrc_ext^2), 10)``
     with ``dxy`` the planar displacement of the centre of mass over the step and ``g`` the task's angle; the episode
     ends when the torso leaves ``1 < z < 2``. obs: humanoid-v5's (348)."""

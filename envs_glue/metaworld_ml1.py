@@ -17,8 +17,7 @@ import pickle
 
 import numpy as np
 
-from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED
-from envs_glue.mujoco_tasks import TaskArrayEnv
+from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED, MetaEnv
 from envs_glue.protocol import ConfigError, ProtocolConfig
 from envs_glue.spec import EnvSpec
 
@@ -64,7 +63,7 @@ def ml1_task_lists(env_name: str) -> tuple[type, tuple, np.ndarray]:
     return benchmark.train_classes[env_name], tasks, positions
 
 
-class ML1Env(TaskArrayEnv):
+class ML1Env(MetaEnv):
     """One Meta-World ML1 task family as a :class:`MetaEnv`: Meta-World's environment with its task set by
     ``set_task``, goal hidden from the observation (ML1 is partially observable: the last 3 of the 39 observation
     entries are zero). A task fixes the goal and the object's start; every reset starts the same within a task.

@@ -1,4 +1,4 @@
-"""What the MuJoCo environments share: quiet model compilation, a task list held as an array, direction tasks, and
+"""What the MuJoCo environments share: quiet model compilation, direction tasks, and
 PEARL's randomised physics (``docs/PROTOCOL.md#pearl-mujoco-suite``). Not an environment itself (no ``SPEC``)."""
 from __future__ import annotations
 
@@ -33,35 +33,6 @@ def known_model_warnings_silenced():
         yield
     finally:
         mujoco.set_mju_user_warning(previous)
-
-
-class TaskArrayEnv(MetaEnv):
-    """A :class:`MetaEnv` whose tasks are the rows of one array, ``task_array``: train, test, then validation rows.
-
-    A subclass sets ``task_array`` in its ``__init__`` and says in ``apply_task`` what a task changes (nothing, where
-    the reward reads the task; the model's arrays, for randomised physics).
-    """
-
-    task_array: np.ndarray
-    task_idx: int = 0
-
-    @property
-    def tasks(self) -> np.ndarray:
-        return self.task_array
-
-    @property
-    def task(self) -> np.ndarray:
-        return self.task_array[self.task_idx].copy()
-
-    def reset_task(self, task_idx: int) -> None:
-        self.task_idx = int(task_idx)
-        self.apply_task()
-
-    def apply_task(self) -> None:
-        """Make the current task take effect; a task that only changes the reward needs nothing here."""
-
-    def _get_reset_info(self):
-        return {"task": self.task}
 
 
 def repeated_task_list(values: tuple[float, ...]) -> np.ndarray:
@@ -102,7 +73,7 @@ def physics_exponents(model: mujoco.MjModel, num_tasks: int, seed: int) -> np.nd
                                      .ravel() for name in PHYSICS_SCALE_BASES]) for _ in range(num_tasks)])
 
 
-class RandomisedPhysicsEnv(TaskArrayEnv):
+class RandomisedPhysicsEnv(MetaEnv):
     """Locomotion in a model whose body masses, inertias, joint damping and geom friction are each scaled by
     ``base ** u`` per element (PEARL's walker- and hopper-rand-params); the task is the model, the reward is fixed:
     ``forward velocity + 1 - 0.001 * sum(a^2)``, the episode ends when the body leaves its healthy range.

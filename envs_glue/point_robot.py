@@ -31,7 +31,7 @@ class PointRobotEnv(MetaEnv):
     num_test_tasks = 10
 
     def __init__(self, render_mode: str | None = None):
-        self.goals = self.make_goals()
+        self.task_array = self.make_goals()
         self.observation_space = spaces.Box(low=-np.inf, high=np.inf, shape=(2,), dtype=np.float64)
         self.action_space = spaces.Box(low=-0.1, high=0.1, shape=(2,), dtype=np.float32)
         self.render_mode = render_mode
@@ -43,18 +43,6 @@ class PointRobotEnv(MetaEnv):
         """Train and test goals, then the validation goals: ``(50 + 10, 2)``."""
         return np.concatenate([point_robot_goals(), point_robot_goals(NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED)])
 
-    @property
-    def tasks(self) -> np.ndarray:
-        return self.goals
-
-    def reset_task(self, task_idx: int) -> None:
-        self.task_idx = int(task_idx)
-        self._goal = self.goals[self.task_idx].copy()
-
-    @property
-    def task(self) -> np.ndarray:
-        return self._goal.copy()
-
     def _initial_position(self) -> np.ndarray:
         return self.np_random.uniform(-1.0, 1.0, size=2)
 
@@ -64,7 +52,7 @@ class PointRobotEnv(MetaEnv):
         return self._position.copy(), {"task": self.task}
 
     def _dense_reward(self) -> float:
-        return -float(np.linalg.norm(self._position - self._goal))
+        return -float(np.linalg.norm(self._position - self.task_array[self.task_idx]))
 
     def step(self, action):
         self._position = self._position + np.asarray(action, dtype=np.float64)
