@@ -33,7 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------- methods
 def test_registry_reads_every_method_and_its_facts():
-    assert ALGORITHMS == ("sac-no-context", "pearl", "focal", "varibad", "transformer", "setformer", "oracle")  # table order
+    assert ALGORITHMS == ("sac-no-context", "pearl", "focal", "varibad", "transformer", "setformer", "oracle",
+                          "sac-true-task")  # table order
     assert methods_with_role("ours") == ("setformer",)
     assert methods_with_role("baseline") == ("pearl", "focal", "varibad", "transformer")
     assert display_name("focal") == "FOCAL (online SAC variant)" and display_name("an-old-name") == "an-old-name"

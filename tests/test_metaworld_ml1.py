@@ -214,7 +214,7 @@ def test_success_and_reach_reward_recomputed_from_the_state(metaworld, name):
 SMOKE_METHODS = [pytest.param(algo, marks=pytest.mark.skipif(
                      algo not in ("setformer", "pearl") and os.environ.get("INCONTEXT_SLOW_TESTS") != "1",
                      reason="slow: INCONTEXT_SLOW_TESTS=1"))
-                 for algo in ("setformer", "pearl", "sac-no-context", "focal", "varibad", "transformer")]
+                 for algo in ("setformer", "pearl", "sac-no-context", "focal", "varibad", "transformer", "sac-true-task")]
 
 
 def test_the_smoke_runs_cover_every_method_that_runs_on_ml1():

@@ -21,7 +21,7 @@ from experiments.engine import unsupported_reason
 from tests.conftest import train_smoke_cell
 
 SUITE = ["cheetah-dir", "ant-dir", "ant-goal", "humanoid-dir", "walker-rand-params", "hopper-rand-params"]
-METHODS = ["sac-no-context", "setformer", "pearl", "focal", "varibad", "transformer"]  # every method that runs on them
+METHODS = ["sac-no-context", "setformer", "pearl", "focal", "varibad", "transformer", "sac-true-task"]  # every method that runs on them
 # A smoke run here takes 15-120 s on a busy 2-core machine (evaluation covers the test and validation tasks, and
 # ant-goal and humanoid-dir collect one episode on each of their 150 and 100 training tasks), so the default suite
 # trains three pairs: a direction task, and both randomised-physics tasks (early termination, next observations in the
