@@ -4,11 +4,13 @@ The latent is not inferred: it is the task's own row of the environment's task l
 velocity, a direction angle, a model's scales), both when acting (read from the environment, like the oracle's
 goal) and for every replayed sample (its task's row). Everything else is the shared SAC on the same protocol,
 collection and budget as the methods, so its figure says what a policy that knows the task reaches at this
-budget: an upper reference for the context methods, never a method (``docs/PROTOCOL.md#baselines``).
+budget: an upper reference for the context methods, never a method (``docs/PROTOCOL.md#baselines``). The row is
+the task as the environment holds it, not re-encoded (a direction angle jumps at 0 / 2 pi).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,16 @@ from algos.core.buffers import sample_rl_batch
 from algos.core.config import ConfigError, ProtocolConfig
 from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from models.policy import build_policy
+
+
+@functools.lru_cache(maxsize=None)
+def task_row_width(env: str) -> int:
+    """How many numbers describe one task of ``env`` (the environment is built once to read its task list)."""
+    built = envs_glue.make_env(env)
+    try:
+        return int(built.unwrapped.tasks.shape[1])
+    finally:
+        built.close()
 
 
 @dataclass
@@ -56,11 +68,7 @@ class SACTrueTask(MetaSACAlgorithm):
 
     @classmethod
     def default_config(cls, env: str) -> SACTrueTaskConfig:
-        config = super().default_config(env)
-        built = envs_glue.make_env(env)
-        width = built.unwrapped.tasks.shape[1]
-        built.close()
-        return dataclasses.replace(config, latent_dim=width)
+        return dataclasses.replace(super().default_config(env), latent_dim=task_row_width(env))
 
     @classmethod
     def architecture(cls, agent: dict) -> str:

@@ -211,6 +211,7 @@ def task_latents(trainer: Trainer, task_ids: Sequence[int], context_size: int | 
                 contexts = torch.cat([_rollout_context(trainer, int(task_id), context_size)
                                       for _ in range(num_samples)])       # (samples, n, context_dim)
             else:
+                trainer.env.unwrapped.reset_task(int(task_id))  # an agent handed the true task reads this one
                 contexts = sample_context(enc_buffer, np.full(num_samples, int(task_id)), context_size, rng,
                                           use_sparse_rewards=p.sparse_rewards,
                                           use_next_obs=p.use_next_obs_in_context,

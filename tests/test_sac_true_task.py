@@ -57,3 +57,12 @@ def test_it_trains_and_is_a_reference_line(tmp_path):
     results = make_trainer("cheetah-vel", tmp_path / "run", "sac-true-task").run()
     assert np.isfinite(results["meta_test_return"]) and np.isfinite(results["final_eval"]["validation_return"])
     assert algorithm_class("sac-true-task").role == "reference"
+
+
+def test_latents_read_from_the_buffer_are_each_tasks_own_row(tmp_path):
+    from experiments.analysis import task_latents
+    trainer = make_trainer("point-robot", tmp_path / "run", "sac-true-task")
+    trainer.algorithm.collect_initial_data()
+    latents = task_latents(trainer, [0, 3, 5], context_size=4, num_samples=2, source="buffer")
+    rows = trainer.env.unwrapped.tasks[[0, 3, 5]].astype(np.float32)
+    np.testing.assert_array_equal(latents, np.repeat(rows[:, None], 2, axis=1))

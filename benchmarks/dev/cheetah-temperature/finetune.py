@@ -9,7 +9,7 @@ with its own embedding (known task, deterministic) the return and the steady-sta
 It is a probe of mechanism, not a protocol result: both arms spend more gradient steps than the protocol allows,
 and only their difference means anything. The cell's files are read, never written.
 
-    python benchmarks/dev/cheetah-temperature/finetune.py benchmarks/archive/benchmark-before-selection/cells/cheetah-vel/setformer/123 \
+    python benchmarks/dev/cheetah-temperature/finetune.py benchmarks/archive/benchmark-before-selection/benchmark/cells/cheetah-vel/setformer/123 \
         --arm learned --iterations 3 --out benchmarks/dev/cheetah-temperature
 """
 from __future__ import annotations
