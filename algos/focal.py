@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from algos.core.agent import MetaAgent
-from algos.core.config import ConfigError
+from algos.core.config import ConfigError, grid_settings
 from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from models.mlp import build_mlp
 from models.policy import build_policy
@@ -81,8 +81,7 @@ class FOCAL(MetaSACAlgorithm):
     report_rank = 2
     # the tuning grid's point with the best validation figure, per environment
     # (benchmarks/benchmark/selection/SELECTION.md); an environment not listed runs the references' settings
-    env_defaults = {env: {"lr": 1e-3, "encoder_lr": 3e-4, "learn_temperature": True}
-                    for env in ("point-robot", "sparse-point-robot")}
+    env_defaults = {env: grid_settings("fast-actor-critic") for env in ("point-robot", "sparse-point-robot")}
     config_class = FocalConfig
 
     @classmethod

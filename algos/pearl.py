@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from algos.core.agent import MetaAgent
-from algos.core.config import ConfigError
+from algos.core.config import ConfigError, grid_settings
 from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from envs_glue import env_spec
 from models.mlp import build_mlp
@@ -98,7 +98,7 @@ class PEARL(MetaSACAlgorithm):
     # per environment: the tuning grid's point with the best validation figure
     # (benchmarks/benchmark/selection/SELECTION.md; not listed: the references' settings), and the reference's own
     # KL weight on ant-goal (PEARL's ant-goal config)
-    env_defaults = {"sparse-point-robot": {"lr": 1e-3, "encoder_lr": 3e-4, "learn_temperature": True},
+    env_defaults = {"sparse-point-robot": grid_settings("fast-actor-critic"),
                     "ant-goal": {"kl_lambda": 1.0}}
 
     @classmethod

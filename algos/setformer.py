@@ -68,7 +68,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from algos.core.agent import ContextBuffer, MetaAgent
-from algos.core.config import ConfigError
+from algos.core.config import ConfigError, grid_settings
 from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from models.mlp import build_mlp
 from models.policy import build_policy
@@ -115,7 +115,7 @@ class ExplorationConfig:
 # the references' settings). cheetah-vel's entry (the actor-critic at 1e-3, the encoder optimiser at 3e-4, a learned
 # temperature) was chosen on test tasks before the validation tasks existed
 # (docs/DESIGN.md#cheetah-vel-split-learning-rates-and-a-learned-temperature) and stands until its selection is made.
-ENV_DEFAULTS = {"cheetah-vel": {"lr": 1e-3, "encoder_lr": 3e-4, "learn_temperature": True}}
+ENV_DEFAULTS = {"cheetah-vel": grid_settings("fast-actor-critic")}
 
 
 @dataclass

@@ -40,7 +40,7 @@ from torch import nn
 
 from algos.core.agent import ContextBuffer, MetaAgent
 from algos.core.buffers import RLBatch, sample_rl_sequences
-from algos.core.config import ConfigError
+from algos.core.config import ConfigError, grid_settings
 from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from models.causal_transformer import CausalTransformer
 from models.policy import build_policy
@@ -149,7 +149,7 @@ class InContextTransformer(MetaSACAlgorithm):
     # the tuning grid's point with the best validation figure, per environment
     # (benchmarks/benchmark/selection/SELECTION.md); an environment not listed runs the references' settings, which
     # is also the selection on sparse-point-robot
-    env_defaults = {"point-robot": {"lr": 1e-3, "encoder_lr": 3e-4, "learn_temperature": True}}
+    env_defaults = {"point-robot": grid_settings("fast-actor-critic")}
     config_class = TransformerConfig
     acts_in_context = True
 

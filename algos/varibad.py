@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from algos.core.agent import MetaAgent
-from algos.core.config import ConfigError
+from algos.core.config import ConfigError, grid_settings
 from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
 from models.mlp import build_mlp
 from models.policy import build_policy
@@ -93,7 +93,7 @@ class VariBAD(MetaSACAlgorithm):
     # the tuning grid's point with the best validation figure, per environment
     # (benchmarks/benchmark/selection/SELECTION.md); an environment not listed runs the references' settings, which
     # is also the selection on sparse-point-robot
-    env_defaults = {"point-robot": {"lr": 1e-3, "encoder_lr": 3e-4, "learn_temperature": True}}
+    env_defaults = {"point-robot": grid_settings("fast-actor-critic")}
     config_class = VariBADConfig
 
     @classmethod

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from algos import algorithm_class, methods_with_role
-from algos.core.config import TUNING_GRID
+from algos.core.config import TUNING_GRID, grid_settings
 from algos.core.io import REPO_ROOT, atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from algos.core.meta_sac import MetaSACConfig
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
@@ -72,8 +72,8 @@ def grid_point_of(hyperparameters: dict) -> str:
     """The ``TUNING_GRID`` point a cell's shared hyperparameters match (what a table names as its setting), or
     ``other`` where they match none (a cell run before the grid, or with hand-set values)."""
     settings = {**SHARED_DEFAULTS, **hyperparameters}
-    for point, assignments in TUNING_GRID.items():
-        if all(settings.get(key) == json.loads(value) for key, value in (a.split("=", 1) for a in assignments)):
+    for point in TUNING_GRID:
+        if all(settings.get(key) == value for key, value in grid_settings(point).items()):
             return point
     return "other"
 

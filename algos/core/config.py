@@ -63,6 +63,12 @@ TUNING_GRID: dict[str, tuple[str, ...]] = {
 TUNING_SEEDS = (7,)  # outside the table seeds
 
 
+def grid_settings(point: str) -> dict[str, Any]:
+    """A ``TUNING_GRID`` point as config values ``{field: value}``: what a method's ``env_defaults`` holds for the
+    point selected on an environment, and what a cell's settings are matched against."""
+    return {key: json.loads(value) for key, value in (assignment.split("=", 1) for assignment in TUNING_GRID[point])}
+
+
 def protocol_for(env: str, tier: str) -> ProtocolConfig:
     try:
         spec = env_spec(env)
