@@ -17,7 +17,7 @@ from torch import nn
 from algos.core.agent import MetaAgent
 from algos.core.config import ConfigError, grid_settings
 from algos.core.meta_sac import MetaSACAlgorithm, MetaSACConfig, sac_architecture
-from models.mlp import build_mlp
+from models.mlp import MLP, build_mlp
 from models.policy import build_policy
 
 
@@ -41,7 +41,7 @@ class VariBADConfig(MetaSACConfig):
 class RecurrentEncoder(nn.Module):
     def __init__(self, context_dim: int, latent_dim: int, embed_dim: int, hidden_dim: int):
         super().__init__()
-        self.transition_embedding = nn.Sequential(nn.Linear(context_dim, embed_dim), nn.ReLU())
+        self.transition_embedding = MLP(nn.Linear(context_dim, embed_dim), nn.ReLU())
         self.gru = nn.GRU(embed_dim, hidden_dim, batch_first=True)
         self.latent_head = nn.Linear(hidden_dim, 2 * latent_dim)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.kernels import LinearReLU, fused_linear_relu_applies
+
 # Small final-layer weights keep initial Q/V/policy outputs near zero (as in rlkit/PEARL).
 FINAL_LAYER_INIT = 3e-3
 # ``torch``: PyTorch's default for the hidden layers (U(+-1/sqrt(in_features)) weights and biases);
@@ -13,8 +15,28 @@ RLKIT_HIDDEN_BIAS = 0.1
 RLKIT_POLICY_HEAD_INIT = 1e-3
 
 
+class MLP(nn.Sequential):
+    """Layers applied in turn, like ``nn.Sequential`` (the same parameters and state dict); under bf16 autocast on a
+    CPU with native bf16, each ``Linear`` followed by a ``ReLU`` runs as one kernel (:mod:`models.kernels`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not fused_linear_relu_applies(x):
+            return super().forward(x)
+        layers, i = list(self), 0
+        while i < len(layers):
+            # a strided input goes the eager way: torch's linear adds the bias to it after rounding the product
+            if (isinstance(layers[i], nn.Linear) and layers[i].bias is not None and i + 1 < len(layers)
+                    and type(layers[i + 1]) is nn.ReLU and x.is_contiguous()):
+                x = LinearReLU.apply(x, layers[i].weight, layers[i].bias)
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
+        return x
+
+
 def build_mlp(input_dim: int, output_dim: int, hidden_dim: int = 300, num_hidden_layers: int = 3,
-              activation: type[nn.Module] = nn.ReLU, small_final_init: bool = True) -> nn.Sequential:
+              activation: type[nn.Module] = nn.ReLU, small_final_init: bool = True) -> MLP:
     """``num_hidden_layers`` hidden layers of width ``hidden_dim`` then a linear output layer."""
     layers: list[nn.Module] = []
     width = input_dim
@@ -29,7 +51,7 @@ def build_mlp(input_dim: int, output_dim: int, hidden_dim: int = 300, num_hidden
         nn.init.uniform_(final.bias, -FINAL_LAYER_INIT, FINAL_LAYER_INIT)
         final.init_role = "output"
     layers.append(final)
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 @torch.no_grad()

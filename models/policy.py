@@ -26,9 +26,11 @@ class TanhGaussianPolicy(nn.Module):
     def __init__(self, obs_dim: int, latent_dim: int, action_dim: int, hidden_dim: int = 300,
                  num_hidden_layers: int = 3):
         super().__init__()
+        # all hidden layers: the MLP's last Linear gets a ReLU too (no parameters: the state dict is unchanged)
         self.trunk = build_mlp(obs_dim + latent_dim, hidden_dim, hidden_dim, num_hidden_layers - 1,
                                small_final_init=False)
-        self.trunk[-1].init_role = "hidden"  # forward applies the ReLU: the trunk is all hidden layers
+        self.trunk[-1].init_role = "hidden"
+        self.trunk.append(nn.ReLU())
         self.mean_head = nn.Linear(hidden_dim, action_dim)
         self.log_std_head = nn.Linear(hidden_dim, action_dim)
         for head in (self.mean_head, self.log_std_head):
@@ -37,7 +39,7 @@ class TanhGaussianPolicy(nn.Module):
             head.init_role = "policy_head"
 
     def forward(self, obs: torch.Tensor, z: torch.Tensor, deterministic: bool = False) -> PolicyOutput:
-        hidden = F.relu(self.trunk(torch.cat([obs, z], dim=-1)))
+        hidden = self.trunk(torch.cat([obs, z], dim=-1))
         mean = self.mean_head(hidden).float()
         log_std = self.log_std_head(hidden).float().clamp(LOG_STD_MIN, LOG_STD_MAX)
         if deterministic:

@@ -9,6 +9,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from models.mlp import MLP
+
 
 class MultiheadAttentionBlock(nn.Module):
     """``MAB(X, Y) = H + FF(H)`` with ``H = X + Attention(X, Y, Y)``: the set transformer's block without the
@@ -21,7 +23,7 @@ class MultiheadAttentionBlock(nn.Module):
         self.num_heads = num_heads
         self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.feedforward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.feedforward = MLP(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``queries (b, nq, d)``, ``keys (b, nk, d)`` -> ``(b, nq, d)`` and weights ``(b, heads, nq, nk)``."""
@@ -57,7 +59,7 @@ class PoolingByMultiheadAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_seeds: int):
         super().__init__()
         self.seeds = nn.Parameter(torch.randn(1, num_seeds, dim) / math.sqrt(dim))
-        self.feedforward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+        self.feedforward = MLP(nn.Linear(dim, dim), nn.ReLU())
         self.block = MultiheadAttentionBlock(dim, num_heads)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,23 +15,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
-from pathlib import Path
 
 import torch
 
 from algos.core.config import DEVICES, ConfigError
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), as torch's CPU dispatch sees it."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these helpers: read the kernel's flags instead
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+from models.kernels import cpu_has_native_bf16
 
 
 # glibc mallopt parameters
