@@ -11,6 +11,8 @@ import is skipped with a note, one that crashes fails the command.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import shlex
 import statistics
 import sys
@@ -27,6 +29,7 @@ from algos.core.config import TIERS
 from algos.core.trainer import Trainer, build_config
 from experiments.engine import available_cpus, unsupported_reason
 from experiments.report import DASH, env_argument, provenance, report_heading, table, write_json_and_markdown
+from models.kernels import cpu_has_native_bf16, eager_layers
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,12 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--context-sizes", nargs="+", type=int, default=[10, 100, 1000])
     parser.add_argument("--adapt-repeats", type=int, default=21, help="adapt() calls per size; median reported")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--identity-steps", type=int, default=3,
+                        help="bf16 steps compared weight for weight with fused and eager hidden layers (default: 3)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config override for every method, e.g. --set bf16=false")
     parser.add_argument("--out", default="benchmarks", help="writes <out>/throughput.json and THROUGHPUT.md")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.grad_steps < 1 or args.adapt_repeats < 1 or args.warmup < 0:
-        parser.error("--threads, --grad-steps and --adapt-repeats must be positive, --warmup non-negative")
+    if args.threads < 1 or args.grad_steps < 1 or args.adapt_repeats < 1 or args.warmup < 0 or args.identity_steps < 0:
+        parser.error("--threads, --grad-steps and --adapt-repeats must be positive, --warmup and --identity-steps "
+                     "non-negative")
     return args
 
 
@@ -82,22 +88,43 @@ def gradient_rate(algorithm, steps: int, warmup: int) -> dict:
 
 
 def gradient_rates(algorithm, steps: int, warmup: int) -> dict:
-    """Gradient steps/s at the default precision and with bf16 on and off, each with its GFLOP/s."""
+    """Gradient steps/s at the default precision, with bf16 on and off, and bf16 with eager (unfused) hidden layers,
+    each with its GFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         algorithm.train_step()
     flops, default_bf16 = float(counter.get_total_flops()), algorithm.bf16
     out = {"flops_per_step": flops, "default": gradient_rate(algorithm, steps, warmup)}
-    for name, bf16 in (("bf16", True), ("fp32", False)):
+    for name, bf16, layers in (("bf16", True, contextlib.nullcontext), ("fp32", False, contextlib.nullcontext),
+                               ("bf16_eager", True, eager_layers)):
         algorithm.bf16 = bf16
         try:
-            out[name] = gradient_rate(algorithm, steps, warmup)
+            with layers():
+                out[name] = gradient_rate(algorithm, steps, warmup)
         finally:
             algorithm.bf16 = default_bf16
-    for name in ("default", "bf16", "fp32"):
+    for name in ("default", "bf16", "fp32", "bf16_eager"):
         out[name]["gflop_per_s"] = flops * out[name]["grad_steps_per_s"] / 1e9
     return out
+
+
+def fused_matches_eager(config, steps: int) -> bool | None:
+    """Whether ``steps`` bf16 gradient steps from one seed leave every weight bit-identical with fused and with eager
+    hidden layers (two fresh runs); None where the fused layers do not apply (no native bf16, a GPU) or ``steps`` is 0."""
+    if steps == 0 or config.device != "cpu" or not cpu_has_native_bf16():
+        return None
+    weights = []
+    for layers in (contextlib.nullcontext, eager_layers):
+        with tempfile.TemporaryDirectory(prefix="throughput-") as tmp, layers():
+            algorithm = Trainer(dataclasses.replace(config, bf16=True), run_dir=Path(tmp) / "run",
+                                progress=False).algorithm
+            algorithm.collect_initial_data()
+            for _ in range(steps):
+                algorithm.train_step()
+            weights.append({f"{name}.{key}": value for name, net in algorithm.networks.items()
+                            for key, value in net.state_dict().items()})
+    return all(torch.equal(value, weights[1][key]) for key, value in weights[0].items())
 
 
 def adapt_latency(agent, obs_dim: int, action_dim: int, episode_length: int, sizes: list[int], repeats: int,
@@ -139,6 +166,7 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
             result["notes"].append("collects no data per iteration")
         if hasattr(algorithm, "train_step"):
             result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup)
+            result["fused_matches_eager"] = fused_matches_eager(config, args.identity_steps)
         else:
             result["notes"].append("takes no gradient steps")
         result["adapt"] = adapt_latency(algorithm.agent, trainer.env.observation_space.shape[0],
@@ -171,8 +199,11 @@ def render_markdown(report: dict) -> str:
         *report_heading("Throughput", report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
                                               f"**{report['tier']}** tier"),
         "Gradient steps/s of `train_step()` (meta_batch tasks × batch_size transitions) on the same weights and "
-        "buffers, at the default precision and with bf16 autocast forced on and off (*fp32* is what a CPU without "
-        "native bf16 gets); GFLOP/step as torch's `FlopCounterMode` counts it. Env steps/s: initial (prior) and per-iteration (posterior) collection. `adapt()`: median over "
+        "buffers, at the default precision, with bf16 autocast forced on and off (*fp32* is what a CPU without "
+        "native bf16 gets), and in bf16 with *eager* hidden layers (Linear and ReLU as separate kernels, as before "
+        "`models/kernels.py`); *fused / eager* is the bf16 rate over the eager one, and *fused = eager* whether "
+        f"{report.get('identity_steps', 3)} bf16 steps from one seed leave every weight bit-identical either way "
+        "(two fresh runs; — where the fused layers do not apply). GFLOP/step as torch's `FlopCounterMode` counts it. Env steps/s: initial (prior) and per-iteration (posterior) collection. `adapt()`: median over "
         f"{report['adapt_repeats']} calls after N random transitions fed to `update_context`. *% of peak* sets a "
         "rate × GFLOP/step against the matrix-multiply peak below, bf16 for the bf16 rate and fp32 for the fp32 rate.",
         "",
@@ -184,7 +215,8 @@ def render_markdown(report: dict) -> str:
                   f"shape at this tier): fp32 {_f(peak['fp32_gflop_per_s'])} GFLOP/s, bf16 "
                   f"{_f(peak['bf16_gflop_per_s'])} GFLOP/s.", ""]
     header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
-              "grad steps/s (bf16)", "grad steps/s (fp32)", "GFLOP/step", "GFLOP/s (default)",
+              "grad steps/s (bf16)", "grad steps/s (fp32)", "grad steps/s (bf16, eager layers)", "fused / eager",
+              "fused = eager", "GFLOP/step", "GFLOP/s (default)",
               "bf16 % of bf16 peak", "fp32 % of fp32 peak",
               "env steps/s (initial)", "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
               *(f"update_context µs @ {n}" for n in sizes)]
@@ -193,7 +225,10 @@ def render_markdown(report: dict) -> str:
         for r in (r for r in report["results"] if r["env"] == env and r["status"] == "ok"):
             gradient, adapt = r.get("gradient") or {}, r.get("adapt") or {}
             flops = gradient.get("flops_per_step")
-            rates = {name: (gradient.get(name) or {}).get("grad_steps_per_s") for name in ("default", "bf16", "fp32")}
+            rates = {name: (gradient.get(name) or {}).get("grad_steps_per_s")
+                     for name in ("default", "bf16", "fp32", "bf16_eager")}
+            speedup = (rates["bf16"] / rates["bf16_eager"]) if rates["bf16"] and rates["bf16_eager"] else None
+            identical = {True: "yes", False: "no"}.get(r.get("fused_matches_eager"), DASH)
 
             def peak_share(name: str) -> str:
                 ceiling = peak.get(f"{name}_gflop_per_s")
@@ -203,6 +238,7 @@ def render_markdown(report: dict) -> str:
 
             rows.append([r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
                          "yes" if r.get("bf16") else "no", *(_f(rate, 2) for rate in rates.values()),
+                         DASH if speedup is None else f"{speedup:.2f}x", identical,
                          _f(None if flops is None else flops / 1e9, 2),
                          _f((gradient.get("default") or {}).get("gflop_per_s"), 1), peak_share("bf16"), peak_share("fp32"),
                          _f((r.get("initial_collection") or {}).get("env_steps_per_s"), 0),
@@ -247,7 +283,7 @@ def main(argv=None) -> int:
                             "notes": [traceback.format_exc().strip().splitlines()[-1]]})
     report = {**provenance(command), "threads": args.threads, "tier": args.tier, "envs": args.envs,
               "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
-              "grad_steps_timed": args.grad_steps, "overrides": args.overrides, "matmul_peak": peak, "results": results}
+              "grad_steps_timed": args.grad_steps, "identity_steps": args.identity_steps, "overrides": args.overrides, "matmul_peak": peak, "results": results}
     write_json_and_markdown(out / "throughput.json", report, out / "THROUGHPUT.md", render_markdown(report))
     print(f"wrote {out / 'throughput.json'} and {out / 'THROUGHPUT.md'}")
     return 1 if failed else 0

@@ -11,6 +11,7 @@ the uses' weight gradients in bf16, while each fused use casts its own copy, so 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -30,10 +31,25 @@ def cpu_has_native_bf16() -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+_fusion_enabled = True
+
+
+@contextlib.contextmanager
+def eager_layers():
+    """Compute hidden layers the eager way inside this block: the baseline ``experiments.throughput`` measures the
+    fused layers against."""
+    global _fusion_enabled
+    previous, _fusion_enabled = _fusion_enabled, False
+    try:
+        yield
+    finally:
+        _fusion_enabled = previous
+
+
 def fused_linear_relu_applies(x: torch.Tensor) -> bool:
     """Whether :class:`LinearReLU` computes this input's hidden layers: a CPU tensor under bf16 autocast, on a CPU
-    with native bf16 (oneDNN refuses bf16 elsewhere) and a torch built with oneDNN."""
-    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    with native bf16 (oneDNN refuses bf16 elsewhere) and a torch built with oneDNN, outside :func:`eager_layers`."""
+    return (_fusion_enabled and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16
             and torch.backends.mkldnn.is_available() and cpu_has_native_bf16())
 

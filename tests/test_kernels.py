@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import models.mlp as mlp_module
-from models.kernels import LinearReLU, cpu_has_native_bf16
+from models.kernels import LinearReLU, cpu_has_native_bf16, eager_layers
 from models.mlp import MLP, build_mlp
 from models.policy import build_policy
 
@@ -15,7 +15,8 @@ NATIVE_BF16 = cpu_has_native_bf16() and torch.backends.mkldnn.is_available()
 
 
 def eager(net: MLP, x: torch.Tensor) -> torch.Tensor:
-    return nn.Sequential.forward(net, x)
+    with eager_layers():
+        return net(x)
 
 
 def output_and_grads(forward, net: MLP, x: torch.Tensor, bf16: bool):
