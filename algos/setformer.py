@@ -192,17 +192,16 @@ class SetEncoder(nn.Module):
         """``(tasks, n, context_dim) -> (tasks, n, model_dim)``, each token on its own."""
         return self.token_embedding(context)
 
-    def pool(self, tokens: torch.Tensor, need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def pool(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tasks, n, model_dim)`` -> ``z (tasks, latent)`` and pooling weights ``(tasks, heads, seeds, n)``
-        (uniform ``1 / n`` with one head and one seed for mean pooling; None for attention without
-        ``need_weights``, which runs it as fused kernels)."""
+        (uniform ``1 / n`` with one head and one seed for mean pooling)."""
         if self.mean_pooling:
             z = self.to_latent(tokens.mean(dim=1)).float()
             weights = tokens.new_full((tokens.shape[0], 1, 1, tokens.shape[1]), 1.0 / tokens.shape[1]).float()
             return normalise_latent(z, self.latent_norm), weights
         for block in self.blocks:
             tokens = block(tokens)
-        pooled, weights = self.pooling(tokens, need_weights)
+        pooled, weights = self.pooling(tokens)
         z = self.to_latent(rearrange(pooled, "t k d -> t (k d)")).float()
         return normalise_latent(z, self.latent_norm), weights
 
@@ -393,10 +392,8 @@ class SetFormerAgent(MetaAgent):
         if tokens.shape[1] == 0:
             self.z = tokens.new_zeros(tokens.shape[0], self.latent_dim)
             return self.z
-        # a gradient step needs no weights, so its attention runs fused; acting and analysis (gradients off) keep
-        # them for plots
-        self.z, weights = self.context_encoder.pool(tokens, need_weights=not torch.is_grad_enabled())
-        self.attention_weights = None if weights is None else weights.detach()
+        self.z, weights = self.context_encoder.pool(tokens)
+        self.attention_weights = weights.detach()
         return self.z
 
     @torch.no_grad()

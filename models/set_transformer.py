@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -26,20 +25,14 @@ class MultiheadAttentionBlock(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.feedforward = MLP(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor,
-                need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``queries (b, nq, d)``, ``keys (b, nk, d)`` -> ``(b, nq, d)`` and weights ``(b, heads, nq, nk)``. Without
-        ``need_weights`` the attention runs as one fused kernel (``scaled_dot_product_attention``: the same function,
-        rounded differently under bf16) and returns no weights."""
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``queries (b, nq, d)``, ``keys (b, nk, d)`` -> ``(b, nq, d)`` and weights ``(b, heads, nq, nk)``."""
         q = rearrange(self.query(queries), "b n (h d) -> b h n d", h=self.num_heads)
         k = rearrange(self.key(keys), "b n (h d) -> b h n d", h=self.num_heads)
         v = rearrange(self.value(keys), "b n (h d) -> b h n d", h=self.num_heads)
-        if need_weights:
-            scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
-            weights = scores.float().softmax(dim=-1)
-            attended = torch.einsum("bhqk,bhkd->bhqd", weights.to(v.dtype), v)
-        else:
-            weights, attended = None, F.scaled_dot_product_attention(q, k, v)
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
+        weights = scores.float().softmax(dim=-1)
+        attended = torch.einsum("bhqk,bhkd->bhqd", weights.to(v.dtype), v)
         hidden = queries + self.out(rearrange(attended, "b h n d -> b n (h d)"))
         return hidden + self.feedforward(hidden), weights
 
@@ -55,8 +48,8 @@ class InducedSetAttentionBlock(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         inducing = self.inducing_points.expand(tokens.shape[0], -1, -1)
-        summary, _ = self.summarise(inducing, tokens, need_weights=False)
-        out, _ = self.broadcast(tokens, summary, need_weights=False)
+        summary, _ = self.summarise(inducing, tokens)
+        out, _ = self.broadcast(tokens, summary)
         return out
 
 
@@ -69,7 +62,6 @@ class PoolingByMultiheadAttention(nn.Module):
         self.feedforward = MLP(nn.Linear(dim, dim), nn.ReLU())
         self.block = MultiheadAttentionBlock(dim, num_heads)
 
-    def forward(self, tokens: torch.Tensor, need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(b, n, d)`` -> pooled ``(b, num_seeds, d)`` and attention ``(b, heads, num_seeds, n)`` (None without
-        ``need_weights``)."""
-        return self.block(self.seeds.expand(tokens.shape[0], -1, -1), self.feedforward(tokens), need_weights)
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(b, n, d)`` -> pooled ``(b, num_seeds, d)`` and attention ``(b, heads, num_seeds, n)``."""
+        return self.block(self.seeds.expand(tokens.shape[0], -1, -1), self.feedforward(tokens))
