@@ -92,7 +92,7 @@ def gradient_rates(algorithm, steps: int, warmup: int) -> dict:
     each with its GFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, eager_layers():  # it counts aten's products, not oneDNN's fused ones
         algorithm.train_step()
     flops, default_bf16 = float(counter.get_total_flops()), algorithm.bf16
     out = {"flops_per_step": flops, "default": gradient_rate(algorithm, steps, warmup)}
@@ -203,7 +203,7 @@ def render_markdown(report: dict) -> str:
         "native bf16 gets), and in bf16 with *eager* hidden layers (Linear and ReLU as separate kernels, as before "
         "`models/kernels.py`); *fused / eager* is the bf16 rate over the eager one, and *fused = eager* whether "
         f"{report.get('identity_steps', 3)} bf16 steps from one seed leave every weight bit-identical either way "
-        "(two fresh runs; — where the fused layers do not apply). GFLOP/step as torch's `FlopCounterMode` counts it. Env steps/s: initial (prior) and per-iteration (posterior) collection. `adapt()`: median over "
+        "(two fresh runs; — where the fused layers do not apply). GFLOP/step as torch's `FlopCounterMode` counts it in a step with eager layers (the same products). Env steps/s: initial (prior) and per-iteration (posterior) collection. `adapt()`: median over "
         f"{report['adapt_repeats']} calls after N random transitions fed to `update_context`. *% of peak* sets a "
         "rate × GFLOP/step against the matrix-multiply peak below, bf16 for the bf16 rate and fp32 for the fp32 rate.",
         "",
