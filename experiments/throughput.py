@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch threads (default: cpu_count // 2, a cell's share with the benchmark's --workers 2)")
     parser.add_argument("--grad-steps", type=int, default=30, help="timed gradient steps (default: 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed gradient steps first (default: 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds in which the precisions take turns; each rate is the median round's (default: 3)")
     parser.add_argument("--context-sizes", nargs="+", type=int, default=[10, 100, 1000])
     parser.add_argument("--adapt-repeats", type=int, default=21, help="adapt() calls per size; median reported")
     parser.add_argument("--seed", type=int, default=0)
@@ -51,8 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="config override for every method, e.g. --set bf16=false")
     parser.add_argument("--out", default="benchmarks", help="writes <out>/throughput.json and THROUGHPUT.md")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.grad_steps < 1 or args.adapt_repeats < 1 or args.warmup < 0 or args.identity_steps < 0:
-        parser.error("--threads, --grad-steps and --adapt-repeats must be positive, --warmup and --identity-steps "
+    if args.threads < 1 or args.grad_steps < 1 or args.adapt_repeats < 1 or args.rounds < 1 or args.warmup < 0 or args.identity_steps < 0:
+        parser.error("--threads, --grad-steps, --rounds and --adapt-repeats must be positive, --warmup and --identity-steps "
                      "non-negative")
     return args
 
@@ -77,35 +79,40 @@ def collection_rate(algorithm, collect) -> dict | None:
     return {"env_steps": int(steps), "seconds": seconds, "env_steps_per_s": steps / seconds} if steps > 0 else None
 
 
-def gradient_rate(algorithm, steps: int, warmup: int) -> dict:
-    for _ in range(warmup):  # the first steps pay for allocation and autocast set-up
+def timed_steps(algorithm, steps: int, warmup: int) -> float:
+    """Seconds for ``steps`` gradient steps after ``warmup`` untimed ones (allocation, autocast set-up)."""
+    for _ in range(warmup):
         algorithm.train_step()
     _synchronize(algorithm.device)
-    seconds = _timed(lambda: ([algorithm.train_step() for _ in range(steps)], _synchronize(algorithm.device)))
-    samples = algorithm.protocol.meta_batch * algorithm.protocol.batch_size
-    return {"steps": steps, "seconds": seconds, "grad_steps_per_s": steps / seconds,
-            "rl_samples_per_s": steps * samples / seconds}
+    return _timed(lambda: ([algorithm.train_step() for _ in range(steps)], _synchronize(algorithm.device)))
 
 
-def gradient_rates(algorithm, steps: int, warmup: int) -> dict:
+def gradient_rates(algorithm, steps: int, warmup: int, rounds: int) -> dict:
     """Gradient steps/s at the default precision, with bf16 on and off, and bf16 with eager (unfused) hidden layers,
-    each with its GFLOP/s."""
+    each with its GFLOP/s. The variants take turns for ``rounds`` rounds and each rate is the median round's, so a
+    neighbour's busy spell slows all of them rather than one."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, eager_layers():  # it counts aten's products, not oneDNN's fused ones
         algorithm.train_step()
     flops, default_bf16 = float(counter.get_total_flops()), algorithm.bf16
-    out = {"flops_per_step": flops, "default": gradient_rate(algorithm, steps, warmup)}
-    for name, bf16, layers in (("bf16", True, contextlib.nullcontext), ("fp32", False, contextlib.nullcontext),
-                               ("bf16_eager", True, eager_layers)):
-        algorithm.bf16 = bf16
-        try:
-            with layers():
-                out[name] = gradient_rate(algorithm, steps, warmup)
-        finally:
-            algorithm.bf16 = default_bf16
-    for name in ("default", "bf16", "fp32", "bf16_eager"):
-        out[name]["gflop_per_s"] = flops * out[name]["grad_steps_per_s"] / 1e9
+    variants = {"default": (default_bf16, contextlib.nullcontext), "bf16": (True, contextlib.nullcontext),
+                "fp32": (False, contextlib.nullcontext), "bf16_eager": (True, eager_layers)}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (bf16, layers) in variants.items():
+            algorithm.bf16 = bf16
+            try:
+                with layers():
+                    seconds[name].append(timed_steps(algorithm, steps, warmup))
+            finally:
+                algorithm.bf16 = default_bf16
+    samples = algorithm.protocol.meta_batch * algorithm.protocol.batch_size
+    out = {"flops_per_step": flops}
+    for name, values in seconds.items():
+        rate = steps / statistics.median(values)
+        out[name] = {"steps": steps, "rounds": rounds, "seconds": values, "grad_steps_per_s": rate,
+                     "rl_samples_per_s": rate * samples, "gflop_per_s": flops * rate / 1e9}
     return out
 
 
@@ -165,7 +172,7 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
         else:
             result["notes"].append("collects no data per iteration")
         if hasattr(algorithm, "train_step"):
-            result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup)
+            result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup, args.rounds)
             result["fused_matches_eager"] = fused_matches_eager(config, args.identity_steps)
         else:
             result["notes"].append("takes no gradient steps")
@@ -200,7 +207,7 @@ def render_markdown(report: dict) -> str:
         *report_heading("Throughput", report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
                                               f"**{report['tier']}** tier"),
         "Gradient steps/s of `train_step()` (meta_batch tasks × batch_size transitions) on the same weights and "
-        "buffers, at the default precision, with bf16 autocast forced on and off (*fp32* is what a CPU without "
+        f"buffers, the median of {report.get('rounds', 1)} round(s) in which the variants take turns, at the default precision, with bf16 autocast forced on and off (*fp32* is what a CPU without "
         "native bf16 gets), and in bf16 with *eager* hidden layers (Linear and ReLU as separate kernels, as before "
         "`models/kernels.py`); *fused / eager* is the bf16 rate over the eager one, and *fused = eager* whether "
         f"{report.get('identity_steps', 3)} bf16 steps from one seed leave every weight bit-identical either way "
@@ -288,7 +295,7 @@ def main(argv=None) -> int:
     print(f"matmul peak: fp32 {peak['fp32_gflop_per_s']:.1f} GFLOP/s, bf16 {peak['bf16_gflop_per_s']:.1f} GFLOP/s")
     report = {**provenance(command), "threads": args.threads, "tier": args.tier, "envs": args.envs,
               "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
-              "grad_steps_timed": args.grad_steps, "identity_steps": args.identity_steps, "overrides": args.overrides, "matmul_peak": peak, "results": results}
+              "grad_steps_timed": args.grad_steps, "rounds": args.rounds, "identity_steps": args.identity_steps, "overrides": args.overrides, "matmul_peak": peak, "results": results}
     write_json_and_markdown(out / "throughput.json", report, out / "THROUGHPUT.md", render_markdown(report))
     print(f"wrote {out / 'throughput.json'} and {out / 'THROUGHPUT.md'}")
     return 1 if failed else 0
