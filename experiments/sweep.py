@@ -230,6 +230,8 @@ def main(argv=None) -> int:
         outcome = run_cells(args, cells, done, args.tier, [*args.overrides, *point], point_dir)
         failed |= outcome is None or bool(outcome.failed) or outcome.interrupted
         print(f"rendered {render(out, command, points)}")
+        if outcome is not None and outcome.interrupted:  # stop the sweep, not just this grid point
+            break
     return 1 if failed else 0
 
 

@@ -203,3 +203,17 @@ def test_selection_reads_the_validation_figure_only_once_every_point_has_finishe
 def test_address_needs_the_ray_backend():
     result = _run("experiments.benchmark", "--tier", "smoke", "--address", "127.0.0.1:1", "--out", "/tmp/x-never")
     assert result.returncode == 2 and "--address is for --backend ray" in result.stderr
+
+
+def test_an_interrupted_sweep_stops_instead_of_starting_the_next_grid_point(tmp_path, monkeypatch):
+    from experiments.engine import Outcome
+    calls = []
+
+    def interrupted(args, cells, done, tier, overrides, point_dir):
+        calls.append(point_dir.name)
+        return Outcome(interrupted=True)
+
+    monkeypatch.setattr(sweep, "run_cells", interrupted)
+    code = sweep.main(["--envs", "point-robot", "--algos", "pearl", "--tier", "smoke", "--grid", "lr=0.0003,0.001",
+                       "--out", str(tmp_path), "--no-progress"])
+    assert code == 1 and calls == ["lr-0.0003"]
