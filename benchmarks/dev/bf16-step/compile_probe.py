@@ -1,6 +1,6 @@
 """Does ``torch.compile`` (the CPU inductor backend) speed up PEARL's bf16 gradient step? The step as runs take it
-(fused hidden layers, ``models/kernels.py``) against the same step with every SAC network's MLP compiled, at the
-benchmark tier's batch sizes, one torch thread.
+(fused hidden layers, ``models/kernels.py``) against the same step with every SAC network's MLP compiled from its
+plain layers, at the benchmark tier's batch sizes, one torch thread.
 
     python benchmarks/dev/bf16-step/compile_probe.py --rounds 5 --steps 5
 
@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description  # noqa: E402
 from algos.core.trainer import Trainer, build_config  # noqa: E402
@@ -42,9 +43,10 @@ def main() -> int:
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="compile-probe-")
     eager, compiled = build(args.env, scratch.name, "eager"), build(args.env, scratch.name, "compiled")
+    # inductor compiles the plain layers (a Sequential over the same modules) and fuses what it can itself
     for mlp_owner in (compiled.critic.qf1, compiled.critic.qf2, compiled.critic.vf, compiled.critic.target_vf):
-        mlp_owner.net = torch.compile(mlp_owner.net, dynamic=False)
-    compiled.agent.policy.trunk = torch.compile(compiled.agent.policy.trunk, dynamic=False)
+        mlp_owner.net = torch.compile(nn.Sequential(*mlp_owner.net), dynamic=False)
+    compiled.agent.policy.trunk = torch.compile(nn.Sequential(*compiled.agent.policy.trunk), dynamic=False)
     started = time.perf_counter()
     compiled.train_step()
     compile_s = time.perf_counter() - started
