@@ -30,7 +30,16 @@ import torch  # noqa: E402
 
 from algos.core.io import atomic_write_json, atomic_write_text, git_commit, machine_description  # noqa: E402
 from algos.core.trainer import Trainer, build_config  # noqa: E402
-from experiments.throughput import flops_per_step  # noqa: E402
+from models.kernels import eager_layers  # noqa: E402
+
+def flops_per_step(algorithm) -> float:
+    """FLOPs of one gradient step as torch's FlopCounterMode counts them (with eager layers: it does not see oneDNN's
+    fused products, which are the same ones)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, eager_layers():
+        algorithm.train_step()
+    return float(counter.get_total_flops())
+
 
 VARIANTS = {  # name -> (algo, overrides)
     "PEARL": ("pearl", []),
