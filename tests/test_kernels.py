@@ -82,3 +82,12 @@ def test_the_policy_trunk_keeps_its_state_dict_layout():
 
 def test_mlp_is_the_one_sequential_the_builders_return():
     assert type(build_mlp(3, 1, 8, 1)) is MLP and mlp_module.MLP is MLP
+
+
+def test_without_native_bf16_the_layers_stay_eager(fused_calls, monkeypatch):
+    import models.kernels as kernels
+    monkeypatch.setattr(kernels, "cpu_has_native_bf16", lambda: False)  # oneDNN would refuse bf16 on such a CPU
+    net = build_mlp(5, 1, 16, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(torch.randn(4, 5))
+    assert not fused_calls and out.dtype == torch.bfloat16
