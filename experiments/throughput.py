@@ -53,9 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="config override for every method, e.g. --set bf16=false")
     parser.add_argument("--out", default="benchmarks", help="writes <out>/throughput.json and THROUGHPUT.md")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.grad_steps < 1 or args.adapt_repeats < 1 or args.rounds < 1 or args.warmup < 0 or args.identity_steps < 0:
-        parser.error("--threads, --grad-steps, --rounds and --adapt-repeats must be positive, --warmup and --identity-steps "
-                     "non-negative")
+    if min(args.threads, args.grad_steps, args.adapt_repeats, args.rounds) < 1 or min(args.warmup, args.identity_steps) < 0:
+        parser.error("--threads, --grad-steps, --rounds and --adapt-repeats must be positive, --warmup and "
+                     "--identity-steps non-negative")
     return args
 
 
@@ -207,11 +207,13 @@ def render_markdown(report: dict) -> str:
         *report_heading("Throughput", report, f", **{report['threads']} torch thread(s)**, batch sizes of the "
                                               f"**{report['tier']}** tier"),
         "Gradient steps/s of `train_step()` (meta_batch tasks × batch_size transitions) on the same weights and "
-        f"buffers, the median of {report.get('rounds', 1)} round(s) in which the variants take turns, at the default precision, with bf16 autocast forced on and off (*fp32* is what a CPU without "
-        "native bf16 gets), and in bf16 with *eager* hidden layers (Linear and ReLU as separate kernels, as before "
+        f"buffers, the median of {report.get('rounds', 1)} round(s) in which the variants take turns, at the default "
+        "precision, with bf16 autocast forced on and off (*fp32* is what a CPU without native bf16 gets), and in bf16 with *eager* hidden layers (Linear and ReLU as separate kernels, as before "
         "`models/kernels.py`); *fused / eager* is the bf16 rate over the eager one, and *fused = eager* whether "
         f"{report.get('identity_steps', 3)} bf16 steps from one seed leave every weight bit-identical either way "
-        "(two fresh runs; — where the fused layers do not apply). GFLOP/step as torch's `FlopCounterMode` counts it in a step with eager layers (the same products). Env steps/s: initial (prior) and per-iteration (posterior) collection. `adapt()`: median over "
+        "(two fresh runs; — where the fused layers do not apply). GFLOP/step as torch's `FlopCounterMode` counts it "
+        "in a step with eager layers (the same products). Env steps/s: initial (prior) and per-iteration (posterior) "
+        "collection. `adapt()`: median over "
         f"{report['adapt_repeats']} calls after N random transitions fed to `update_context`. *% of peak* sets a "
         "rate × GFLOP/step against the matrix-multiply peak below, bf16 for the bf16 rate and fp32 for the fp32 rate.",
         "",
@@ -295,7 +297,8 @@ def main(argv=None) -> int:
     print(f"matmul peak: fp32 {peak['fp32_gflop_per_s']:.1f} GFLOP/s, bf16 {peak['bf16_gflop_per_s']:.1f} GFLOP/s")
     report = {**provenance(command), "threads": args.threads, "tier": args.tier, "envs": args.envs,
               "context_sizes": args.context_sizes, "adapt_repeats": args.adapt_repeats,
-              "grad_steps_timed": args.grad_steps, "rounds": args.rounds, "identity_steps": args.identity_steps, "overrides": args.overrides, "matmul_peak": peak, "results": results}
+              "grad_steps_timed": args.grad_steps, "rounds": args.rounds, "identity_steps": args.identity_steps,
+              "overrides": args.overrides, "matmul_peak": peak, "results": results}
     write_json_and_markdown(out / "throughput.json", report, out / "THROUGHPUT.md", render_markdown(report))
     print(f"wrote {out / 'throughput.json'} and {out / 'THROUGHPUT.md'}")
     return 1 if failed else 0
