@@ -4,7 +4,7 @@ Pre-LayerNorm blocks (``x + Attention(LN(x))``, then ``x + MLP(LN(x))``), learne
 LayerNorm. Three ways to run the same weights:
 
 - ``forward(tokens)``: a whole sequence at once with fused attention (``scaled_dot_product_attention``), for
-  training;
+  training; on a CPU it runs in fp32 even under bf16 autocast (``fused_causal_attention``);
 - ``forward(tokens, need_weights=True)``: the same with attention written out, returning the last block's
   weights for plots;
 - ``step(token, cache)``: one new token against the keys and values cached from the earlier ones, for acting
@@ -43,7 +43,7 @@ class CausalSelfAttention(nn.Module):
         if need_weights:
             attended, weights = explicit_attention(q, k, v, causal=True)
         else:
-            attended, weights = F.scaled_dot_product_attention(q, k, v, is_causal=True), None
+            attended, weights = fused_causal_attention(q, k, v), None
         return self.out(rearrange(attended, "b h n e -> b n (h e)")), weights
 
     def step(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None
@@ -55,6 +55,16 @@ class CausalSelfAttention(nn.Module):
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         attended, weights = explicit_attention(q, k, v, causal=False)  # the last token may see every cached one
         return self.out(rearrange(attended, "b h n e -> b n (h e)")), weights, (k, v)
+
+
+def fused_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``scaled_dot_product_attention`` with a causal mask, ``(b, h, n, e)`` each. On a CPU in fp32 whatever the
+    autocast: torch's CPU flash attention runs its backward several times slower in bf16 than in fp32 (at the
+    transformer's training shapes, ``benchmarks/dev/transformer-attention/``), and fp32 rounds less."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool

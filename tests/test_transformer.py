@@ -10,7 +10,7 @@ from algos.core.buffers import sample_rl_sequences
 from algos.core.io import load_checkpoint
 from algos.core.sampler import collect_data, rollout
 from algos.core.trainer import Trainer
-from models.causal_transformer import CausalTransformer
+from models.causal_transformer import CausalTransformer, explicit_attention, fused_causal_attention
 from tests.conftest import make_trainer, read_metrics, strip_nondeterministic
 
 
@@ -49,6 +49,15 @@ def test_fused_explicit_and_incremental_paths_agree(model):
     torch.testing.assert_close(step_weights[-1][:, :, 0], weights[:, :, -1], atol=1e-6, rtol=1e-5)
     assert torch.allclose(weights.sum(-1), torch.ones(2, 4, 12))
     assert torch.all(weights.triu(diagonal=1) == 0)  # no weight on the future
+
+
+def test_training_attention_runs_in_fp32_under_cpu_bf16_autocast():
+    q, k, v = (torch.randn(5, 4, 40, 16).bfloat16() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = fused_causal_attention(q, k, v)
+    expected, _ = explicit_attention(q.float(), k.float(), v.float(), causal=True)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)  # bf16 attention is off by ~1e-2
 
 
 def test_a_sequence_longer_than_the_context_is_refused(model):
