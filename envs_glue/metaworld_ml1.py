@@ -1,7 +1,7 @@
-"""What the Meta-World ML1 environments share (``docs/PROTOCOL.md#meta-world-ml1``): one Sawyer-arm manipulation
-task whose goal and object positions vary between tasks, through Meta-World's single-environment path
-(``metaworld.ML1``, ``set_task``). Not an environment itself (no ``SPEC``): ``ml1_reach.py``, ``ml1_push.py`` and
-``ml1_pick_place.py`` are.
+"""What the Meta-World environments share (``docs/PROTOCOL.md#meta-world-ml1``): Meta-World's Sawyer-arm
+environments as a :class:`MetaEnv` (:class:`MetaWorldEnv`), its tasks set with ``set_task``, and ML1, one
+manipulation task whose goal and object positions vary between tasks (``metaworld.ML1``). Not an environment itself
+(no ``SPEC``): ``ml1_reach.py``, ``ml1_push.py``, ``ml1_pick_place.py`` and ``ml10.py`` are.
 
 An optional extra: Meta-World pins ``mujoco==3.3.0`` while this project runs ``mujoco`` 4, so it lives in its own
 virtual environment (``requirements-metaworld.txt``). These modules import without it, so discovery always lists
@@ -63,32 +63,27 @@ def ml1_task_lists(env_name: str) -> tuple[type, tuple, np.ndarray]:
     return benchmark.train_classes[env_name], tasks, positions
 
 
-class ML1Env(MetaEnv):
-    """One Meta-World ML1 task family as a :class:`MetaEnv`: Meta-World's environment with its task set by
-    ``set_task``, goal hidden from the observation (ML1 is partially observable: the last 3 of the 39 observation
-    entries are zero). A task fixes the goal and the object's start; every reset starts the same within a task.
-    ``info["success"]`` is Meta-World's success flag; the reward is its own (0 to 10 per step)."""
+class MetaWorldEnv(MetaEnv):
+    """A Meta-World environment as a :class:`MetaEnv`: ``sim`` is Meta-World's environment of the current task, its
+    task set by ``set_task`` in ``apply_task``, the goal hidden from the observation (the ML benchmarks are partially
+    observable: the last 3 of the 39 observation entries are zero). A task fixes the goal and the object's start;
+    every reset starts the same within a task. ``info["success"]`` is Meta-World's success flag; the reward is its
+    own (0 to 10 per step)."""
 
-    metaworld_name: str      # Meta-World's environment name, e.g. "reach-v3"
+    sim: object
     max_episode_steps = EPISODE_LENGTH
-    num_train_tasks = 50
-    num_test_tasks = 50
     metadata = {"render_modes": []}
 
-    def __init__(self, render_mode: str | None = None):
+    @staticmethod
+    def refuse_rendering(render_mode: str | None) -> None:
         if render_mode is not None:
-            raise ValueError(f"{type(self).__name__} does not render (render_mode={render_mode!r})")
-        env_class, self._metaworld_tasks, positions = ml1_task_lists(self.metaworld_name)
-        self.task_array = positions.copy()  # the cached lists are shared by every instance in the process
-        self.sim = env_class()
-        self.sim.max_path_length = self.max_episode_steps  # Meta-World's own truncation then agrees with ours
-        self.reset_task(0)
-        # ML1 tasks are partially observable; the space is Meta-World's once its task is set (the goal's entries 0)
-        self.observation_space = self.sim.sawyer_observation_space
-        self.action_space = self.sim.action_space
+            raise ValueError(f"Meta-World environments here do not render (render_mode={render_mode!r})")
 
-    def apply_task(self) -> None:
-        self.sim.set_task(self._metaworld_tasks[self.task_idx])
+    @classmethod
+    def with_episode_length(cls, sim):
+        """Meta-World's environment with its own truncation at this project's episode length."""
+        sim.max_path_length = cls.max_episode_steps
+        return sim
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)  # a task's start is fixed (Meta-World freezes its positions): no draw here
@@ -102,6 +97,27 @@ class ML1Env(MetaEnv):
 
     def close(self) -> None:
         self.sim.close()
+
+
+class ML1Env(MetaWorldEnv):
+    """One Meta-World ML1 task family: one Meta-World environment, 50 train and 50 test goals."""
+
+    metaworld_name: str      # Meta-World's environment name, e.g. "reach-v3"
+    num_train_tasks = 50
+    num_test_tasks = 50
+
+    def __init__(self, render_mode: str | None = None):
+        self.refuse_rendering(render_mode)
+        env_class, self._metaworld_tasks, positions = ml1_task_lists(self.metaworld_name)
+        self.task_array = positions.copy()  # the cached lists are shared by every instance in the process
+        self.sim = self.with_episode_length(env_class())
+        self.reset_task(0)
+        # the space is Meta-World's once its task is set (the goal's entries 0)
+        self.observation_space = self.sim.sawyer_observation_space
+        self.action_space = self.sim.action_space
+
+    def apply_task(self) -> None:
+        self.sim.set_task(self._metaworld_tasks[self.task_idx])
 
 
 def ml1_protocol() -> ProtocolConfig:

@@ -65,7 +65,7 @@ def test_every_module_with_a_spec_is_discovered_in_table_order():
     assert sorted(spec.env_class.__module__.split(".")[-1] for spec in ENV_SPECS.values()) == defining
     assert list(ENV_SPECS) == ["point-robot", "sparse-point-robot", "cheetah-vel", "cheetah-dir", "ant-dir",
                                "ant-goal", "humanoid-dir", "walker-rand-params", "hopper-rand-params",
-                               "ml1-reach", "ml1-push", "ml1-pick-place"]
+                               "ml1-reach", "ml1-push", "ml1-pick-place", "ml10"]
     assert DEFAULT_ENVS == ("point-robot", "sparse-point-robot", "cheetah-vel")
     for name, spec in ENV_SPECS.items():
         assert spec.name == name and BENCHMARK[name] is spec.protocol
