@@ -1,11 +1,12 @@
-"""What the Meta-World environments share (``docs/PROTOCOL.md#meta-world-ml1``): Meta-World's Sawyer-arm
-environments as a :class:`MetaEnv` (:class:`MetaWorldEnv`), its tasks set with ``set_task``, and ML1, one
-manipulation task whose goal and object positions vary between tasks (``metaworld.ML1``). Not an environment itself
-(no ``SPEC``): ``ml1_reach.py``, ``ml1_push.py``, ``ml1_pick_place.py`` and ``ml10.py`` are.
+"""What the Meta-World environments share (``docs/PROTOCOL.md#meta-world-ml1`` and ``#meta-world-ml10``):
+Meta-World's Sawyer-arm environments as a :class:`MetaEnv` (:class:`MetaWorldEnv`), their tasks set with
+``set_task``, their spec and benchmark tier; and ML1, one manipulation task whose goal and object positions vary
+between tasks (``metaworld.ML1``). Not an environment itself (no ``SPEC``): ``ml1_reach.py``, ``ml1_push.py``,
+``ml1_pick_place.py`` and ``ml10.py`` are.
 
 An optional extra: Meta-World pins ``mujoco==3.3.0`` while this project runs ``mujoco`` 4, so it lives in its own
 virtual environment (``requirements-metaworld.txt``). These modules import without it, so discovery always lists
-the ML1 environments; building one where ``metaworld`` does not import raises :class:`OptionalExtraMissingError`,
+the Meta-World environments; building one where ``metaworld`` does not import raises :class:`OptionalExtraMissingError`,
 which ``experiments.run`` prints as one line (exit 2).
 
 Rewards and success are Meta-World's own; episodes are 200 steps instead of its 500 (why: the protocol page).
@@ -21,7 +22,7 @@ from envs_glue.base import NUM_VALIDATION_TASKS, VALIDATION_TASK_SEED, MetaEnv
 from envs_glue.protocol import ConfigError, ProtocolConfig
 from envs_glue.spec import EnvSpec
 
-ML1_SEED = 42            # metaworld.ML1(name, seed=42): train goals from seed 42, test goals from seed 43
+METAWORLD_SEED = 42      # ML1(name, seed=42) draws train goals with 42, test goals with 43; ML10(seed=42) both with 42
 EPISODE_LENGTH = 200     # Meta-World's max_path_length is 500; 200 is 0.4 of it (docs/PROTOCOL.md#meta-world-ml1)
 INSTALL_HINT = ("Meta-World is an optional extra: install it in a separate virtual environment with "
                 "`pip install -r requirements.txt -r requirements-metaworld.txt` (it pins mujoco==3.3.0, this "
@@ -41,24 +42,34 @@ def import_metaworld():
     return metaworld
 
 
+def rand_vec(task) -> np.ndarray:
+    """A Meta-World task's random reset vector: the object's and the goal's positions (3 or 6 numbers by task)."""
+    return pickle.loads(task.data)["rand_vec"]
+
+
+def check_distinct(rows: np.ndarray, what: str) -> None:
+    """Refuse task lists in which a task repeats another (a validation or test goal equal to a training one)."""
+    if len(np.unique(rows, axis=0)) != len(rows):
+        raise RuntimeError(f"Meta-World's {what} task lists overlap; their seeds must give distinct goals")
+
+
 @functools.lru_cache(maxsize=None)
 def ml1_task_lists(env_name: str) -> tuple[type, tuple, np.ndarray]:
     """``(Meta-World's environment class, its tasks, their positions)`` for ``env_name`` (e.g. ``"reach-v3"``).
 
-    Tasks, in the project's order: ``ML1(env_name, seed=ML1_SEED)``'s 50 train tasks, then its 50 test tasks, then the
-    first 10 train tasks of ``ML1(env_name, seed=VALIDATION_TASK_SEED)`` as validation tasks: the same distribution as
-    the train tasks, drawn by Meta-World's own sampler with the project's validation seed. Meta-World draws them under
-    ``np.random.seed`` and restores numpy's global state afterwards. Positions: one row per task, Meta-World's
-    ``rand_vec`` with the goal first, ``[goal x, y, z, object x, y, z]``. Cached: building an ML1 benchmark resets the
-    environment 100 times (several seconds).
+    Tasks, in the project's order: ``ML1(env_name, seed=METAWORLD_SEED)``'s 50 train tasks, then its 50 test tasks,
+    then the first 10 train tasks of ``ML1(env_name, seed=VALIDATION_TASK_SEED)`` as validation tasks: the same
+    distribution as the train tasks, drawn by Meta-World's own sampler with the project's validation seed.
+    Meta-World draws them under ``np.random.seed`` and restores numpy's global state afterwards. Positions: one row
+    per task, Meta-World's ``rand_vec`` with the goal first, ``[goal x, y, z, object x, y, z]``. Cached: building an
+    ML1 benchmark resets the environment 100 times (several seconds).
     """
     metaworld = import_metaworld()
-    benchmark = metaworld.ML1(env_name, seed=ML1_SEED)
+    benchmark = metaworld.ML1(env_name, seed=METAWORLD_SEED)
     validation = metaworld.ML1(env_name, seed=VALIDATION_TASK_SEED).train_tasks[:NUM_VALIDATION_TASKS]
     tasks = (*benchmark.train_tasks, *benchmark.test_tasks, *validation)
-    rand_vecs = np.array([pickle.loads(task.data)["rand_vec"] for task in tasks], dtype=np.float64)
-    if len(np.unique(rand_vecs, axis=0)) != len(tasks):  # a validation or test task repeating a training one
-        raise RuntimeError(f"Meta-World's {env_name} task lists overlap; the ML1 seeds must give distinct goals")
+    rand_vecs = np.array([rand_vec(task) for task in tasks], dtype=np.float64)
+    check_distinct(rand_vecs, env_name)
     positions = np.concatenate([rand_vecs[:, 3:6], rand_vecs[:, 0:3]], axis=1)
     return benchmark.train_classes[env_name], tasks, positions
 
@@ -84,6 +95,12 @@ class MetaWorldEnv(MetaEnv):
         """Meta-World's environment with its own truncation at this project's episode length."""
         sim.max_path_length = cls.max_episode_steps
         return sim
+
+    def start_at_the_first_task(self) -> None:
+        """Set task 0, then take Meta-World's spaces, which hold once a task is set (the goal's entries 0)."""
+        self.reset_task(0)
+        self.observation_space = self.sim.sawyer_observation_space
+        self.action_space = self.sim.action_space
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)  # a task's start is fixed (Meta-World freezes its positions): no draw here
@@ -111,21 +128,19 @@ class ML1Env(MetaWorldEnv):
         env_class, self._metaworld_tasks, positions = ml1_task_lists(self.metaworld_name)
         self.task_array = positions.copy()  # the cached lists are shared by every instance in the process
         self.sim = self.with_episode_length(env_class())
-        self.reset_task(0)
-        # the space is Meta-World's once its task is set (the goal's entries 0)
-        self.observation_space = self.sim.sawyer_observation_space
-        self.action_space = self.sim.action_space
+        self.start_at_the_first_task()
 
     def apply_task(self) -> None:
         self.sim.set_task(self._metaworld_tasks[self.task_idx])
 
 
-def ml1_protocol() -> ProtocolConfig:
-    """The benchmark tier of every ML1 environment: garage's PEARL ML1 example (``pearl_metaworld_ml1_push.py``: 1000
-    epochs of 4000 gradient steps on meta-batches of 16 x 256, 15 tasks sampled per epoch with 750 prior and 750
-    extra-RL-posterior steps, 4000 initial steps per task, embedding batch 64, reward scale 10), at 20 iterations of
-    1000 gradient steps and 5 tasks of 400 + 600 steps, 1000 initial steps per task: 0.5 % of its gradient steps and
-    0.44 % of its environment steps after the initial collection (``docs/PROTOCOL.md#meta-world-ml1``)."""
+def metaworld_protocol() -> ProtocolConfig:
+    """The benchmark tier of every Meta-World environment: garage's PEARL ML1 example
+    (``pearl_metaworld_ml1_push.py``: 1000 epochs of 4000 gradient steps on meta-batches of 16 x 256, 15 tasks
+    sampled per epoch with 750 prior and 750 extra-RL-posterior steps, 4000 initial steps per task, embedding batch
+    64, reward scale 10), at 20 iterations of 1000 gradient steps and 5 tasks of 400 + 600 steps, 1000 initial steps
+    per task: 0.5 % of its gradient steps and 0.44 % of its environment steps after the initial collection
+    (``docs/PROTOCOL.md#meta-world-ml1``; its ML10 example has the same settings)."""
     return ProtocolConfig(
         num_iterations=20, num_initial_steps=1000, num_tasks_sample=5, num_steps_prior=400, num_steps_posterior=0,
         num_extra_rl_steps_posterior=600, num_train_steps_per_itr=1000, meta_batch=16, batch_size=256,
@@ -133,8 +148,10 @@ def ml1_protocol() -> ProtocolConfig:
         num_evals=1)
 
 
-def ml1_spec(name: str, gym_id: str, env_class: type[ML1Env], report_rank: int) -> EnvSpec:
-    """The spec the ML1 environments share; they differ in Meta-World's task only."""
-    return EnvSpec(name, gym_id, env_class, ml1_protocol(), max_episode_steps=EPISODE_LENGTH, sparse_reward=False,
-                   known_optimum=None, known_optimum_note="no closed form (Meta-World pays at most 10 per step)",
-                   task_label="goal x", report_rank=report_rank, runs_by_default=False, reports_success=True)
+def metaworld_spec(name: str, gym_id: str, env_class: type[MetaWorldEnv], report_rank: int,
+                   task_label: str = "goal x") -> EnvSpec:
+    """The spec the Meta-World environments share; they differ in their tasks only."""
+    return EnvSpec(name, gym_id, env_class, metaworld_protocol(), max_episode_steps=EPISODE_LENGTH,
+                   sparse_reward=False, known_optimum=None,
+                   known_optimum_note="no closed form (Meta-World pays at most 10 per step)", task_label=task_label,
+                   report_rank=report_rank, runs_by_default=False, reports_success=True)

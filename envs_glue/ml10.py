@@ -8,18 +8,17 @@ never trained on. One Meta-World simulator per task family, switched between by 
 from __future__ import annotations
 
 import functools
-import pickle
 
 import numpy as np
 
 from envs_glue.base import VALIDATION_TASK_SEED
-from envs_glue.metaworld_ml1 import EPISODE_LENGTH, ML1_SEED, MetaWorldEnv, import_metaworld, ml1_protocol
-from envs_glue.spec import EnvSpec
+from envs_glue.metaworld_ml1 import (METAWORLD_SEED, MetaWorldEnv, check_distinct, import_metaworld, metaworld_spec,
+                                     rand_vec)
 
-TRAIN_GOALS_PER_FAMILY = 5     # of Meta-World's 50 per family: 50 training tasks, as on ML1
-TEST_GOALS_PER_FAMILY = 10     # 50 test tasks, as on ML1
+TRAIN_GOALS_PER_FAMILY = 5       # of Meta-World's 50 per family: 50 training tasks, as on ML1
+TEST_GOALS_PER_FAMILY = 10       # 50 test tasks, as on ML1
 VALIDATION_GOALS_PER_FAMILY = 1  # 10 validation tasks, one per training family, from the validation seed
-TASK_WIDTH = 7                 # a task row: the family's index, then Meta-World's rand_vec (3 or 6 numbers), 0-padded
+TASK_WIDTH = 7                   # a task row: the family's index, then its rand_vec (3 or 6 numbers), 0-padded
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,27 +26,29 @@ def ml10_task_lists() -> tuple[dict[str, type], tuple, np.ndarray]:
     """``(Meta-World's environment class per family, the tasks, their rows)``, training families first.
 
     Tasks, in the project's order: the first ``TRAIN_GOALS_PER_FAMILY`` goals of each training family in
-    ``ML10(seed=ML1_SEED)``'s train tasks, the first ``TEST_GOALS_PER_FAMILY`` of each test family in its test
-    tasks, then the first ``VALIDATION_GOALS_PER_FAMILY`` of each training family in ``ML10(seed=VALIDATION_TASK_SEED)``'s
-    train tasks: the training families' distribution, other goals. Cached: building ML10 resets each of its 15
-    environments 50 times (about 17 s on one core), twice.
+    ``ML10(seed=METAWORLD_SEED)``'s train tasks, the first ``TEST_GOALS_PER_FAMILY`` of each held-out family in its
+    test tasks, then the first ``VALIDATION_GOALS_PER_FAMILY`` of each training family in
+    ``ML10(seed=VALIDATION_TASK_SEED)``'s train tasks: the training families' distribution, other goals. Cached:
+    building ML10 resets each of its 15 environments 50 times, and it is built twice (about 40 s of a busy core).
     """
     metaworld = import_metaworld()
-    benchmark, other_goals = metaworld.ML10(seed=ML1_SEED), metaworld.ML10(seed=VALIDATION_TASK_SEED)
+    benchmark = metaworld.ML10(seed=METAWORLD_SEED)
+    validation_benchmark = metaworld.ML10(seed=VALIDATION_TASK_SEED)
     classes = {**benchmark.train_classes, **benchmark.test_classes}
+    family_index = {family: index for index, family in enumerate(classes)}
 
-    def first(tasks, families, count: int) -> list:
+    def first_goals_per_family(tasks, families, count: int) -> list:
         return [task for family in families for task in [t for t in tasks if t.env_name == family][:count]]
 
-    tasks = (*first(benchmark.train_tasks, benchmark.train_classes, TRAIN_GOALS_PER_FAMILY),
-             *first(benchmark.test_tasks, benchmark.test_classes, TEST_GOALS_PER_FAMILY),
-             *first(other_goals.train_tasks, benchmark.train_classes, VALIDATION_GOALS_PER_FAMILY))
+    tasks = (*first_goals_per_family(benchmark.train_tasks, benchmark.train_classes, TRAIN_GOALS_PER_FAMILY),
+             *first_goals_per_family(benchmark.test_tasks, benchmark.test_classes, TEST_GOALS_PER_FAMILY),
+             *first_goals_per_family(validation_benchmark.train_tasks, benchmark.train_classes,
+                                     VALIDATION_GOALS_PER_FAMILY))
     rows = np.zeros((len(tasks), TASK_WIDTH))
     for row, task in zip(rows, tasks):
-        rand_vec = pickle.loads(task.data)["rand_vec"]
-        row[0], row[1:1 + len(rand_vec)] = list(classes).index(task.env_name), rand_vec
-    if len(np.unique(rows, axis=0)) != len(tasks):  # a validation goal repeating a training one
-        raise RuntimeError("Meta-World's ML10 task lists overlap; the ML10 seeds must give distinct goals")
+        goal = rand_vec(task)
+        row[0], row[1:1 + len(goal)] = family_index[task.env_name], goal
+    check_distinct(rows, "ML10")
     return classes, tasks, rows
 
 
@@ -65,10 +66,7 @@ class ML10Env(MetaWorldEnv):
         self.task_array = rows.copy()
         self.families = list(classes)
         self._sims = {family: self.with_episode_length(env_class()) for family, env_class in classes.items()}
-        self.reset_task(0)
-        # every family's spaces are the same (the goal's entries 0); the first one's stand for all
-        self.observation_space = self.sim.sawyer_observation_space
-        self.action_space = self.sim.action_space
+        self.start_at_the_first_task()  # every family's spaces are the same: the first one's stand for all
 
     def apply_task(self) -> None:
         task = self._metaworld_tasks[self.task_idx]
@@ -80,8 +78,4 @@ class ML10Env(MetaWorldEnv):
             sim.close()
 
 
-# the ML1 benchmark tier: garage's PEARL ML10 example has ML1's settings but for 150-step episodes (PROTOCOL)
-SPEC = EnvSpec("ml10", "incontext/ML10-v0", ML10Env, ml1_protocol(), max_episode_steps=EPISODE_LENGTH,
-               sparse_reward=False, known_optimum=None,
-               known_optimum_note="no closed form (Meta-World pays at most 10 per step)",
-               task_label="task family", report_rank=23, runs_by_default=False, reports_success=True)
+SPEC = metaworld_spec("ml10", "incontext/ML10-v0", ML10Env, report_rank=23, task_label="task family")

@@ -2,7 +2,7 @@
 ``metaworld``; building the environment needs it (``requirements-metaworld.txt``)."""
 from __future__ import annotations
 
-from envs_glue.metaworld_ml1 import ML1Env, ml1_spec
+from envs_glue.metaworld_ml1 import ML1Env, metaworld_spec
 
 
 class ML1PickPlaceEnv(ML1Env):
@@ -12,4 +12,4 @@ class ML1PickPlaceEnv(ML1Env):
     metaworld_name = "pick-place-v3"
 
 
-SPEC = ml1_spec("ml1-pick-place", "incontext/ML1PickPlace-v0", ML1PickPlaceEnv, report_rank=22)
+SPEC = metaworld_spec("ml1-pick-place", "incontext/ML1PickPlace-v0", ML1PickPlaceEnv, report_rank=22)

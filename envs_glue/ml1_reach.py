@@ -2,7 +2,7 @@
 ``metaworld``; building the environment needs it (``requirements-metaworld.txt``)."""
 from __future__ import annotations
 
-from envs_glue.metaworld_ml1 import ML1Env, ml1_spec
+from envs_glue.metaworld_ml1 import ML1Env, metaworld_spec
 
 
 class ML1ReachEnv(ML1Env):
@@ -11,4 +11,4 @@ class ML1ReachEnv(ML1Env):
     metaworld_name = "reach-v3"
 
 
-SPEC = ml1_spec("ml1-reach", "incontext/ML1Reach-v0", ML1ReachEnv, report_rank=20)
+SPEC = metaworld_spec("ml1-reach", "incontext/ML1Reach-v0", ML1ReachEnv, report_rank=20)

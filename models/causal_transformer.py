@@ -4,7 +4,7 @@ Pre-LayerNorm blocks (``x + Attention(LN(x))``, then ``x + MLP(LN(x))``), learne
 LayerNorm. Three ways to run the same weights:
 
 - ``forward(tokens)``: a whole sequence at once with fused attention (``scaled_dot_product_attention``), for
-  training; on a CPU it runs in fp32 even under bf16 autocast (``fused_causal_attention``);
+  training; on a CPU under bf16 autocast it runs in fp32 (``fused_causal_attention``);
 - ``forward(tokens, need_weights=True)``: the same with attention written out, returning the last block's
   weights for plots;
 - ``step(token, cache)``: one new token against the keys and values cached from the earlier ones, for acting
@@ -58,10 +58,10 @@ class CausalSelfAttention(nn.Module):
 
 
 def fused_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``scaled_dot_product_attention`` with a causal mask, ``(b, h, n, e)`` each. On a CPU in fp32 whatever the
-    autocast: torch's CPU flash attention runs its backward several times slower in bf16 than in fp32 (at the
-    transformer's training shapes, ``benchmarks/dev/transformer-attention/``), and fp32 rounds less."""
-    if q.device.type != "cpu":
+    """``scaled_dot_product_attention`` with a causal mask, ``(b, h, n, e)`` each; under bf16 autocast on a CPU in
+    fp32: there torch's flash attention takes 1.7-3.8x as long in bf16 as in fp32, forward and backward, at the
+    transformer's training shapes (``benchmarks/dev/transformer-attention/ATTENTION.md``), and fp32 rounds less."""
+    if q.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     with torch.autocast("cpu", enabled=False):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)

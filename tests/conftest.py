@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,14 @@ from experiments.rerun_check import TIMING_METRICS
 
 # Keys of a metrics row that legitimately differ between two identical runs.
 NONDETERMINISTIC_KEYS = TIMING_METRICS
+
+# every method that runs on Meta-World, for its smoke runs: setformer and PEARL by default, the others with
+# INCONTEXT_SLOW_TESTS=1 (a smoke run on Meta-World takes minutes on a busy 2-core machine)
+METAWORLD_SMOKE_METHODS = [
+    pytest.param(algo, marks=pytest.mark.skipif(
+        algo not in ("setformer", "pearl") and os.environ.get("INCONTEXT_SLOW_TESTS") != "1",
+        reason="slow: INCONTEXT_SLOW_TESTS=1"))
+    for algo in ("setformer", "pearl", "sac-no-context", "focal", "varibad", "transformer", "sac-true-task")]
 
 
 @pytest.fixture(autouse=True)

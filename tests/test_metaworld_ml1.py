@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import sys
 import warnings
@@ -23,10 +22,10 @@ from algos import ALGORITHMS
 from algos.core.config import protocol_for
 from algos.core.evaluation import evaluate
 from envs_glue import DEFAULT_ENVS, ENV_SPECS, make_env
-from envs_glue.metaworld_ml1 import INSTALL_HINT, ML1_SEED, OptionalExtraMissingError, ml1_task_lists
+from envs_glue.metaworld_ml1 import INSTALL_HINT, METAWORLD_SEED, OptionalExtraMissingError, ml1_task_lists
 from experiments.engine import unsupported_reason
 from experiments.run import main as run_main
-from tests.conftest import RecordingAgent
+from tests.conftest import METAWORLD_SMOKE_METHODS, RecordingAgent
 
 ML1_ENVS = {"ml1-reach": "reach-v3", "ml1-push": "push-v3", "ml1-pick-place": "pick-place-v3"}
 
@@ -127,7 +126,7 @@ def test_task_lists_are_ml1s_with_validation_tasks_from_the_validation_seed(meta
     meta = make_env(name).unwrapped
     assert (meta.num_train_tasks, meta.num_test_tasks, meta.num_validation_tasks) == (50, 50, 10)
     assert meta.test_task_ids == list(range(50, 100)) and meta.validation_task_ids == list(range(100, 110))
-    benchmark = metaworld.ML1(ML1_ENVS[name], seed=ML1_SEED)
+    benchmark = metaworld.ML1(ML1_ENVS[name], seed=METAWORLD_SEED)
     validation = metaworld.ML1(ML1_ENVS[name], seed=4242).train_tasks[:10]
     drawn = np.concatenate([_rand_vecs(benchmark.train_tasks), _rand_vecs(benchmark.test_tasks),
                             _rand_vecs(validation)])
@@ -209,20 +208,13 @@ def test_success_and_reach_reward_recomputed_from_the_state(metaworld, name):
     assert any(successes) and not all(successes)  # both outcomes were checked
 
 
-# every method that runs on ML1; setformer and PEARL by default, the others with INCONTEXT_SLOW_TESTS=1 (a smoke run on
-# ML1 takes minutes on a busy 2-core machine)
-SMOKE_METHODS = [pytest.param(algo, marks=pytest.mark.skipif(
-                     algo not in ("setformer", "pearl") and os.environ.get("INCONTEXT_SLOW_TESTS") != "1",
-                     reason="slow: INCONTEXT_SLOW_TESTS=1"))
-                 for algo in ("setformer", "pearl", "sac-no-context", "focal", "varibad", "transformer", "sac-true-task")]
+@pytest.mark.parametrize("env", ["ml1-reach", "ml10"])
+def test_the_smoke_runs_cover_every_method_that_runs_on_meta_world(env):
+    runnable = {algo for algo in ALGORITHMS if unsupported_reason(algo, env) is None}
+    assert runnable == {param.values[0] for param in METAWORLD_SMOKE_METHODS}
 
 
-def test_the_smoke_runs_cover_every_method_that_runs_on_ml1():
-    runnable = {algo for algo in ALGORITHMS if unsupported_reason(algo, "ml1-reach") is None}
-    assert runnable == {param.values[0] for param in SMOKE_METHODS}
-
-
-@pytest.mark.parametrize("algo", SMOKE_METHODS)
+@pytest.mark.parametrize("algo", METAWORLD_SMOKE_METHODS)
 def test_methods_train_on_ml1_reach_and_report_success(metaworld, tmp_path, algo):
     """A smoke run, with one evaluation episode per trial and the evaluation after the last iteration only (an ML1
     evaluation covers 60 tasks; the tier's three episodes each would take minutes on a busy CPU)."""

@@ -17,7 +17,7 @@ from envs_glue import DEFAULT_ENVS, ENV_SPECS, make_env
 from envs_glue.metaworld_ml1 import OptionalExtraMissingError
 from envs_glue.ml10 import ml10_task_lists
 from experiments.run import main as run_main
-from tests.test_metaworld_ml1 import SMOKE_METHODS
+from tests.conftest import METAWORLD_SMOKE_METHODS
 
 TRAIN_FAMILIES = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-close-v3", "button-press-topdown-v3",
                   "peg-insert-side-v3", "window-open-v3", "sweep-v3", "basketball-v3"]
@@ -65,7 +65,8 @@ def test_task_lists_are_ml10s_families_with_validation_goals_from_the_validation
     assert meta.families == TRAIN_FAMILIES + TEST_FAMILIES
     benchmark, other_seed = metaworld.ML10(seed=42), metaworld.ML10(seed=4242)
     expected = []
-    for tasks, families, count in ((benchmark.train_tasks, TRAIN_FAMILIES, 5), (benchmark.test_tasks, TEST_FAMILIES, 10),
+    for tasks, families, count in ((benchmark.train_tasks, TRAIN_FAMILIES, 5),
+                                   (benchmark.test_tasks, TEST_FAMILIES, 10),
                                    (other_seed.train_tasks, TRAIN_FAMILIES, 1)):
         for family in families:
             for goal in _goals(tasks, family, count):
@@ -89,12 +90,12 @@ def test_a_task_switch_runs_that_familys_simulator_at_that_goal(ml10):
         goal = np.asarray(meta.sim._last_rand_vec)
         np.testing.assert_array_equal(meta.tasks[task, 1:1 + len(goal)], goal)
         np.testing.assert_array_equal(info["task"], meta.tasks[task])
-        assert obs.shape == (39,) and ml10.action_space.shape == (4,)
+        assert obs.shape == (39,) and meta.observation_space.contains(obs)  # one space for every family
         np.testing.assert_array_equal(obs[-3:], 0.0)  # the goal is hidden
         for step in range(1, 201):
             obs, reward, terminated, truncated, info = ml10.step(ml10.action_space.sample())
             assert not terminated and truncated == (step == 200) and isinstance(info["success"], bool)
-            assert 0.0 <= reward <= 10.0
+            assert 0.0 <= reward <= 10.0 and meta.observation_space.contains(obs)
 
 
 def test_gymnasium_env_checker_passes(ml10):
@@ -103,7 +104,7 @@ def test_gymnasium_env_checker_passes(ml10):
         check_env(ml10.unwrapped, skip_render_check=True)
 
 
-@pytest.mark.parametrize("algo", SMOKE_METHODS)
+@pytest.mark.parametrize("algo", METAWORLD_SMOKE_METHODS)
 def test_methods_train_on_ml10_and_report_success(metaworld, tmp_path, algo):
     """A smoke run with one evaluation episode per trial, evaluated after the last iteration only (as on ML1)."""
     run_dir = tmp_path / "run"
