@@ -103,7 +103,7 @@ class RecordingAgent(MetaAgent):
     def update_context(self, transition) -> None:
         obs, action, reward, next_obs, done, info = transition
         self.events.append(("update", float(reward), np.array(obs, dtype=np.float64),
-                            np.array(next_obs, dtype=np.float64), bool(done)))
+                            np.array(next_obs, dtype=np.float64), bool(done), dict(info)))
         super().update_context(transition)
 
     def get_action(self, obs, deterministic: bool = False):

@@ -376,8 +376,8 @@ def test_per_environment_defaults_are_applied_and_checked():
         for env, settings in cls.env_defaults.items():
             config = cls.default_config(env)
             assert {key: getattr(config, key) for key in settings} == settings
-    assert algorithm_class("setformer").default_config("cheetah-vel").lr == 1e-3
-    assert algorithm_class("setformer").default_config("point-robot").lr == 3e-4
+    assert algorithm_class("focal").default_config("point-robot").lr == 1e-3
+    assert algorithm_class("pearl").default_config("point-robot").lr == 3e-4
 
     class Misnamed(algorithm_class("pearl")):
         name, display_name = "misnamed", "misnamed"
@@ -385,6 +385,22 @@ def test_per_environment_defaults_are_applied_and_checked():
 
     with pytest.raises(TypeError, match=r"env_defaults\['point-robot'\]` sets \['learning_rate'\], not fields of PearlConfig"):
         check_facts(Misnamed)
+
+
+def test_every_methods_defaults_are_the_grid_point_selected_on_validation_tasks():
+    """The selection rule, applied (docs/PROTOCOL.md#selection-rule): on each environment a method's default settings
+    are the tuning grid's point that the committed selection chose for it; where its selection is pending or was
+    never run, the references' settings. A default chosen any other way (on test tasks) fails here."""
+    from algos.core.config import TUNING_GRID, grid_settings
+    report = json.loads((REPO_ROOT / "benchmarks/benchmark/selection/selection.json").read_text())
+    selected = {(s["env"], s["algo"]): s["selected"] for s in report["selections"]}
+    assert selected[("point-robot", "setformer")] == "reference-settings"  # the committed report is the one read
+    for name in methods_with_role("ours") + methods_with_role("baseline"):
+        cls = algorithm_class(name)
+        for env in ENV_SPECS:
+            point = selected.get((env, name)) or next(iter(TUNING_GRID))
+            config, wanted = cls.default_config(env), grid_settings(point)
+            assert {key: getattr(config, key) for key in wanted} == wanted, f"{name} on {env}: not `{point}`"
 
 
 def test_pearl_takes_the_references_kl_weight_per_environment():

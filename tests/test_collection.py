@@ -119,6 +119,10 @@ def test_rollout_path_fields():
     assert np.all(path["rewards"] <= 0) and path["sparse_rewards"].max() > 0.8
     updates = [e for e in agent.events if e[0] == "update"]
     np.testing.assert_allclose([u[1] for u in updates], path["sparse_rewards"], atol=1e-6)
+    # the environment's info holds the true goal; the agent's context gets only where the episode ends
+    env.reset()
+    assert "task" in env.step(np.zeros(2, dtype=np.float32))[4]
+    assert [u[5] for u in updates] == [{"truncated": t == 19} for t in range(20)]
     assert all(e == ("act", True) for e in agent.events if e[0] == "act")
 
 

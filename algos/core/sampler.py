@@ -26,7 +26,8 @@ def rollout(env: gym.Env, agent: MetaAgent, max_path_length: int, deterministic:
         if accum_context:
             context_reward = sparse_reward if context_uses_sparse_reward else reward
             last = terminated or truncated or step == max_path_length - 1
-            agent.update_context((obs, action, context_reward, next_obs, terminated, {**info, "truncated": last}))
+            # not the environment's info: it carries the true task, which no agent may read
+            agent.update_context((obs, action, context_reward, next_obs, terminated, {"truncated": last}))
         obs_list.append(obs); action_list.append(action); reward_list.append(reward)
         sparse_list.append(sparse_reward); next_obs_list.append(next_obs); terminal_list.append(terminated)
         success_list.append(bool(info.get("success", False)))
