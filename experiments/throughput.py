@@ -182,16 +182,26 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def matmul_peak(rows: int, width: int, device: torch.device, repeats: int = 20, rounds: int = 5) -> dict:
+def matmul_peak(rows: int, width: int, device: torch.device, seconds_per_round: float = 0.1, rounds: int = 5) -> dict:
     """GFLOP/s of ``(rows x width) @ (width x width)`` in fp32 and bf16: the most a step's layers can reach. The best
-    of ``rounds`` rounds, as a low ceiling would flatter every share of it."""
+    of ``rounds`` rounds of at least ``seconds_per_round`` each, as a low ceiling would flatter every share of it.
+    Each product is dropped at once, as a layer's would be: keeping them all alive times fresh memory's page faults
+    too, which read as low as a third of the rate on an Intel Xeon with AMX."""
     out = {"shape": [rows, width, width]}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(rows, width, device=device, dtype=dtype), torch.randn(width, width, device=device, dtype=dtype)
-        for _ in range(3):  # warm-up: kernel selection, allocation
-            a @ b
-        _synchronize(device)
-        seconds = min(_timed(lambda: ([a @ b for _ in range(repeats)], _synchronize(device))) for _ in range(rounds))
+
+        def products(repeats: int) -> float:
+            def run() -> None:
+                for _ in range(repeats):
+                    a @ b
+                _synchronize(device)
+            return _timed(run)
+
+        repeats = 1  # warm-up (kernel selection, allocation, the matrix unit's clock), doubling to a round's length
+        while products(repeats) < seconds_per_round:
+            repeats *= 2
+        seconds = min(products(repeats) for _ in range(rounds))
         out[f"{name}_gflop_per_s"] = 2 * rows * width * width * repeats / seconds / 1e9
     return out
 
