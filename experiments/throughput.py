@@ -186,7 +186,7 @@ def matmul_peak(rows: int, width: int, device: torch.device, seconds_per_round: 
     """GFLOP/s of ``(rows x width) @ (width x width)`` in fp32 and bf16: the most a step's layers can reach. The best
     of ``rounds`` rounds of at least ``seconds_per_round`` each, as a low ceiling would flatter every share of it.
     Each product is dropped at once, as a layer's would be: keeping them all alive times fresh memory's page faults
-    too, which read as low as a third of the rate on an Intel Xeon with AMX."""
+    too, which read bf16 at 37-41 % of the rate on an Intel Xeon with AMX (benchmarks/dev/bf16-step/MATMUL_PEAK.md)."""
     out = {"shape": [rows, width, width]}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(rows, width, device=device, dtype=dtype), torch.randn(width, width, device=device, dtype=dtype)
