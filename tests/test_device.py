@@ -2,6 +2,7 @@
 torch sees a GPU) every method on CUDA with a checkpoint that resumes on the CPU."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -183,3 +184,43 @@ def test_the_tuned_allocator_leaves_the_numbers_unchanged(tmp_path):
                               text=True, check=True, cwd=REPO_ROOT).stdout.strip().splitlines()[-1]
                for mode in ("default", "tuned")]
     assert digests[0] == digests[1]
+
+
+def test_subnormals_are_flushed_in_a_run_and_recorded(tmp_path):
+    """A run computes with subnormal floats flushed to zero where the CPU supports it, and says so."""
+    results = make_trainer("point-robot", tmp_path / "run", "sac-no-context").run()
+    flushed = results["machine"]["subnormals_flushed"]
+    assert flushed is device_module.subnormals_flushed() is not None
+    if not flushed:
+        pytest.skip("this CPU cannot flush subnormals")
+    tiny = torch.finfo(torch.float32).tiny
+    assert torch.tensor([tiny]).div(4).item() == 0.0
+    with device_module.subnormals_kept():
+        assert torch.tensor([tiny]).div(4).item() == tiny / 4
+    assert torch.tensor([tiny]).div(4).item() == 0.0  # flushing again after the block
+
+
+def test_flushing_subnormals_leaves_a_recurrent_encoders_weights_unchanged():
+    """A GRU read over 256 steps: kept, the gradient reaching its first inputs has decayed into subnormals; flushed,
+    they are zero, and the weight gradients and the weights after an Adam step are the same bits."""
+    if not device_module.flush_subnormals():
+        pytest.skip("this CPU cannot flush subnormals")
+    tiny = torch.finfo(torch.float32).tiny
+    outcomes = []
+    for way in (device_module.subnormals_kept, contextlib.nullcontext):
+        torch.manual_seed(0)
+        gru = torch.nn.GRU(8, 8, batch_first=True)
+        optimizer = torch.optim.Adam(gru.parameters())
+        inputs = torch.randn(4, 256, 8, requires_grad=True)
+        with way():
+            _, last_hidden = gru(inputs)
+            last_hidden.sum().backward()
+            grads = [p.grad.clone() for p in gru.parameters()]
+            optimizer.step()
+            # counted inside the block: with subnormals flushed, a comparison reads one as zero
+            subnormal = int(((inputs.grad != 0) & (inputs.grad.abs() < tiny)).sum())
+        outcomes.append((subnormal, grads, [p.detach().clone() for p in gru.parameters()]))
+    (kept_subnormal, kept_grads, kept_weights), (flushed_subnormal, flushed_grads, flushed_weights) = outcomes
+    assert kept_subnormal > 0 and flushed_subnormal == 0  # the slow path was taken, and then avoided
+    assert all(torch.equal(a, b) for a, b in zip(kept_grads, flushed_grads))
+    assert all(torch.equal(a, b) for a, b in zip(kept_weights, flushed_weights))

@@ -7,11 +7,12 @@ is built and saved resolved in its config, so a resumed run keeps what it starte
   torch emulates bf16 and a step is about 2.7x *slower*, so ``auto`` leaves it off there. ``true``/``false``
   force it.
 
-And how the CPU allocates: ``tune_cpu_allocator`` keeps glibc's malloc from handing every freed activation back
-to the kernel (see there).
+And how the CPU allocates and rounds: ``tune_cpu_allocator`` keeps glibc's malloc from handing every freed activation
+back to the kernel, and ``flush_subnormals`` keeps subnormal floats off the CPU's slow path (see each).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
@@ -57,6 +58,41 @@ def tune_cpu_allocator() -> dict:
 def cpu_allocator() -> dict:
     """What ``tune_cpu_allocator`` set in this process (``{"tuned": False}`` before it ran), without setting it."""
     return dict(_allocator or {"tuned": False})
+
+
+_subnormals_flushed: bool | None = None
+
+
+def flush_subnormals() -> bool:
+    """Treat subnormal floats (magnitudes below 1.2e-38) as zero in this thread's CPU arithmetic and the threads it
+    starts afterwards (x86's flush-to-zero and denormals-are-zero modes); returns whether the CPU supports it.
+
+    A gradient carried back through a long recurrence decays into subnormals (VariBAD's GRU over the 1,024-transition
+    context of sparse-point-robot), and an x86 core computes on them through a slow microcode path, several times
+    slower per operation (``benchmarks/dev/subnormals/THROUGHPUT.md``, *flushed / kept*). They are too small to move
+    a weight: a sum that holds one beside normal-sized terms rounds to the same bits without it. So flushing them
+    leaves the weights as they were, bit for bit, in every check (*flushed = kept* there, the rerun checks of the
+    benchmark cells, ``tests/test_device.py``); it is not a proof: a subnormal read as zero by a comparison could, in
+    principle, flip a ReLU."""
+    global _subnormals_flushed
+    if _subnormals_flushed is None:  # once per process, like the allocator
+        _subnormals_flushed = bool(torch.set_flush_denormal(True))
+    return _subnormals_flushed
+
+
+def subnormals_flushed() -> bool | None:
+    """What ``flush_subnormals`` found in this process (None before it ran), recorded with each run's machine."""
+    return _subnormals_flushed
+
+
+@contextlib.contextmanager
+def subnormals_kept():
+    """Compute with subnormals inside this block: the baseline ``experiments.throughput`` measures flushing against."""
+    torch.set_flush_denormal(False)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(bool(_subnormals_flushed))
 
 
 def resolve_device(requested: str) -> str:

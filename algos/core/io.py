@@ -145,7 +145,7 @@ def git_commit() -> str:
 def machine_description(device: torch.device | str = "cpu") -> dict:
     """What a result was computed on: CPU, cores, the CPU's native bf16 support, the GPU if one was used, and the
     versions of the libraries that decide the numbers."""
-    from algos.core.device import cpu_allocator, cpu_has_native_bf16
+    from algos.core.device import cpu_allocator, cpu_has_native_bf16, subnormals_flushed
 
     cpu = platform.processor() or "unknown"
     try:
@@ -157,7 +157,8 @@ def machine_description(device: torch.device | str = "cpu") -> dict:
         pass
     out = {"cpu": cpu, "cores": os.cpu_count(), "cpu_native_bf16": cpu_has_native_bf16(),
            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-           "versions": _library_versions(), "allocator": cpu_allocator()}
+           "versions": _library_versions(), "allocator": cpu_allocator(),
+           "subnormals_flushed": subnormals_flushed()}
     if torch.device(device).type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return out

@@ -26,7 +26,7 @@ import envs_glue
 from algos import algorithm_class
 from algos.core.config import (RESUME_OVERRIDABLE_KEYS, ConfigError, ProtocolConfig, RunConfig, apply_overrides,
                                flatten_config, protocol_for, to_dict)
-from algos.core.device import resolve_bf16, resolve_device, tune_cpu_allocator, warn_if_slow
+from algos.core.device import flush_subnormals, resolve_bf16, resolve_device, tune_cpu_allocator, warn_if_slow
 from algos.core.evaluation import EvalResult, evaluate
 from algos.core.sampler import num_eval_episodes
 from algos.core.meta_sac import TrainingDivergedError
@@ -230,6 +230,7 @@ class Trainer:
         warn_if_slow(config.bf16, config.device)
         if tune_allocator:  # off only to measure what a process with glibc's default allocator pays
             tune_cpu_allocator()
+        flush_subnormals()
         self.config = config
         self.device = torch.device(config.device)
         self.progress = progress
