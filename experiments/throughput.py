@@ -26,7 +26,6 @@ import torch
 
 from algos import ALGORITHMS, algorithm_class
 from algos.core.config import TIERS
-from algos.core.device import subnormals_flushed, subnormals_kept
 from algos.core.trainer import Trainer, build_config
 from experiments.engine import available_cpus, unsupported_reason
 from experiments.report import DASH, env_argument, provenance, report_heading, table, write_json_and_markdown
@@ -49,8 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--adapt-repeats", type=int, default=21, help="adapt() calls per size; median reported")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--identity-steps", type=int, default=3,
-                        help="steps compared weight for weight with fused and eager hidden layers (bf16), and with "
-                             "subnormals flushed and kept (default: 3)")
+                        help="bf16 steps compared weight for weight with fused and eager hidden layers (default: 3)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config override for every method, e.g. --set bf16=false")
     parser.add_argument("--out", default="benchmarks", help="writes <out>/throughput.json and THROUGHPUT.md")
@@ -90,17 +88,16 @@ def timed_steps(algorithm, steps: int, warmup: int) -> float:
 
 
 def gradient_rates(algorithm, steps: int, warmup: int, rounds: int) -> dict:
-    """Gradient steps/s at the default precision, with bf16 on and off, bf16 with eager (unfused) hidden layers, and
-    the default precision with subnormals kept, each with its GFLOP/s. The variants take turns for ``rounds`` rounds
-    and each rate is the median round's, so a neighbour's busy spell slows all of them rather than one."""
+    """Gradient steps/s at the default precision, with bf16 on and off, and bf16 with eager (unfused) hidden layers,
+    each with its GFLOP/s. The variants take turns for ``rounds`` rounds and each rate is the median round's, so a
+    neighbour's busy spell slows all of them rather than one."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, eager_layers():  # it counts aten's products, not oneDNN's fused ones
         algorithm.train_step()
     flops, default_bf16 = float(counter.get_total_flops()), algorithm.bf16
     variants = {"default": (default_bf16, contextlib.nullcontext), "bf16": (True, contextlib.nullcontext),
-                "fp32": (False, contextlib.nullcontext), "bf16_eager": (True, eager_layers),
-                "subnormals_kept": (default_bf16, subnormals_kept)}
+                "fp32": (False, contextlib.nullcontext), "bf16_eager": (True, eager_layers)}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, (bf16, layers) in variants.items():
@@ -119,37 +116,22 @@ def gradient_rates(algorithm, steps: int, warmup: int, rounds: int) -> dict:
     return out
 
 
-def same_weights_either_way(config, steps: int, ways: tuple) -> bool:
-    """Whether ``steps`` gradient steps from one seed leave every weight bit-identical in each of ``ways`` (context
-    managers around a fresh run's collection and steps)."""
-    weights = []
-    for way in ways:
-        with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
-            algorithm = Trainer(config, run_dir=Path(tmp) / "run", progress=False).algorithm
-            with way():
-                algorithm.collect_initial_data()
-                for _ in range(steps):
-                    algorithm.train_step()
-            weights.append({f"{name}.{key}": value for name, net in algorithm.networks.items()
-                            for key, value in net.state_dict().items()})
-    return all(torch.equal(value, other[key]) for other in weights[1:] for key, value in weights[0].items())
-
-
 def fused_matches_eager(config, steps: int) -> bool | None:
-    """Whether bf16 steps leave the same weights with fused and with eager hidden layers; None where the fused layers
-    do not apply (no native bf16, a GPU) or ``steps`` is 0."""
+    """Whether ``steps`` bf16 gradient steps from one seed leave every weight bit-identical with fused and with eager
+    hidden layers (two fresh runs); None where the fused layers do not apply (no native bf16, a GPU) or ``steps`` is 0."""
     if steps == 0 or config.device != "cpu" or not cpu_has_native_bf16():
         return None
-    return same_weights_either_way(dataclasses.replace(config, bf16=True), steps,
-                                   (contextlib.nullcontext, eager_layers))
-
-
-def flushed_matches_kept(config, steps: int) -> bool | None:
-    """Whether steps at the default precision leave the same weights with subnormals flushed and kept; None where
-    this CPU cannot flush them, on a GPU, or where ``steps`` is 0."""
-    if steps == 0 or config.device != "cpu" or not subnormals_flushed():
-        return None
-    return same_weights_either_way(config, steps, (contextlib.nullcontext, subnormals_kept))
+    weights = []
+    for layers in (contextlib.nullcontext, eager_layers):
+        with tempfile.TemporaryDirectory(prefix="throughput-") as tmp, layers():
+            algorithm = Trainer(dataclasses.replace(config, bf16=True), run_dir=Path(tmp) / "run",
+                                progress=False).algorithm
+            algorithm.collect_initial_data()
+            for _ in range(steps):
+                algorithm.train_step()
+            weights.append({f"{name}.{key}": value for name, net in algorithm.networks.items()
+                            for key, value in net.state_dict().items()})
+    return all(torch.equal(value, weights[1][key]) for key, value in weights[0].items())
 
 
 def adapt_latency(agent, obs_dim: int, action_dim: int, episode_length: int, sizes: list[int], repeats: int,
@@ -192,7 +174,6 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
         if hasattr(algorithm, "train_step"):
             result["gradient"] = gradient_rates(algorithm, args.grad_steps, args.warmup, args.rounds)
             result["fused_matches_eager"] = fused_matches_eager(config, args.identity_steps)
-            result["flushed_matches_kept"] = flushed_matches_kept(config, args.identity_steps)
         else:
             result["notes"].append("takes no gradient steps")
         result["adapt"] = adapt_latency(algorithm.agent, trainer.env.observation_space.shape[0],
@@ -240,12 +221,9 @@ def render_markdown(report: dict) -> str:
         "precision, with bf16 autocast forced on and off (*fp32* is what a CPU without native bf16 gets), and in bf16 with *eager* hidden layers (Linear and ReLU as separate kernels, as before "
         "`models/kernels.py`); *fused / eager* is the bf16 rate over the eager one, and *fused = eager* whether "
         f"{report.get('identity_steps', 3)} bf16 steps from one seed leave every weight bit-identical either way "
-        "(two fresh runs; — where the fused layers do not apply). *Subnormals kept*: the default precision with "
-        "subnormal floats computed on rather than flushed to zero (`algos/core/device.py`); *flushed / kept* is the "
-        "default rate over that one, and *flushed = kept* the same identity check at the default precision "
-        "(— where the CPU cannot flush them, or before the rates were measured). GFLOP/step as torch's "
-        "`FlopCounterMode` counts it in a step with eager layers (the same products). Env steps/s: initial (prior) and "
-        "per-iteration (posterior) collection. `adapt()`: median over "
+        "(two fresh runs; — where the fused layers do not apply). GFLOP/step as torch's `FlopCounterMode` counts it "
+        "in a step with eager layers (the same products). Env steps/s: initial (prior) and per-iteration (posterior) "
+        "collection. `adapt()`: median over "
         f"{report['adapt_repeats']} calls after N random transitions fed to `update_context`. *% of peak* sets a "
         "rate × GFLOP/step against the matrix-multiply peak below, bf16 for the bf16 rate and fp32 for the fp32 rate.",
         "",
@@ -258,8 +236,8 @@ def render_markdown(report: dict) -> str:
                   f"{_f(peak['bf16_gflop_per_s'])} GFLOP/s.", ""]
     header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
               "grad steps/s (bf16)", "grad steps/s (fp32)", "grad steps/s (bf16, eager layers)", "fused / eager",
-              "fused = eager", "grad steps/s (subnormals kept)", "flushed / kept", "flushed = kept", "GFLOP/step",
-              "GFLOP/s (default)", "bf16 % of bf16 peak", "fp32 % of fp32 peak",
+              "fused = eager", "GFLOP/step", "GFLOP/s (default)",
+              "bf16 % of bf16 peak", "fp32 % of fp32 peak",
               "env steps/s (initial)", "env steps/s (iteration)", *(f"adapt ms @ {n}" for n in sizes),
               *(f"update_context µs @ {n}" for n in sizes)]
     for env in report["envs"]:
@@ -268,15 +246,9 @@ def render_markdown(report: dict) -> str:
             gradient, adapt = r.get("gradient") or {}, r.get("adapt") or {}
             flops = gradient.get("flops_per_step")
             rates = {name: (gradient.get(name) or {}).get("grad_steps_per_s")
-                     for name in ("default", "bf16", "fp32", "bf16_eager", "subnormals_kept")}
-
-            def ratio(numerator: str, denominator: str) -> str:
-                if not rates[numerator] or not rates[denominator]:
-                    return DASH
-                return f"{rates[numerator] / rates[denominator]:.2f}x"
-
-            def identical(key: str) -> str:
-                return {True: "yes", False: "no"}.get(r.get(key), DASH)
+                     for name in ("default", "bf16", "fp32", "bf16_eager")}
+            speedup = (rates["bf16"] / rates["bf16_eager"]) if rates["bf16"] and rates["bf16_eager"] else None
+            identical = {True: "yes", False: "no"}.get(r.get("fused_matches_eager"), DASH)
 
             def peak_share(name: str) -> str:
                 ceiling = peak.get(f"{name}_gflop_per_s")
@@ -285,10 +257,8 @@ def render_markdown(report: dict) -> str:
                 return f"{100 * rates[name] * flops / 1e9 / ceiling:.0f} %"
 
             rows.append([r["algo"], f"{r['parameter_count']:,}", f"{r['meta_batch']} × {r['batch_size']}",
-                         "yes" if r.get("bf16") else "no",
-                         *(_f(rates[name], 2) for name in ("default", "bf16", "fp32", "bf16_eager")),
-                         ratio("bf16", "bf16_eager"), identical("fused_matches_eager"), _f(rates["subnormals_kept"], 2),
-                         ratio("default", "subnormals_kept"), identical("flushed_matches_kept"),
+                         "yes" if r.get("bf16") else "no", *(_f(rate, 2) for rate in rates.values()),
+                         DASH if speedup is None else f"{speedup:.2f}x", identical,
                          _f(None if flops is None else flops / 1e9, 2),
                          _f((gradient.get("default") or {}).get("gflop_per_s"), 1), peak_share("bf16"), peak_share("fp32"),
                          _f((r.get("initial_collection") or {}).get("env_steps_per_s"), 0),

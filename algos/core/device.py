@@ -67,13 +67,14 @@ def flush_subnormals() -> bool:
     """Treat subnormal floats (magnitudes below 1.2e-38) as zero in this thread's CPU arithmetic and the threads it
     starts afterwards (x86's flush-to-zero and denormals-are-zero modes); returns whether the CPU supports it.
 
-    A gradient carried back through a long recurrence decays into subnormals (VariBAD's GRU over the 1,024-transition
-    context of sparse-point-robot), and an x86 core computes on them through a slow microcode path, several times
-    slower per operation (``benchmarks/dev/subnormals/THROUGHPUT.md``, *flushed / kept*). They are too small to move
-    a weight: a sum that holds one beside normal-sized terms rounds to the same bits without it. So flushing them
-    leaves the weights as they were, bit for bit, in every check (*flushed = kept* there, the rerun checks of the
-    benchmark cells, ``tests/test_device.py``); it is not a proof: a subnormal read as zero by a comparison could, in
-    principle, flip a ReLU."""
+    Early in training the gradient that VariBAD's GRU carries back over sparse-point-robot's 1,024-transition context
+    decays into subnormals, and an x86 core computes on them through a slow microcode path: kept, its first 48
+    gradient steps run 1.9-6.5x slower, later ones as fast (``benchmarks/dev/subnormals/OVER_TRAINING.md``; short
+    timings such as ``experiments.throughput``'s are what it distorts most). Subnormals are too small to move a weight:
+    a sum holding one beside normal-sized terms rounds to the same bits without it. Flushing them has left every
+    weight and logged number bit for bit as it was in every check (the benchmark cells' rerun checks,
+    ``benchmarks/dev/subnormals/THROUGHPUT.md``, ``tests/test_device.py``); that is evidence, not proof: a comparison
+    reads a subnormal as zero, so one could in principle flip a ReLU."""
     global _subnormals_flushed
     if _subnormals_flushed is None:  # once per process, like the allocator
         _subnormals_flushed = bool(torch.set_flush_denormal(True))
@@ -87,7 +88,7 @@ def subnormals_flushed() -> bool | None:
 
 @contextlib.contextmanager
 def subnormals_kept():
-    """Compute with subnormals inside this block: the baseline ``experiments.throughput`` measures flushing against."""
+    """Compute with subnormals inside this block (after it, as before): what flushing is measured against."""
     torch.set_flush_denormal(False)
     try:
         yield
