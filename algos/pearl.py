@@ -99,6 +99,7 @@ class PEARL(MetaSACAlgorithm):
     # (benchmarks/benchmark/selection/SELECTION.md; not listed: the references' settings), and the reference's own
     # KL weight on ant-goal (PEARL's ant-goal config)
     env_defaults = {"sparse-point-robot": grid_settings("fast-actor-critic"),
+                    "cheetah-vel": grid_settings("fast-actor-critic"),
                     "ant-goal": {"kl_lambda": 1.0}}
 
     @classmethod
