@@ -81,7 +81,8 @@ class FOCAL(MetaSACAlgorithm):
     report_rank = 2
     # the tuning grid's point with the best validation figure, per environment
     # (benchmarks/benchmark/selection/SELECTION.md); an environment not listed runs the references' settings
-    env_defaults = {env: grid_settings("fast-actor-critic") for env in ("point-robot", "sparse-point-robot")}
+    env_defaults = {env: grid_settings("fast-actor-critic")
+                    for env in ("point-robot", "sparse-point-robot", "cheetah-vel")}
     config_class = FocalConfig
 
     @classmethod
