@@ -19,10 +19,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
-from algos.core.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from algos.core.io import atomic_write_json, atomic_write_text  # noqa: E402
 from envs_glue import env_spec  # noqa: E402
+from envs_glue.base import VALIDATION_TASK_SEED  # noqa: E402
+from envs_glue.cheetah_vel import TASK_SEED  # noqa: E402
 from experiments.report import provenance, report_heading  # noqa: E402
-from experiments.results_table import grid_point_of  # noqa: E402
+from experiments.results_table import collect_cells, grid_point_of  # noqa: E402
 
 ENV = "cheetah-vel"
 
@@ -33,36 +35,41 @@ def task_velocities() -> dict[str, np.ndarray]:
 
 
 def run_rows() -> list[dict]:
-    """One row per finished run: where it is, method, setting, seed and its per-task low-noise final returns."""
-    patterns = (f"benchmarks/benchmark/cells/{ENV}/*/*/results.json",
-                f"benchmarks/benchmark/selection/*/benchmark/cells/{ENV}/*/*/results.json")
+    """One row per finished run (the table's cells, then each grid point's tuning trials): method, setting, seed
+    and its per-task low-noise final returns."""
+    benchmark = REPO / "benchmarks" / "benchmark"
+    tier_dirs = [(benchmark, "table cell")] + [(point / "benchmark", "tuning trial")
+                                               for point in sorted((benchmark / "selection").glob("*/"))]
     rows = []
-    for path in sorted(path for pattern in patterns for path in REPO.glob(pattern)):
-        results = read_json(path)
-        final = results["final_eval"]
-        if "per_validation_task_final_returns" not in final:
-            continue  # a run from before the validation tasks
-        rows.append({"run": str(path.parent.relative_to(REPO)), "algo": results["algo"], "seed": results["seed"],
-                     "kind": "tuning trial" if "/selection/" in str(path) else "table cell",
-                     "setting": grid_point_of(results["config"]["agent"]),
-                     "test": final["per_task_final_returns"],
-                     "validation": final["per_validation_task_final_returns"]})
+    for tier_dir, kind in tier_dirs:
+        cells, problems = collect_cells(tier_dir)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        for cell in cells:
+            final = cell["final_eval"]
+            if cell["env"] != ENV or "per_validation_task_final_returns" not in final:
+                continue  # another environment, or a run from before the validation tasks
+            rows.append({"run": str(Path(tier_dir, cell["cell_dir"]).relative_to(REPO)), "algo": cell["algo"],
+                         "seed": cell["seed"], "kind": kind, "setting": grid_point_of(cell["shared_hyperparameters"]),
+                         "test": final["per_task_final_returns"],
+                         "validation": final["per_validation_task_final_returns"]})
     return rows
 
 
 def main() -> int:
     started = time.perf_counter()
     velocities = task_velocities()
-    below_training = velocities["test"] < velocities["train"].min()
+    below_training = {split: velocities[split] < velocities["train"].min() for split in ("test", "validation")}
     rows = run_rows()
     for row in rows:
         test = np.asarray(row["test"])
         row["test_mean"] = float(test.mean())
         row["validation_mean"] = float(np.mean(row["validation"]))
-        row["test_mean_within_training_range"] = float(test[~below_training].mean())
+        row["test_mean_within_training_range"] = float(test[~below_training["test"]].mean())
     report = {**provenance("python benchmarks/dev/cheetah-vel-per-task/per_task.py"),
               "velocities": {split: v.tolist() for split, v in velocities.items()},
-              "test_tasks_below_training_range": np.flatnonzero(below_training).tolist(),
+              "test_tasks_below_training_range": np.flatnonzero(below_training["test"]).tolist(),
+              "validation_tasks_below_training_range": np.flatnonzero(below_training["validation"]).tolist(),
               "runs": rows}
     report["wall_time_s"] = round(time.perf_counter() - started, 2)
     atomic_write_json(HERE / "per_task.json", report)
@@ -80,12 +87,13 @@ def render(report: dict) -> str:
         "final episode's return, 10 repeats) on each test and each validation task, tasks sorted by goal velocity. "
         "Nothing is selected on these figures; they say where the test and the validation figures part.",
         "",
-        f"**Task lists** (`RandomState(1337).uniform(0, 3)`: 30 training, then 10 test tasks; validation "
-        f"`RandomState(4242)`, 10): training velocities span {velocities['train'].min():.2f}-"
+        f"**Task lists** (`RandomState({TASK_SEED}).uniform(0, 3)`: {len(velocities['train'])} training, then "
+        f"{len(velocities['test'])} test tasks; validation `RandomState({VALIDATION_TASK_SEED})`, "
+        f"{len(velocities['validation'])}): training velocities span {velocities['train'].min():.2f}-"
         f"{velocities['train'].max():.2f}; test {', '.join(f'{v:.2f}' for v in np.sort(velocities['test']))}; "
         f"validation {', '.join(f'{v:.2f}' for v in np.sort(velocities['validation']))}. "
-        f"{len(report['test_tasks_below_training_range'])} test task(s) lie below every training velocity; no "
-        "validation task does.",
+        f"Below every training velocity lie {len(report['test_tasks_below_training_range'])} test and "
+        f"{len(report['validation_tasks_below_training_range'])} validation task(s).",
         ""]
     for split in ("test", "validation"):
         header = " | ".join(f"{v:.2f}" for v in velocities[split][order[split]])
