@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a CUDA machine: install the env wheels, run the CUDA tests, a solo speed probe, then benchmark-tier cells in parallel
-# until a deadline; everything small comes back in $OUT.
+# until the STOP_AT deadline (seconds); the logs and a tarball of the cells (no checkpoints) are written to $OUT.
 set -u
 T0=$(date +%s)
 STOP_AT=${STOP_AT:-470}
