@@ -35,7 +35,7 @@ class ProtocolConfig:
     num_evals: int
     sparse_rewards: bool = False          # the encoder's context and every reported return use the sparse reward
     use_next_obs_in_context: bool = False
-    replay_buffer_size: int = 1_000_000   # per task; arrays are lazily committed, so only what is written costs
+    replay_buffer_size: int = 1_000_000   # per task; the arrays grow as they fill, so only what is written costs
     eval_interval: int = 1                # evaluate every this many iterations (and always after the last)
     final_eval_repeats: int = 10          # low-noise evaluation of the final policy
     deterministic_exploration: bool = False  # the protocol's exploration episodes act stochastically. True acts

@@ -239,3 +239,43 @@ def test_state_dict_only_stores_filled_region_and_checks_capacity():
     assert state["obs"].shape == (2, 7, OBS)
     with pytest.raises(ValueError, match="capacity"):
         MultiTaskReplayBuffer(num_tasks=2, capacity=500, obs_dim=OBS, action_dim=ACT).load_state_dict(state)
+
+
+def test_capacity_beyond_memory_costs_only_what_is_written():
+    # 10**12 transitions per task could never be reserved; the arrays hold what was written, doubling as they fill
+    buf = MultiTaskReplayBuffer(num_tasks=2, capacity=10**12, obs_dim=OBS, action_dim=ACT)
+    buf.add_path(0, make_path(0, 5000))
+    assert 5000 <= buf.allocated < 10_000 and buf.obs.shape == (2, buf.allocated, OBS)
+    assert ids_in(buf, 0) == list(range(5000))
+
+
+def test_growing_arrays_match_preallocated_ones(monkeypatch):
+    import algos.core.buffers as buffers
+    rng = np.random.default_rng(0)
+    lengths = [(int(rng.integers(3)), int(rng.integers(1, 9))) for _ in range(40)]   # (task, path length)
+
+    def filled(initial_allocation):
+        monkeypatch.setattr(buffers, "INITIAL_ALLOCATION", initial_allocation)
+        buf, start = MultiTaskReplayBuffer(num_tasks=3, capacity=50, obs_dim=OBS, action_dim=ACT), 0
+        for task, length in lengths:          # task 0 and 1 wrap around their 50 positions
+            buf.add_path(task, make_path(start, length))
+            start += length
+        return buf
+
+    grown, preallocated = filled(2), filled(10_000)
+    assert grown.allocated == preallocated.allocated == 50
+    for name in ("obs", "actions", "rewards", "sparse_rewards", "next_obs", "terminals", "episode_starts",
+                 "sizes", "tops"):
+        np.testing.assert_array_equal(getattr(grown, name), getattr(preallocated, name), err_msg=name)
+    tasks = np.array([0, 1, 2])
+    a = sample_context(grown, tasks, 6, np.random.default_rng(1), False, True, sequential=True)
+    b = sample_context(preallocated, tasks, 6, np.random.default_rng(1), False, True, sequential=True)
+    assert torch.equal(a, b)
+
+
+def test_state_dict_restores_into_a_buffer_that_has_not_grown():
+    buf = MultiTaskReplayBuffer(num_tasks=2, capacity=10**6, obs_dim=OBS, action_dim=ACT)
+    buf.add_path(1, make_path(0, 9000))
+    restored = MultiTaskReplayBuffer(num_tasks=2, capacity=10**6, obs_dim=OBS, action_dim=ACT)
+    restored.load_state_dict(buf.state_dict())
+    assert ids_in(restored, 1) == list(range(9000)) and restored.sizes.tolist() == [0, 9000]

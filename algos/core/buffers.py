@@ -1,8 +1,8 @@
-"""Per-task replay buffers on preallocated numpy arrays, and the samplers that read them.
+"""Per-task replay buffers on numpy arrays, and the samplers that read them.
 
 One :class:`MultiTaskReplayBuffer` holds every training task's transitions in arrays shaped
-``(num_tasks, capacity, dim)``; each task is a ring buffer of its own. The RL buffer and the encoder
-buffer are two instances. Sampling is batched over tasks (no Python loop over tasks).
+``(num_tasks, allocated, dim)``; each task is a ring buffer of its own of ``capacity`` transitions. The RL buffer
+and the encoder buffer are two instances. Sampling is batched over tasks (no Python loop over tasks).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from einops import rearrange
 
 FIELDS = ("obs", "actions", "rewards", "sparse_rewards", "next_obs", "terminals", "episode_starts")
+INITIAL_ALLOCATION = 4096  # transitions per task before the first doubling
 
 
 class MultiTaskReplayBuffer:
@@ -21,21 +22,32 @@ class MultiTaskReplayBuffer:
             raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
         self.num_tasks, self.capacity = num_tasks, capacity
         self.obs_dim, self.action_dim = obs_dim, action_dim
-        # np.zeros is lazily committed by the OS: a large capacity costs memory only once written.
-        self.obs = np.zeros((num_tasks, capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros((num_tasks, capacity, action_dim), dtype=np.float32)
-        self.rewards = np.zeros((num_tasks, capacity), dtype=np.float32)
-        self.sparse_rewards = np.zeros((num_tasks, capacity), dtype=np.float32)
-        self.next_obs = np.zeros((num_tasks, capacity, obs_dim), dtype=np.float32)
-        self.terminals = np.zeros((num_tasks, capacity), dtype=np.float32)
-        self.episode_starts = np.zeros((num_tasks, capacity), dtype=bool)
         self.sizes = np.zeros(num_tasks, dtype=np.int64)
         self.tops = np.zeros(num_tasks, dtype=np.int64)  # next write position per task
+        self.allocated = 0
+        self._reserve(min(capacity, INITIAL_ALLOCATION))
+
+    def _reserve(self, length: int) -> None:
+        """Make the arrays hold at least ``length`` positions per task, doubling as they fill up to ``capacity``.
+        The references' 1M transitions per task would be tens of GiB on the many-task environments (ant-goal,
+        humanoid-dir), more than the OS lets one array reserve even untouched; a run writes a few percent of it."""
+        if length <= self.allocated:
+            return
+        allocated = min(self.capacity, max(length, 2 * self.allocated))
+        shapes = {"obs": (self.obs_dim,), "actions": (self.action_dim,), "next_obs": (self.obs_dim,)}
+        for name in FIELDS:
+            dtype = bool if name == "episode_starts" else np.float32
+            grown = np.zeros((self.num_tasks, allocated, *shapes.get(name, ())), dtype=dtype)
+            if self.allocated:
+                grown[:, : self.allocated] = getattr(self, name)
+            setattr(self, name, grown)
+        self.allocated = allocated
 
     # ------------------------------------------------------------------ writing
     def add_path(self, task: int, path: dict[str, np.ndarray]) -> None:
         """Append one trajectory (arrays with a leading time axis) to ``task``'s ring buffer."""
         length = len(path["rewards"])
+        self._reserve(min(self.capacity, int(self.tops[task]) + length))
         positions = (self.tops[task] + np.arange(length)) % self.capacity
         self.obs[task, positions] = path["obs"]
         self.actions[task, positions] = path["actions"]
@@ -99,6 +111,7 @@ class MultiTaskReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         if state["capacity"] != self.capacity:
             raise ValueError(f"checkpoint buffer capacity {state['capacity']} != configured {self.capacity}")
+        self._reserve(state["obs"].shape[1])
         for name in FIELDS:
             array = state[name]
             getattr(self, name)[:, : array.shape[1]] = array
