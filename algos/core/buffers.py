@@ -29,8 +29,8 @@ class MultiTaskReplayBuffer:
 
     def _reserve(self, length: int) -> None:
         """Make the arrays hold at least ``length`` positions per task, doubling as they fill up to ``capacity``.
-        The references' 1M transitions per task would be tens of GiB on the many-task environments (ant-goal,
-        humanoid-dir), more than the OS lets one array reserve even untouched; a run writes a few percent of it."""
+        The references' 1M transitions per task would be over 100 GiB on the many-task environments (ant-goal,
+        humanoid-dir), more than the OS lets one process reserve even untouched; a run writes a few percent of it."""
         if length <= self.allocated:
             return
         allocated = min(self.capacity, max(length, 2 * self.allocated))
