@@ -25,12 +25,13 @@ class MultiTaskReplayBuffer:
         self.sizes = np.zeros(num_tasks, dtype=np.int64)
         self.tops = np.zeros(num_tasks, dtype=np.int64)  # next write position per task
         self.allocated = 0
-        self._reserve(min(capacity, INITIAL_ALLOCATION))
+        self._reserve(INITIAL_ALLOCATION)
 
     def _reserve(self, length: int) -> None:
         """Make the arrays hold at least ``length`` positions per task, doubling as they fill up to ``capacity``.
         The references' 1M transitions per task would be over 100 GiB on the many-task environments (ant-goal,
         humanoid-dir), more than the OS lets one process reserve even untouched; a run writes a few percent of it."""
+        length = min(length, self.capacity)  # a ring that has wrapped needs no more room
         if length <= self.allocated:
             return
         allocated = min(self.capacity, max(length, 2 * self.allocated))
@@ -47,7 +48,7 @@ class MultiTaskReplayBuffer:
     def add_path(self, task: int, path: dict[str, np.ndarray]) -> None:
         """Append one trajectory (arrays with a leading time axis) to ``task``'s ring buffer."""
         length = len(path["rewards"])
-        self._reserve(min(self.capacity, int(self.tops[task]) + length))
+        self._reserve(int(self.tops[task]) + length)
         positions = (self.tops[task] + np.arange(length)) % self.capacity
         self.obs[task, positions] = path["obs"]
         self.actions[task, positions] = path["actions"]
