@@ -38,11 +38,12 @@ REPORT = HERE / "ENV_STEP_TIME.md"
 
 
 def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
     versions = {}
     for name in ("mujoco", "gymnasium", "metaworld"):
         try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
+            versions[name] = version(name)
+        except PackageNotFoundError:
             versions[name] = None
     return versions
 
