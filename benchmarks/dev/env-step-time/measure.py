@@ -92,6 +92,7 @@ def measure(env_name: str, rounds: int, steps: int, seed: int) -> dict:
         "load_average": [round(load, 2) for load in os.getloadavg()],
         "commit": git_commit(),
         "command": "python " + shlex.join(sys.argv),
+        "interpreter": sys.executable,  # the Meta-World environments run from their own virtual environment
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -118,9 +119,10 @@ def render(results: dict) -> str:
             f"{entry['cpu_us_per_step']:,} | {entry['wall_steps_per_s']:,} | {entry['build_s']} | "
             f"{entry['libraries']['mujoco'] or '—'} | {load} | {entry['machine']['cpu']} | `{entry['commit'][:7]}` | "
             f"{entry['measured_at']} |")
-    lines += ["", "Commands:", ""]
-    for command in sorted({entry["command"] for entry in results.values()}):
-        lines.append(f"- `{command}`")
+    lines += ["", "Commands (the interpreter's virtual environment, and the `mujoco` it holds):", ""]
+    runs = {(entry["command"], entry["interpreter"], entry["libraries"]["mujoco"]) for entry in results.values()}
+    for command, interpreter, mujoco in sorted(runs):
+        lines.append(f"- `{command}` with `{interpreter}` (mujoco {mujoco})")
     return "\n".join(lines) + "\n"
 
 
