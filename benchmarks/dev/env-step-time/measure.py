@@ -83,6 +83,7 @@ def measure(env_name: str, rounds: int, steps: int, seed: int) -> dict:
         "build_s": round(build_s, 2),
         "cpu_us_per_step": round(cpu_median * 1e6, 1),
         "cpu_steps_per_s": round(1.0 / cpu_median),
+        "cpu_steps_per_s_range": [round(1.0 / max(cpu_per_step)), round(1.0 / min(cpu_per_step))],
         "wall_steps_per_s": round(1.0 / statistics.median(wall_per_step)),
         "episodes_ended": episodes,
         "rounds": rounds,
@@ -102,21 +103,23 @@ def render(results: dict) -> str:
         "# Environment step time",
         "",
         "Random actions through `make_env`, one core, no agent: the simulator's own pace (see `measure.py` for the",
-        "method). *CPU steps/s* is from the thread's CPU time, which other processes on the core do not inflate; "
-        "*wall steps/s*",
-        "and the load average show how busy the machine was. Build time is the first `make_env` in a process (task",
-        "lists and models).",
+        "method). *CPU steps/s* is from the thread's CPU time, which other processes on the core do not inflate",
+        "(caches and clocks shared with them still can); *wall steps/s* and the load average show how busy the",
+        "machine was. Build time is the first `make_env` in a process (task",
+        "lists and models). Random actions end episodes early on the MuJoCo bodies with a healthy check (resets are",
+        "part of the figure), so the rounds differ; the agent's own episodes pace differently.",
         "",
-        "| environment | obs / action dims | CPU steps/s | CPU µs/step | wall steps/s | build (s) | mujoco | load average "
-        "(1, 5, 15 min) | CPU | commit | measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| environment | obs / action dims | CPU steps/s (median; slowest-fastest round) | wall steps/s | build (s) | "
+        "mujoco | load average (1, 5, 15 min) | CPU | commit | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {name: rank for rank, name in enumerate(ENV_SPECS)}
     for entry in sorted(results.values(), key=lambda e: order.get(e["env"], len(order))):
         load = ", ".join(f"{value:.2f}" for value in entry["load_average"])
+        slowest, fastest = entry["cpu_steps_per_s_range"]
         lines.append(
-            f"| {entry['env']} | {entry['obs_dim']} / {entry['action_dim']} | {entry['cpu_steps_per_s']:,} | "
-            f"{entry['cpu_us_per_step']:,} | {entry['wall_steps_per_s']:,} | {entry['build_s']} | "
+            f"| {entry['env']} | {entry['obs_dim']} / {entry['action_dim']} | {entry['cpu_steps_per_s']:,} "
+            f"({slowest:,}-{fastest:,}) | {entry['wall_steps_per_s']:,} | {entry['build_s']} | "
             f"{entry['libraries']['mujoco'] or '—'} | {load} | {entry['machine']['cpu']} | `{entry['commit'][:7]}` | "
             f"{entry['measured_at']} |")
     lines += ["", "Commands (the interpreter's virtual environment, and the `mujoco` it holds):", ""]
