@@ -65,9 +65,10 @@ def make_runner(args, cells: list[Cell], done: int, tier: str, overrides: list[s
                       progress=not args.no_progress, carry_repo=REPO_ROOT if args.carry else None)
 
 
-def run_cells(args, cells: list[Cell], done: int, tier: str, overrides: list[str], root: Path) -> Outcome | None:
-    """Claim the unfinished ``cells`` (one another runner runs is left to it) and run them; None, starting nothing,
-    when ``carry/`` holds an unrestored checkpoint of one of them."""
+def run_cells(args, cells: list[Cell], done: int, tier: str, overrides: list[str], root: Path,
+              on_start=None) -> Outcome | None:
+    """Claim the unfinished ``cells`` (one another runner runs is left to it), call ``on_start()`` if given, and run
+    them; None, starting nothing, when ``carry/`` holds an unrestored checkpoint of one of them."""
     if refuse_unrestored_carries(cells):
         return None
     planned = len(cells)
@@ -79,6 +80,8 @@ def run_cells(args, cells: list[Cell], done: int, tier: str, overrides: list[str
              if args.backend == "local" else f"Ray backend ({args.address or 'local instance'})")
     print(f"{done + len(cells) + len(held_elsewhere)} cells ({done} already finished, "
           f"{sum(c.resumable for c in cells)} to resume), {where}, tier {tier}, output {root}")
+    if on_start is not None:
+        on_start()
     return make_runner(args, cells, done, tier, overrides, root).run()
 
 
@@ -143,14 +146,19 @@ def main(argv=None) -> int:
                 done += 1
             else:
                 cells.append(cell)
-    outcome = run_cells(args, cells, done, args.tier, args.overrides, Path(args.out).resolve())
+    plan = {"envs": envs, "algos": algos, "seeds": seeds, "skipped": skipped}
+
+    def record_plan():  # the report states what is asked for while the cells run, not only once they all finish
+        render_tier(tier_dir, args.tier, merged_plan(previous_plan(tier_dir), plan), command, notes)
+
+    outcome = run_cells(args, cells, done, args.tier, args.overrides, Path(args.out).resolve(), on_start=record_plan)
     if outcome is None:
         return 2
     if outcome.interrupted:
         print(f"stopped; finished cells are kept. Rerun to continue, or render what is done with "
               f"`python -m experiments.benchmark --tier {args.tier} --out {args.out} --render-only`.")
         return 130
-    plan = merged_plan(previous_plan(tier_dir), {"envs": envs, "algos": algos, "seeds": seeds, "skipped": skipped})
+    plan = merged_plan(previous_plan(tier_dir), plan)
     notes += [f"cell {cell.label} failed ({reason}); see {cell.run_dir / 'stderr.log'}"
               for cell, reason in outcome.failed]
     markdown = render_tier(tier_dir, args.tier, plan, command, notes)

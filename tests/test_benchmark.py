@@ -107,6 +107,8 @@ def test_killed_runner_resumes_without_rerunning_finished_cells(tmp_path, capsys
     assert not processes_mentioning(str(sac_dir)), "a cell process outlived the killed runner"
     assert not (sac_dir / "stale.txt").exists()
     assert not (sac_dir / "results.json").exists() and (sac_dir / "checkpoint.pt").exists()
+    # the report said what the runner was asked for from its start, though it never finished
+    assert json.loads((tmp_path / "smoke" / "results.json").read_text())["plan"]["algos"] == ["oracle", "sac-no-context"]
     oracle_mtime = (oracle_dir / "results.json").stat().st_mtime_ns
 
     assert benchmark.main(["--no-progress", *args]) == 0  # the rerun, in-process
