@@ -1,4 +1,4 @@
-"""Where every run stands: its state, iterations done, the latest return and seconds per iteration.
+"""Where every run stands: its state, iterations done, the latest return, seconds per iteration and time left.
 
     python -m experiments.status                          # runs under benchmarks/ and runs/ that can continue
     python -m experiments.status benchmarks/quick runs/point-robot
@@ -12,7 +12,8 @@ States: ``running``; ``resumable`` (stopped with a checkpoint: the runner or ``-
 ``carried`` (its checkpoint is only in ``carry/``: ``python -m experiments.carry restore`` makes it resumable);
 ``finished`` (``results.json``); ``no checkpoint`` (not resumable here, e.g. a fresh clone of committed metrics: a
 runner starts it afresh). The last two are listed with ``--all``. *s/iteration* is the median of the last three
-iterations' durations.
+iterations' durations; *min left* is the iterations still to run at that pace (the final low-noise evaluation comes
+on top, and a pace measured while the machine was busier or idler than it will be misleads alike).
 """
 from __future__ import annotations
 
@@ -79,11 +80,13 @@ def run_status(run_dir: Path, running: set[Path]) -> dict:
         state = "resumable"
     else:
         state = "carried" if carried_checkpoint(run_dir) is not None else "no checkpoint"
+    planned = int(config["protocol"]["num_iterations"])
+    pace = statistics.median(recent) if recent else None
     return {"run_dir": str(run_dir), "env": config.get("env"), "algo": config.get("algo"),
             "tier": config.get("tier"), "seed": config.get("seed"), "state": state, "iterations_done": len(rows),
-            "iterations_planned": int(config["protocol"]["num_iterations"]),
-            "meta_test_return": rows[-1].get("meta_test_return") if rows else None,
-            "seconds_per_iteration": statistics.median(recent) if recent else None}
+            "iterations_planned": planned, "meta_test_return": rows[-1].get("meta_test_return") if rows else None,
+            "seconds_per_iteration": pace,
+            "minutes_left": None if pace is None or state == "finished" else max(planned - len(rows), 0) * pace / 60}
 
 
 def main(argv=None) -> int:
@@ -104,8 +107,9 @@ def main(argv=None) -> int:
         print(json.dumps(statuses, indent=1))
         return 0
     rows = [[display_path(Path(s["run_dir"])), s["state"], f"{s['iterations_done']}/{s['iterations_planned']}",
-             fmt(s["meta_test_return"]), fmt(s["seconds_per_iteration"], 0)] for s in statuses]
-    print(table(["run", "state", "iterations", "latest meta_test_return", "s/iteration"], rows) if rows
+             fmt(s["meta_test_return"]), fmt(s["seconds_per_iteration"], 0), fmt(s["minutes_left"], 0)]
+            for s in statuses]
+    print(table(["run", "state", "iterations", "latest meta_test_return", "s/iteration", "min left"], rows) if rows
           else "no running, resumable or carried runs (--all lists every run)")
     if any(s["state"] == "carried" for s in statuses):
         print("carried runs have their checkpoints in carry/ only: `python -m experiments.carry restore` first")

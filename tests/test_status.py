@@ -24,6 +24,7 @@ def test_state_and_pace(tmp_path):
     assert report["state"] == "running" and report["iterations_done"] == 4 and report["iterations_planned"] == 20
     assert report["meta_test_return"] == -97.0
     assert report["seconds_per_iteration"] == 110.0
+    assert report["minutes_left"] == 16 * 110.0 / 60  # 16 iterations still to run at that pace
 
     stopped = make_run(tmp_path / "b", [300.0])
     assert status.run_status(stopped, set())["state"] == "no checkpoint"
@@ -32,6 +33,7 @@ def test_state_and_pace(tmp_path):
     assert status.run_status(stopped, set())["state"] == "resumable"
     (stopped / "results.json").write_text("{}")
     assert status.run_status(stopped, set())["state"] == "finished"
+    assert status.run_status(stopped, set())["minutes_left"] is None
 
 
 def test_running_runs_are_found_from_process_command_lines(tmp_path):
