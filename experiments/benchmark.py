@@ -21,7 +21,7 @@ from algos import ALGORITHMS
 from algos.core.config import SEEDS, TIERS
 from algos.core.io import REPO_ROOT
 from envs_glue import DEFAULT_ENVS
-from experiments.engine import (Cell, CellRunner, Outcome, available_cpus, cell_dir, check_available, claim_cells,
+from experiments.engine import (Cell, CellRunner, Outcome, available_cpus, cell_dir, check_available,
                                 config_mismatch, merged_plan, previous_plan, refuse_unrestored_carries,
                                 threads_per_cell, unsupported_combinations)
 from experiments.report import env_argument
@@ -67,19 +67,15 @@ def make_runner(args, cells: list[Cell], done: int, tier: str, overrides: list[s
 
 def run_cells(args, cells: list[Cell], done: int, tier: str, overrides: list[str], root: Path,
               on_start=None) -> Outcome | None:
-    """Claim the unfinished ``cells`` (one another runner runs is left to it), call ``on_start()`` if given, and run
-    them; None, starting nothing, when ``carry/`` holds an unrestored checkpoint of one of them."""
+    """Run the unfinished ``cells``, each claimed as it starts (one another runner has started or finished by then
+    is left to it), after calling ``on_start()`` if given; None, starting nothing, when ``carry/`` holds an
+    unrestored checkpoint of one of them."""
     if refuse_unrestored_carries(cells):
         return None
-    planned = len(cells)
-    cells, held_elsewhere, locks = claim_cells(cells)  # the claims hold while `locks` stays open, i.e. until return
-    done += planned - len(cells) - len(held_elsewhere)  # finished by another runner meanwhile
-    for cell in held_elsewhere:
-        print(f"note: {cell.label} is being run by another runner; left to it")
     where = (f"{args.workers} worker(s) × {threads_per_cell(args.workers, overrides)} thread(s)"
              if args.backend == "local" else f"Ray backend ({args.address or 'local instance'})")
-    print(f"{done + len(cells) + len(held_elsewhere)} cells ({done} already finished, "
-          f"{sum(c.resumable for c in cells)} to resume), {where}, tier {tier}, output {root}")
+    print(f"{done + len(cells)} cells ({done} already finished, {sum(c.resumable for c in cells)} to resume), "
+          f"{where}, tier {tier}, output {root}")
     if on_start is not None:
         on_start()
     return make_runner(args, cells, done, tier, overrides, root).run()

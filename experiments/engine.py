@@ -1,6 +1,7 @@
 """The cell engine. A cell is one (environment, method, seed) run: ``experiments.run`` in a subprocess of its own,
 writing into its own folder. It is finished when that folder holds ``results.json`` and resumable while it holds
-``checkpoint.pt``; a per-cell lock lets several runners share a tier folder. :class:`CellRunner` runs cells here,
+``checkpoint.pt``; a per-cell lock, taken as the cell starts, lets several runners share a tier folder and its
+cells. :class:`CellRunner` runs cells here,
 ``workers`` at a time; ``experiments.ray_backend`` runs the same cells on a Ray cluster.
 """
 from __future__ import annotations
@@ -155,17 +156,21 @@ class RunningCell:
     stderr: IO[bytes] | None = None
     started: float = field(default_factory=time.monotonic)
     carried_checkpoint_ns: int = 0  # the mtime of the checkpoint last copied to carry/
+    claim: IO[str] | None = None  # the cell's runner lock (``claim_cell``), released when it stops
 
 
 @dataclass
 class Outcome:
     finished: list[Cell] = field(default_factory=list)
     failed: list[tuple[Cell, str]] = field(default_factory=list)
+    left_to_others: list[Cell] = field(default_factory=list)  # started or finished by another runner meanwhile
     interrupted: bool = False
 
 
 class CellRunner:
-    """Runs cells as subprocesses, ``workers`` at a time; an interrupt stops them (losing the iteration in progress)."""
+    """Runs cells as subprocesses, ``workers`` at a time; an interrupt stops them (losing the iteration in progress).
+    Each cell is claimed as it starts, so a cell that another runner started (or finished) meanwhile is left to it:
+    runners given overlapping lists share the cells between them."""
     where = ""  # how a started cell is announced
 
     def __init__(self, cells: list[Cell], already_done: int, workers: int, tier: str, overrides: list[str],
@@ -225,13 +230,29 @@ class CellRunner:
             while self.queue or self.running:
                 while self.queue and len(self.running) < self.workers:
                     cell = self.queue.popleft()
+                    claim = claim_cell(cell)
+                    if claim is None or cell.finished:  # whether it finished is read again under the claim
+                        if claim is not None:
+                            claim.close()
+                        bar.write(f"note: {cell.label} is {'finished' if claim else 'being run'} by another runner; "
+                                  f"left to it")
+                        outcome.left_to_others.append(cell)
+                        bar.update(1)
+                        continue
                     bar.write(f"{'resuming' if cell.resumable else 'starting'} {cell.label}{self.where}")
-                    self.running.append(self.start(cell))
+                    try:
+                        running = self.start(cell)
+                    except BaseException:
+                        claim.close()
+                        raise
+                    running.claim = claim
+                    self.running.append(running)
                 for running in list(self.running):
                     code = self.poll(running, bar)
                     if code is not None:
                         self.running.remove(running)
                         self._finish(running, code, outcome, bar)
+                        running.claim.close()
                         bar.update(1)
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
@@ -241,7 +262,10 @@ class CellRunner:
         finally:
             for sig in previous:  # a second Ctrl-C must not cut the cleanup short
                 signal.signal(sig, signal.SIG_IGN)
+            claims = [running.claim for running in self.running]
             self.stop_all()
+            for claim in claims:
+                claim.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             bar.close()
@@ -348,19 +372,3 @@ def claim_cell(cell: Cell) -> IO[str] | None:
         lock.close()
         return None
     return lock
-
-
-def claim_cells(cells: list[Cell]) -> tuple[list[Cell], list[Cell], list[IO[str]]]:
-    """``(claimed, held_elsewhere, locks)``; keep ``locks`` open while the runner runs. A cell another runner
-    finished meanwhile is neither (whether it finished is read again under the claim)."""
-    claimed, held_elsewhere, locks = [], [], []
-    for cell in cells:
-        lock = claim_cell(cell)
-        if lock is None:
-            held_elsewhere.append(cell)
-        elif cell.finished:
-            lock.close()
-        else:
-            claimed.append(cell)
-            locks.append(lock)
-    return claimed, held_elsewhere, locks

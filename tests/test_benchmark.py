@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from experiments import benchmark
-from experiments.engine import Cell, claim_cell, claim_cells, merged_plan
+from experiments.engine import Cell, claim_cell, merged_plan
 from experiments.results_table import REFERENCE_LABEL, cell_record, render_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -156,21 +156,43 @@ def test_failed_cell_is_reported_and_the_others_still_run(tmp_path, capsys):
 
 
 def test_claims_are_per_cell_and_released_with_their_file(tmp_path):
-    running = Cell("point-robot", "oracle", 42, cell_path(tmp_path, "oracle"))
-    finished = Cell("point-robot", "sac-no-context", 42, cell_path(tmp_path, "sac-no-context"))
-    finished.run_dir.mkdir(parents=True)
-    (finished.run_dir / "results.json").write_text("{}")
-    other_runner = claim_cell(running)
+    cell = Cell("point-robot", "oracle", 42, cell_path(tmp_path, "oracle"))
+    other_runner = claim_cell(cell)
     assert other_runner is not None
-    assert not running.run_dir.exists(), "the claim lives beside the run folder, which a fresh start deletes"
-    claimed, held_elsewhere, locks = claim_cells([running, finished])
-    assert claimed == [] and held_elsewhere == [running] and locks == []  # a finished cell is neither
+    assert not cell.run_dir.exists(), "the claim lives beside the run folder, which a fresh start deletes"
+    assert claim_cell(cell) is None  # held by the other runner
     other_runner.close()  # the other runner exits (or is killed): its claims go with it
-    claimed, held_elsewhere, locks = claim_cells([running])
-    assert claimed == [running] and held_elsewhere == [] and len(locks) == 1
-    assert claim_cell(running) is None  # held now by this "runner"
-    for lock in locks:
-        lock.close()
+    this_runner = claim_cell(cell)
+    assert this_runner is not None
+    this_runner.close()
+
+
+def test_a_runner_claims_each_cell_as_it_starts_it(tmp_path):
+    # one worker, two cells: while the first runs, the second is unclaimed, so another runner can take it
+    args = ["--tier", "smoke", "--envs", "point-robot", "--algos", "sac-no-context", "oracle", "--seeds", "42",
+            "--workers", "1", "--out", str(tmp_path), "--set", "num_iterations=2"]
+    first, second = (Cell("point-robot", algo, 42, cell_path(tmp_path, algo)) for algo in ("sac-no-context", "oracle"))
+    runner = subprocess.Popen([sys.executable, "-m", "experiments.benchmark", "--no-progress", *args], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    other_runner = None
+    deadline = time.monotonic() + 180  # a liveness guard, not a speed target
+    try:
+        while not (first.run_dir / "config.json").exists():
+            assert runner.poll() is None, runner.stdout.read()
+            assert time.monotonic() < deadline, "the first cell did not start in time"
+            time.sleep(0.05)
+        assert claim_cell(first) is None, "the running cell is not claimed"
+        other_runner = claim_cell(second)
+        assert other_runner is not None, "a cell the runner has not started yet is claimed already"
+        output, _ = runner.communicate(timeout=180)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        if other_runner is not None:
+            other_runner.close()
+    assert runner.returncode == 0, output
+    assert (first.run_dir / "results.json").exists() and not second.run_dir.exists()
+    assert "point-robot/oracle/42 is being run by another runner; left to it" in output
 
 
 def test_two_runners_share_a_tier_folder_and_the_table_keeps_both_plans(tmp_path, capsys):
