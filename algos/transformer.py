@@ -9,14 +9,15 @@ A token is one transition ``(obs, action, reward, next_obs, opens_episode)``, th
 tasks (what the agent sees at meta-test time). The belief before the first transition is a learned vector.
 
 Training, per gradient step: ``meta_batch`` tasks, and for each ``ceil(batch_size / L)`` windows of ``L``
-consecutive replayed transitions starting at an episode start (``sample_rl_sequences``), ``L`` being one
-meta-test trial (``num_exp_traj_eval`` + scored episodes x episode length: 60, 400 and 600 steps on point-robot,
-sparse-point-robot and cheetah-vel). The transformer reads every window causally in one pass, giving at each
+consecutive replayed transitions starting at an episode start (``sample_rl_sequences``), ``L`` being the
+longest meta-test trial (``longest_trial``: 60, 400 and 600 steps on point-robot, sparse-point-robot and
+cheetah-vel, whose episodes run their full length; ``num_steps_per_eval + 199`` where a 200-step episode can end
+early). The transformer reads every window causally in one pass, giving at each
 step ``t`` the belief before it ``z_t`` and after it ``z_{t+1}``; ``batch_size`` of each task's steps, drawn
 uniformly, form the SAC batch (the same ``meta_batch x batch_size`` samples as every other method), with
 ``Q(o_t, a_t, z_t)`` regressing ``r_t + gamma V_target(o_{t+1}, z_{t+1})``. The shared SAC update trains the
 transformer through the Q loss only (``z`` is detached in the V and policy losses), as it trains every other
-method's encoder. Collection acts in context too: trials of a meta-test trial's length, context cleared before
+method's encoder. Collection acts in context too: trials as a meta-test trial runs them, context cleared before
 each, over the protocol's prior, posterior and extra-RL steps (``collect_data``).
 
 Taken from the published recipes (``docs/DESIGN.md#the-in-context-transformer``): from AMAGO (Grigsby et al.,
@@ -160,8 +161,7 @@ class InContextTransformer(MetaSACAlgorithm):
                 + sac_architecture(agent))
 
     def make_agent(self) -> InContextAgent:
-        context_length = self.trial_episodes * self.max_path_length  # one meta-test trial
-        return InContextAgent(self.obs_dim, self.action_dim, self.config, context_length)
+        return InContextAgent(self.obs_dim, self.action_dim, self.config, self.trial_length)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         p, c = self.protocol, self.config

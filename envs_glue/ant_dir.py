@@ -21,6 +21,7 @@ class AntDirEnv(MetaEnv, AntEnv):
     obs = ``qpos[2:]`` (13), ``qvel`` (14): no contact forces, as PEARL's ant."""
 
     max_episode_steps = 200
+    episodes_end_early = True
     num_train_tasks = 2
     num_test_tasks = 2
 

@@ -24,6 +24,9 @@ class MetaEnv(gym.Env):
     """
 
     max_episode_steps: int
+    # ``step`` can end an episode before ``max_episode_steps`` (a body that falls): a meta-test trial then runs more
+    # episodes (``docs/PROTOCOL.md#meta-test-evaluation``) and holds up to ``max_episode_steps - 1`` more transitions
+    episodes_end_early: bool = False
     num_train_tasks: int
     num_test_tasks: int
     num_validation_tasks: int = NUM_VALIDATION_TASKS

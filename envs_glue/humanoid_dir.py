@@ -25,6 +25,7 @@ class HumanoidDirEnv(MetaEnv, HumanoidEnv):
     ends when the torso leaves ``1 < z < 2``. obs: humanoid-v5's (348)."""
 
     max_episode_steps = 200
+    episodes_end_early = True
     num_train_tasks = 100
     num_test_tasks = 30
 

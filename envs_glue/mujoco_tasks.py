@@ -83,6 +83,7 @@ class RandomisedPhysicsEnv(MetaEnv):
     """
 
     max_episode_steps = 200
+    episodes_end_early = True
     num_train_tasks = 40
     num_test_tasks = 10
     HEALTHY_REWARD = 1.0

@@ -91,9 +91,10 @@ def _last_attention(agent: MetaAgent, num_tokens: int) -> np.ndarray | None:
     return weights[0].detach().float().cpu().numpy().copy()
 
 
-def record_episodes(trainer: Trainer, task_id: int, num_episodes: int | None = None,
+def record_episodes(trainer: Trainer, task_id: int, num_steps: int | None = None,
                     num_exploration: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """The meta-test protocol (``meta_test_episodes``, the run's episode counts by default) on one task, once,
+    """The meta-test protocol (``meta_test_episodes``: episodes until the trial holds ``num_steps`` transitions,
+    the run's ``num_steps_per_eval`` by default) on one task, once,
     keeping everything. Per episode ``e`` of length ``T``: ``obs[e]`` and ``next_obs[e]`` ``(T, obs_dim)``,
     ``actions[e]``, ``rewards[e]`` ``(T,)`` (what the agent saw and is scored on), ``dense_rewards[e]``,
     ``exploring[e]``, ``adapted[e]``, ``attention[e]`` (pooling weights after that ``adapt()``, ``(heads, seeds,
@@ -102,14 +103,15 @@ def record_episodes(trainer: Trainer, task_id: int, num_episodes: int | None = N
     p = trainer.config.protocol
     meta_env = trainer.env.unwrapped
     max_path_length = meta_env.max_episode_steps
-    num_episodes = num_eval_episodes(p.num_steps_per_eval, max_path_length) if num_episodes is None else num_episodes
+    num_steps = p.num_steps_per_eval if num_steps is None else num_steps
     num_exploration = p.num_exp_traj_eval if num_exploration is None else num_exploration
-    if not 0 <= num_exploration <= num_episodes:
-        raise ValueError(f"num_exploration={num_exploration} must lie in [0, num_episodes={num_episodes}]")
+    if not 0 <= num_exploration <= num_eval_episodes(num_steps, max_path_length):
+        raise ValueError(f"num_exploration={num_exploration} must lie in [0, "
+                         f"{num_eval_episodes(num_steps, max_path_length)}], the episodes of {num_steps} steps")
     agent, episodes = trainer.algorithm.agent, []
     with trainer.isolated_randomness(seed), torch.no_grad():
         meta_env.reset_task(task_id)
-        for episode in meta_test_episodes(trainer.env, agent, num_episodes, num_exploration, max_path_length,
+        for episode in meta_test_episodes(trainer.env, agent, num_steps, num_exploration, max_path_length,
                                           p.sparse_rewards, p.deterministic_exploration):
             episodes.append({"obs": episode.path["obs"], "next_obs": episode.path["next_obs"],
                              "actions": episode.path["actions"], "rewards": episode.scored_rewards,

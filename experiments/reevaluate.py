@@ -195,7 +195,8 @@ def render_markdown(report: dict) -> str:
             done = {seed: e for seed in seeds if (e := cells.get(str(seed), {}).get(name))}
             diffs = [e["meta_test_return"] - baseline[s] for s, e in done.items() if baseline.get(s) is not None]
             shares = [e["fallback_share"] for e in done.values() if "fallback_share" in e]
-            online = np.mean([e["online_returns"] for e in done.values()], axis=0) if done else []
+            shortest = min((len(e["online_returns"]) for e in done.values()), default=0)  # where trials differ
+            online = np.mean([e["online_returns"][:shortest] for e in done.values()], axis=0) if done else []
             rows.append([name, format_mean_std([e["meta_test_return"] for e in done.values()], len(seeds)),
                          DASH if name == "as-trained" else format_delta(diffs),
                          DASH if name == "as-trained" else format_paired_test(diffs),

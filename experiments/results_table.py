@@ -225,8 +225,10 @@ def _env_section(env: str, algos: list[str], seeds: list[int], grouped, curve_fi
         per_seed = " · ".join(
             f"{s}: {fmt(by_seed[s].get('meta_test_return')) if s in by_seed else DASH}" for s in seeds)
         online = [c["online_returns"] for c in done if c.get("online_returns")]
-        if online and len({len(o) for o in online}) == 1:
-            online_text = " / ".join(fmt(v, 1) for v in np.mean(np.asarray(online, dtype=np.float64), axis=0))
+        if online:  # the episodes every seed's trials ran (more run where episodes end early)
+            shortest = min(map(len, online))
+            online_text = " / ".join(fmt(v, 1) for v in np.mean([o[:shortest] for o in online], axis=0,
+                                                                 dtype=np.float64))
         else:
             online_text = DASH
         params = join_unique((c.get("parameter_count") for c in done), render=lambda v: f"{v:,}")

@@ -251,7 +251,7 @@ def test_meta_test_episodes_explore_then_adapt_after_each_later_episode():
     env = make_env("point-robot", seed=0)
     agent = RecordingAgent(2, 2, env=env)
     env.unwrapped.reset_task(40)
-    episodes = list(meta_test_episodes(env, agent, num_episodes=4, num_exp_traj_eval=2, max_path_length=20,
+    episodes = list(meta_test_episodes(env, agent, num_steps=80, num_exp_traj_eval=2, max_path_length=20,
                                        sparse_rewards=False))
     assert [e.exploring for e in episodes] == [True, True, False, False]
     assert [e.adapted for e in episodes] == [False, True, True, True]

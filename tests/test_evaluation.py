@@ -2,14 +2,70 @@
 (docs/PROTOCOL.md#known-optima-and-limits)."""
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
-from algos.core.evaluation import evaluate
+from algos.core.buffers import MultiTaskReplayBuffer
+from algos.core.evaluation import evaluate, meta_test_episodes
+from algos.core.sampler import collect_data, longest_trial
 from algos.oracle import OracleAgent, OracleConfig
 from algos.core.config import ConfigError
 from envs_glue import make_env
 from tests.conftest import RecordingAgent, make_trainer, record_trial_tasks
+
+
+class EndsEarly(gym.Wrapper):
+    """point-robot whose episodes end after ``lengths[task]`` steps (a body that falls, in a MuJoCo locomotion task)."""
+
+    def __init__(self, env, lengths: dict[int, int]):
+        super().__init__(env)
+        self.lengths, self.steps = lengths, 0
+
+    def reset(self, **kwargs):
+        self.steps = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        return obs, reward, terminated or self.steps >= self.lengths.get(self.env.unwrapped.task_idx, 10**9), \
+            truncated, info
+
+
+def test_a_trial_runs_whole_episodes_until_it_holds_the_steps_per_eval():
+    # PEARL's collect_paths: episodes of 7 steps, 60 steps per trial -> 9 episodes (63 transitions), the last scored
+    env = EndsEarly(make_env("point-robot", seed=0), {41: 7})
+    agent = RecordingAgent(2, 2, policy="random")
+    env.unwrapped.reset_task(41)
+    episodes = list(meta_test_episodes(env, agent, num_steps=60, num_exp_traj_eval=2, max_path_length=20,
+                                       sparse_rewards=False))
+    assert [len(e.scored_rewards) for e in episodes] == [7] * 9
+    assert [e.exploring for e in episodes] == [True, True] + [False] * 7
+    assert [e.adapted for e in episodes] == [False] + [True] * 8
+    assert agent.context.shape[1] == 63 <= longest_trial(60, 20, episodes_end_early=True)
+
+    # trials of unequal length: task 41's has 9 episodes, task 47's runs full-length ones, 3
+    result = evaluate(env, agent, [41, 47], 60, 2, num_repeats=2, max_path_length=20, sparse_rewards=False)
+    assert result.episode_returns.shape == (2, 2, 9)
+    assert np.isnan(result.episode_returns[1, :, 3:]).all() and not np.isnan(result.episode_returns[0]).any()
+    assert result.env_steps == 2 * 63 + 2 * 60
+    last = [result.episode_returns[0, :, 8], result.episode_returns[1, :, 2]]  # each trial's own last episode
+    assert result.per_task_final_returns == pytest.approx([float(np.mean(r)) for r in last])
+    assert result.online_returns == pytest.approx(result.episode_returns[:, :, :3].mean(axis=(0, 1)).tolist())
+
+
+def test_an_in_context_agent_collects_in_trials_of_the_steps_per_eval():
+    env = EndsEarly(make_env("point-robot", seed=0), {3: 7})
+    agent = RecordingAgent(2, 2, policy="random")
+    buffers = [MultiTaskReplayBuffer(5, 1000, 2, 2) for _ in range(2)]
+    collected = collect_data(env, agent, 3, 130, 20, *buffers, update_posterior=False, add_to_enc_buffer=False,
+                             sample_task_context=None, trial_steps=60)
+    assert collected == 133  # 19 episodes of 7
+    # the context is cleared after the 9th episode (63 transitions), as a meta-test trial ends
+    clears = [i for i, event in enumerate(agent.events) if event == ("clear",)]
+    updates_before_second_clear = sum(event[0] == "update" for event in agent.events[clears[0]:clears[1]])
+    assert len(clears) == 3 and updates_before_second_clear == 63
 
 
 def split_episodes(events: list[tuple], episode_length: int):

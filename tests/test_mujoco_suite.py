@@ -247,6 +247,24 @@ def test_spaces_and_time_limit(name, obs_dim, act_dim, dt):
     assert env.spec.max_episode_steps == ENV_SPECS[name].max_episode_steps == 200
 
 
+@pytest.mark.parametrize("name, ends_early", [
+    ("point-robot", False), ("sparse-point-robot", False), ("cheetah-vel", False), ("cheetah-dir", False),
+    ("ant-goal", False), ("ant-dir", True), ("humanoid-dir", True), ("walker-rand-params", True),
+    ("hopper-rand-params", True)])
+def test_environments_say_whether_their_episodes_end_early(name, ends_early):
+    """The flag decides how long a meta-test trial can be (an in-context agent's context length): an environment
+    that says no never ends an episode early, under random actions here."""
+    env = make_env(name, seed=0)
+    assert env.unwrapped.episodes_end_early is ends_early
+    if not ends_early:
+        env.reset()
+        for _ in range(400):
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            assert not terminated
+            if truncated:
+                env.reset()
+
+
 @pytest.mark.parametrize("name", SUITE)
 def test_gymnasium_env_checker_passes(name):
     """(The three environments of the reference benchmark are checked in test_envs.py.)"""

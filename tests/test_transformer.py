@@ -94,7 +94,7 @@ def test_the_belief_acted_on_is_the_belief_trained_on(trainer):
     collected = collect_data(algorithm.env, agent, task, 2 * trial, algorithm.max_path_length, algorithm.rl_buffer,
                              algorithm.enc_buffer, update_posterior=True, add_to_enc_buffer=True,
                              sample_task_context=algorithm.sample_task_context,
-                             trial_episodes=algorithm.trial_episodes)
+                             trial_steps=algorithm.protocol.num_steps_per_eval)
     assert collected == 2 * trial and len(acted) == 2 * trial
     # the context was cleared after the first trial and never grew past one
     assert [context.shape[1] for context, _ in acted] == [*range(1, trial + 1)] * 2

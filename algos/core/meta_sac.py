@@ -29,7 +29,7 @@ from algos.core.agent import MetaAgent
 from algos.core.algorithm import Algorithm
 from algos.core.buffers import MultiTaskReplayBuffer, RLBatch, sample_context, sample_rl_batch
 from algos.core.config import ConfigError, ProtocolConfig
-from algos.core.sampler import collect_data, num_eval_episodes
+from algos.core.sampler import collect_data, longest_trial
 from models.mlp import NETWORK_INITS, build_qf, build_vf, count_parameters, rlkit_init_
 
 
@@ -135,7 +135,9 @@ class MetaSACAlgorithm(Algorithm):
         self.obs_dim = env.observation_space.shape[0]
         self.action_dim = env.action_space.shape[0]
         self.max_path_length = meta_env.max_episode_steps
-        self.trial_episodes = num_eval_episodes(protocol.num_steps_per_eval, self.max_path_length)  # per meta-test trial
+        # the most transitions one meta-test trial holds (an in-context agent's context length)
+        self.trial_length = longest_trial(protocol.num_steps_per_eval, self.max_path_length,
+                                          meta_env.episodes_end_early)
         self.train_tasks = np.asarray(meta_env.train_task_ids)
         buffer_args = (len(self.train_tasks), protocol.replay_buffer_size, self.obs_dim, self.action_dim)
         self.rl_buffer = MultiTaskReplayBuffer(*buffer_args)
@@ -224,7 +226,7 @@ class MetaSACAlgorithm(Algorithm):
         started = time.perf_counter()
         steps = collect_data(self.env, self.agent, task, num_samples, self.max_path_length, self.rl_buffer,
                              self.enc_buffer, update_posterior, add_to_enc_buffer, self.sample_task_context,
-                             trial_episodes=self.trial_episodes if self.acts_in_context else 0,
+                             trial_steps=self.protocol.num_steps_per_eval if self.acts_in_context else 0,
                              context_uses_sparse_reward=self.protocol.sparse_rewards)
         self.env_steps += steps
         self.timings["collection_s"] += time.perf_counter() - started

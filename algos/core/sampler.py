@@ -48,31 +48,42 @@ def rollout(env: gym.Env, agent: MetaAgent, max_path_length: int, deterministic:
 def collect_data(env: gym.Env, agent: MetaAgent, task: int, num_samples: int, max_path_length: int,
                  rl_buffer: MultiTaskReplayBuffer, enc_buffer: MultiTaskReplayBuffer,
                  update_posterior: bool, add_to_enc_buffer: bool, sample_task_context,
-                 trial_episodes: int = 0, context_uses_sparse_reward: bool = False) -> int:
+                 trial_steps: int = 0, context_uses_sparse_reward: bool = False) -> int:
     """Collect ``num_samples`` transitions in ``task`` (whole episodes; the last one may run past the budget's
     end by less than an episode, as in the reference). The belief starts at the prior; with
     ``update_posterior`` it is re-inferred after every episode from ``sample_task_context(task)`` (the encoder
-    buffer). An agent that acts in context (``trial_episodes > 0``) instead reads its own transitions as they
-    happen, in trials of ``trial_episodes`` episodes (a meta-test trial's length), its context cleared before
-    each: it never re-infers from the encoder buffer. Returns the number of transitions collected."""
+    buffer). An agent that acts in context (``trial_steps > 0``) instead reads its own transitions as they
+    happen, in trials as a meta-test trial runs them (whole episodes until the trial holds ``trial_steps``
+    transitions), its context cleared before each: it never re-infers from the encoder buffer. Returns the number
+    of transitions collected."""
     env.unwrapped.reset_task(task)
     agent.clear_context()
-    collected = episodes = 0
+    collected = in_trial = 0
     while collected < num_samples:
-        if trial_episodes and episodes and episodes % trial_episodes == 0:
+        if trial_steps and in_trial >= trial_steps:
             agent.clear_context()
-        path = rollout(env, agent, max_path_length, accum_context=trial_episodes > 0,
+            in_trial = 0
+        path = rollout(env, agent, max_path_length, accum_context=trial_steps > 0,
                        context_uses_sparse_reward=context_uses_sparse_reward)
         collected += len(path["rewards"])
-        episodes += 1
+        in_trial += len(path["rewards"])
         rl_buffer.add_path(task, path)
         if add_to_enc_buffer:
             enc_buffer.add_path(task, path)
-        if update_posterior and not trial_episodes:
+        if update_posterior and not trial_steps:
             with torch.no_grad():
                 agent.infer_posterior(sample_task_context(task))
     return collected
 
 
 def num_eval_episodes(num_steps_per_eval: int, max_path_length: int) -> int:
+    """The episodes of a meta-test trial where every episode runs its full length (more where episodes end early)."""
     return max(1, math.ceil(num_steps_per_eval / max_path_length))
+
+
+def longest_trial(num_steps_per_eval: int, max_path_length: int, episodes_end_early: bool) -> int:
+    """The most transitions a meta-test trial can hold: whole episodes run until it holds ``num_steps_per_eval``,
+    so the last one can start one step short of that and run its full length where episodes can end early."""
+    if episodes_end_early:
+        return num_steps_per_eval - 1 + max_path_length
+    return num_eval_episodes(num_steps_per_eval, max_path_length) * max_path_length
