@@ -76,9 +76,10 @@ def run_cells(args, cells: list[Cell], done: int, tier: str, overrides: list[str
              if args.backend == "local" else f"Ray backend ({args.address or 'local instance'})")
     print(f"{done + len(cells)} cells ({done} already finished, {sum(c.resumable for c in cells)} to resume), "
           f"{where}, tier {tier}, output {root}")
+    runner = make_runner(args, cells, done, tier, overrides, root)  # a bad Ray address fails here, before on_start
     if on_start is not None:
         on_start()
-    return make_runner(args, cells, done, tier, overrides, root).run()
+    return runner.run()
 
 
 # ---------------------------------------------------------------------- the benchmark

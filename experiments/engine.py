@@ -251,8 +251,10 @@ class CellRunner:
                     code = self.poll(running, bar)
                     if code is not None:
                         self.running.remove(running)
-                        self._finish(running, code, outcome, bar)
-                        running.claim.close()
+                        try:
+                            self._finish(running, code, outcome, bar)
+                        finally:
+                            running.claim.close()
                         bar.update(1)
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:

@@ -86,7 +86,9 @@ def run_status(run_dir: Path, running: set[Path]) -> dict:
             "tier": config.get("tier"), "seed": config.get("seed"), "state": state, "iterations_done": len(rows),
             "iterations_planned": planned, "meta_test_return": rows[-1].get("meta_test_return") if rows else None,
             "seconds_per_iteration": pace,
-            "minutes_left": None if pace is None or state == "finished" else max(planned - len(rows), 0) * pace / 60}
+            # a run without a checkpoint starts afresh
+            "minutes_left": None if pace is None or state == "finished"
+            else (planned if state == "no checkpoint" else max(planned - len(rows), 0)) * pace / 60}
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ def test_state_and_pace(tmp_path):
     stopped = make_run(tmp_path / "b", [300.0])
     assert status.run_status(stopped, set())["state"] == "no checkpoint"
     assert status.run_status(stopped, set())["seconds_per_iteration"] == 300.0
+    assert status.run_status(stopped, set())["minutes_left"] == 20 * 300.0 / 60  # no checkpoint: starts afresh
     (stopped / "checkpoint.pt").write_bytes(b"")
     assert status.run_status(stopped, set())["state"] == "resumable"
     (stopped / "results.json").write_text("{}")

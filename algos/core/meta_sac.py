@@ -122,7 +122,7 @@ class MetaSACAlgorithm(Algorithm):
     config_class = MetaSACConfig
     sequential_context = False  # True for order-dependent encoders: context = consecutive trajectories
     # True for agents that read their own transitions as they act (a black-box history model): collection runs
-    # them in trials of a meta-test trial's length instead of re-inferring from the encoder buffer
+    # them in trials as a meta-test trial runs them instead of re-inferring from the encoder buffer
     acts_in_context = False
     # skip Q's weight gradients in the policy/V pass (identical math, which tests/test_device.py checks against False)
     freeze_q_in_policy_step = True

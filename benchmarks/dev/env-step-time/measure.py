@@ -55,7 +55,6 @@ def measure(env_name: str, rounds: int, steps: int, seed: int) -> dict:
     meta_env = env.unwrapped
     task_ids = meta_env.train_task_ids
     rng = np.random.default_rng(seed)
-    episode_steps = 0
 
     def new_episode():
         meta_env.reset_task(int(rng.choice(task_ids)))
@@ -67,10 +66,8 @@ def measure(env_name: str, rounds: int, steps: int, seed: int) -> dict:
         cpu_start, wall_start = time.thread_time(), time.perf_counter()
         for _ in range(steps):
             _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            episode_steps += 1
             if terminated or truncated:
                 episodes += 1
-                episode_steps = 0
                 new_episode()
         cpu_per_step.append((time.thread_time() - cpu_start) / steps)
         wall_per_step.append((time.perf_counter() - wall_start) / steps)
