@@ -226,6 +226,9 @@ class CellRunner:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         for sig in previous:
             signal.signal(sig, raise_keyboard_interrupt)
+        # a failed cell stays claimed until this runner exits: the report points at its stderr.log, which another
+        # runner's fresh start would delete
+        failed_claims: list[IO[str]] = []
         try:
             while self.queue or self.running:
                 while self.queue and len(self.running) < self.workers:
@@ -251,10 +254,14 @@ class CellRunner:
                     code = self.poll(running, bar)
                     if code is not None:
                         self.running.remove(running)
+                        finished = False
                         try:
-                            self._finish(running, code, outcome, bar)
+                            finished = self._finish(running, code, outcome, bar)
                         finally:
-                            running.claim.close()
+                            if finished:
+                                running.claim.close()
+                            else:
+                                failed_claims.append(running.claim)
                         bar.update(1)
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
@@ -264,7 +271,7 @@ class CellRunner:
         finally:
             for sig in previous:  # a second Ctrl-C must not cut the cleanup short
                 signal.signal(sig, signal.SIG_IGN)
-            claims = [running.claim for running in self.running]
+            claims = [running.claim for running in self.running] + failed_claims
             self.stop_all()
             for claim in claims:
                 claim.close()
@@ -285,18 +292,20 @@ class CellRunner:
             except (OSError, ValueError, CheckpointError, subprocess.CalledProcessError) as error:
                 bar.write(f"warning: could not copy {running.cell.label}'s checkpoint to carry/ ({error})")
 
-    def _finish(self, running: RunningCell, code: int | str, outcome: Outcome, bar) -> None:
+    def _finish(self, running: RunningCell, code: int | str, outcome: Outcome, bar) -> bool:
+        """Record how the cell ended; whether it finished."""
         cell, log = running.cell, running.cell.run_dir / "stderr.log"
         if code == 0 and cell.finished:
             if self.carry_repo is not None:
                 drop_run(cell.run_dir, self.carry_repo)
             outcome.finished.append(cell)
             bar.write(f"finished {cell.label} in {(time.monotonic() - running.started) / 60.0:.1f} min")
-            return
+            return True
         reason = code if isinstance(code, str) else (f"exit code {code}" if code != 0
                                                      else "exited 0 without writing results.json")
         outcome.failed.append((cell, reason))
         bar.write(f"FAILED {cell.label} ({reason}); stderr in {log}:\n{tail_of(log, STDERR_TAIL_LINES)}")
+        return False
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
