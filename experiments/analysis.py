@@ -105,9 +105,10 @@ def record_episodes(trainer: Trainer, task_id: int, num_steps: int | None = None
     max_path_length = meta_env.max_episode_steps
     num_steps = p.num_steps_per_eval if num_steps is None else num_steps
     num_exploration = p.num_exp_traj_eval if num_exploration is None else num_exploration
-    if not 0 <= num_exploration <= num_eval_episodes(num_steps, max_path_length):
-        raise ValueError(f"num_exploration={num_exploration} must lie in [0, "
-                         f"{num_eval_episodes(num_steps, max_path_length)}], the episodes of {num_steps} steps")
+    fewest_episodes = num_eval_episodes(num_steps, max_path_length)
+    if not 0 <= num_exploration <= fewest_episodes:
+        raise ValueError(f"num_exploration={num_exploration} must lie in [0, {fewest_episodes}], the episodes of "
+                         f"{num_steps} steps")
     agent, episodes = trainer.algorithm.agent, []
     with trainer.isolated_randomness(seed), torch.no_grad():
         meta_env.reset_task(task_id)

@@ -156,14 +156,12 @@ class RunningCell:
     stderr: IO[bytes] | None = None
     started: float = field(default_factory=time.monotonic)
     carried_checkpoint_ns: int = 0  # the mtime of the checkpoint last copied to carry/
-    claim: IO[str] | None = None  # the cell's runner lock (``claim_cell``), released when it stops
 
 
 @dataclass
 class Outcome:
     finished: list[Cell] = field(default_factory=list)
     failed: list[tuple[Cell, str]] = field(default_factory=list)
-    left_to_others: list[Cell] = field(default_factory=list)  # started or finished by another runner meanwhile
     interrupted: bool = False
 
 
@@ -226,42 +224,29 @@ class CellRunner:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         for sig in previous:
             signal.signal(sig, raise_keyboard_interrupt)
-        # a failed cell stays claimed until this runner exits: the report points at its stderr.log, which another
-        # runner's fresh start would delete
-        failed_claims: list[IO[str]] = []
+        # the claims of the cells this runner started, held until it exits: another runner does not start one of
+        # them afresh meanwhile (a failed cell's report points at its stderr.log, which a fresh start would delete)
+        claims: list[IO[str]] = []
         try:
             while self.queue or self.running:
                 while self.queue and len(self.running) < self.workers:
                     cell = self.queue.popleft()
-                    claim = claim_cell(cell)
+                    claim = None if cell.finished else claim_cell(cell)
                     if claim is None or cell.finished:  # whether it finished is read again under the claim
                         if claim is not None:
                             claim.close()
-                        bar.write(f"note: {cell.label} is {'finished' if claim else 'being run'} by another runner; "
-                                  f"left to it")
-                        outcome.left_to_others.append(cell)
+                        bar.write(f"note: {cell.label} is {'finished' if cell.finished else 'being run'} by another "
+                                  f"runner; left to it")
                         bar.update(1)
                         continue
+                    claims.append(claim)
                     bar.write(f"{'resuming' if cell.resumable else 'starting'} {cell.label}{self.where}")
-                    try:
-                        running = self.start(cell)
-                    except BaseException:
-                        claim.close()
-                        raise
-                    running.claim = claim
-                    self.running.append(running)
+                    self.running.append(self.start(cell))
                 for running in list(self.running):
                     code = self.poll(running, bar)
                     if code is not None:
                         self.running.remove(running)
-                        finished = False
-                        try:
-                            finished = self._finish(running, code, outcome, bar)
-                        finally:
-                            if finished:
-                                running.claim.close()
-                            else:
-                                failed_claims.append(running.claim)
+                        self._finish(running, code, outcome, bar)
                         bar.update(1)
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
@@ -271,7 +256,6 @@ class CellRunner:
         finally:
             for sig in previous:  # a second Ctrl-C must not cut the cleanup short
                 signal.signal(sig, signal.SIG_IGN)
-            claims = [running.claim for running in self.running] + failed_claims
             self.stop_all()
             for claim in claims:
                 claim.close()
@@ -292,20 +276,18 @@ class CellRunner:
             except (OSError, ValueError, CheckpointError, subprocess.CalledProcessError) as error:
                 bar.write(f"warning: could not copy {running.cell.label}'s checkpoint to carry/ ({error})")
 
-    def _finish(self, running: RunningCell, code: int | str, outcome: Outcome, bar) -> bool:
-        """Record how the cell ended; whether it finished."""
+    def _finish(self, running: RunningCell, code: int | str, outcome: Outcome, bar) -> None:
         cell, log = running.cell, running.cell.run_dir / "stderr.log"
         if code == 0 and cell.finished:
             if self.carry_repo is not None:
                 drop_run(cell.run_dir, self.carry_repo)
             outcome.finished.append(cell)
             bar.write(f"finished {cell.label} in {(time.monotonic() - running.started) / 60.0:.1f} min")
-            return True
+            return
         reason = code if isinstance(code, str) else (f"exit code {code}" if code != 0
                                                      else "exited 0 without writing results.json")
         outcome.failed.append((cell, reason))
         bar.write(f"FAILED {cell.label} ({reason}); stderr in {log}:\n{tail_of(log, STDERR_TAIL_LINES)}")
-        return False
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

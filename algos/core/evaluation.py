@@ -95,7 +95,6 @@ def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_
     if not 0 <= num_exp_traj_eval < fewest_episodes:
         raise ValueError(f"num_exp_traj_eval={num_exp_traj_eval} leaves no scored episode out of {fewest_episodes}")
     trials: list[list[float]] = []  # per (task, repeat), in that order: each episode's return
-    final_returns = np.zeros((len(task_ids), num_repeats))
     successes = np.zeros((len(task_ids), num_repeats), dtype=bool)  # of the scored (last) episode
     env_steps = 0
     for t, task in enumerate(task_ids):
@@ -106,13 +105,12 @@ def evaluate(env: gym.Env, agent: MetaAgent, task_ids: list[int], num_steps_per_
                                               sparse_rewards, deterministic_exploration):
                 trials[-1].append(episode.scored_return)
                 env_steps += len(episode.scored_rewards)
-            final_returns[t, repeat] = trials[-1][-1]
             successes[t, repeat] = episode.succeeded
     returns = np.full((len(task_ids), num_repeats, max(map(len, trials), default=0)), np.nan)
     for index, trial in enumerate(trials):
         returns[index // num_repeats, index % num_repeats, :len(trial)] = trial
     every_trial_ran = min(map(len, trials), default=0)  # the episode indices to average online (PEARL's logging too)
-    final = final_returns.mean(axis=1)
+    final = np.array([trial[-1] for trial in trials]).reshape(len(task_ids), num_repeats).mean(axis=1)
     final_success = successes.mean(axis=1)
     return EvalResult(
         meta_test_return=float(final.mean()),
