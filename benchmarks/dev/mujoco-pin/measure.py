@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -50,12 +51,12 @@ def compare(a: str, b: str, out: str) -> None:
 
 
 def scripted(out: str) -> None:
-    import metaworld
+    from importlib import metadata
+
     from metaworld import policies
     from envs_glue import make_env
     policy_of = {"ml1-reach": policies.SawyerReachV3Policy, "ml1-push": policies.SawyerPushV3Policy,
                  "ml1-pick-place": policies.SawyerPickPlaceV3Policy}
-    from importlib import metadata
     result = {"metaworld": metadata.version("metaworld")}
     for name, policy_class in policy_of.items():
         policy, env = policy_class(), make_env(name, seed=0)
@@ -83,11 +84,9 @@ def scripted(out: str) -> None:
 
 
 def _write(out: str, result: dict) -> None:
-    from algos.core.io import machine_description
-    result["command"] = "python " + " ".join(sys.argv)
-    result["machine"] = machine_description()
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    from algos.core.io import atomic_write_json, git_commit, machine_description
+    result.update(command=shlex.join(["python", *sys.argv]), commit=git_commit(), machine=machine_description())
+    atomic_write_json(Path(out), result)
     print(json.dumps(result, indent=1))
 
 
