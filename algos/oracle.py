@@ -3,7 +3,8 @@ evaluation code it must reproduce the analytic known-goal optimum of the point r
 
 On the point robots it is scripted: each coordinate moves toward the goal by ``min(0.1, |gap|)`` per step,
 which is optimal for ``-||position - goal||`` under a ``[-0.1, 0.1]^2`` action box. It reads the task from
-the environment, so it is a reference line, never a method. There is no oracle for cheetah-vel.
+the environment, so it is a reference line, never a method. There is no oracle for the other environments
+(``sac-true-task`` gives their learned known-task figure).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class Oracle(Algorithm):
     display_name = "oracle (true task)"
     role = "reference"
     supported_envs = ("point-robot", "sparse-point-robot")
-    unsupported_reason = "the oracle exists only for the point robots; cheetah-vel has no closed-form optimum"
+    unsupported_reason = "the oracle exists only for the point robots, where it heads straight for the known goal"
     config_class = OracleConfig
 
     def __init__(self, env, protocol: ProtocolConfig, config: OracleConfig, rng: np.random.Generator,

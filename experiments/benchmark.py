@@ -25,7 +25,7 @@ from experiments.engine import (Cell, CellRunner, Outcome, available_cpus, cell_
                                 config_mismatch, merged_plan, previous_plan, refuse_unrestored_carries,
                                 threads_per_cell, unsupported_combinations)
 from experiments.report import env_argument
-from experiments.results_table import render_tier
+from experiments.results_table import asked_combinations, render_tier
 
 
 # ---------------------------------------------------------------------- running cells (shared with the ablations)
@@ -111,17 +111,21 @@ def main(argv=None) -> int:
     if args.render_only:
         last = previous_plan(tier_dir)
         envs, algos = args.envs or last.get("envs", []), args.algos or last.get("algos", [])
+        combinations = ([(env, algo) for env in envs for algo in algos] if args.envs or args.algos
+                        else asked_combinations(last))
         plan = {"envs": envs, "algos": algos, "seeds": args.seeds or last.get("seeds", []),
-                "skipped": unsupported_combinations(envs, algos)}
+                "combinations": [list(combination) for combination in combinations],
+                "skipped": unsupported_combinations(combinations)}
         print(f"rendered {render_tier(tier_dir, args.tier, plan, command, [])}")
         return 0
 
     envs, algos, seeds = args.envs or list(DEFAULT_ENVS), args.algos or list(ALGORITHMS), args.seeds or list(SEEDS)
-    skipped, notes, runnable = unsupported_combinations(envs, algos), [], set()
+    combinations = [(env, algo) for env in envs for algo in algos]
+    skipped, notes, runnable = unsupported_combinations(combinations), [], set()
     for combination in skipped:
         print(f"note: skipping {combination['algo']} on {combination['env']}: {combination['reason']}")
     unsupported = {(combination["env"], combination["algo"]) for combination in skipped}
-    for env, algo in ((env, algo) for env in envs for algo in algos if (env, algo) not in unsupported):
+    for env, algo in ((env, algo) for env, algo in combinations if (env, algo) not in unsupported):
         error = check_available(env, algo, args.tier, args.overrides)
         if error:
             notes.append(f"{algo} on {env} could not be set up, no cell started: {error}")
@@ -143,7 +147,8 @@ def main(argv=None) -> int:
                 done += 1
             else:
                 cells.append(cell)
-    plan = {"envs": envs, "algos": algos, "seeds": seeds, "skipped": skipped}
+    plan = {"envs": envs, "algos": algos, "seeds": seeds,
+            "combinations": [list(combination) for combination in combinations], "skipped": skipped}
 
     def record_plan():  # the report states what is asked for while the cells run, not only once they all finish
         render_tier(tier_dir, args.tier, merged_plan(previous_plan(tier_dir), plan), command, notes)

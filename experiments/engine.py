@@ -27,6 +27,7 @@ from algos.core.io import REPO_ROOT, CheckpointError
 from algos.core.saved_config import upgrade_flat_config
 from algos.core.trainer import build_config, default_semantic_config
 from experiments.carry import carried_checkpoint, drop_run, save_run
+from experiments.results_table import asked_combinations
 
 POLL_SECONDS = 0.5
 TERMINATE_GRACE_SECONDS = 10.0
@@ -64,9 +65,9 @@ def unsupported_reason(algo: str, env: str) -> str | None:
     return algorithm_class(algo).supports(env) if algo in ALGORITHMS else None
 
 
-def unsupported_combinations(envs: list[str], algos: list[str]) -> list[dict]:
+def unsupported_combinations(combinations: list[tuple[str, str]]) -> list[dict]:
     """The (env, algo) combinations that cannot exist, each with its reason: the plan's ``skipped`` list."""
-    return [{"env": env, "algo": algo, "reason": reason} for env in envs for algo in algos
+    return [{"env": env, "algo": algo, "reason": reason} for env, algo in combinations
             if (reason := unsupported_reason(algo, env))]
 
 
@@ -334,13 +335,15 @@ def previous_plan(tier_dir: Path) -> dict:
 
 
 def merged_plan(previous: dict, current: dict) -> dict:
-    """The tier folder's previous plan widened by this run's: a runner of a few cells keeps the whole table."""
+    """The tier folder's previous plan widened by this run's: a runner of a few cells keeps the whole table, and
+    its methods are added on its environments only."""
     def union(key: str) -> list:
         return list(dict.fromkeys([*previous.get(key, []), *current.get(key, [])]))
 
-    envs, algos = union("envs"), union("algos")
-    return {"envs": envs, "algos": algos, "seeds": sorted(set(union("seeds"))),
-            "skipped": unsupported_combinations(envs, algos)}
+    combinations = list(dict.fromkeys([*asked_combinations(previous), *asked_combinations(current)]))
+    return {"envs": union("envs"), "algos": union("algos"), "seeds": sorted(set(union("seeds"))),
+            "combinations": [list(combination) for combination in combinations],
+            "skipped": unsupported_combinations(combinations)}
 
 
 def refuse_unrestored_carries(cells: list[Cell]) -> bool:

@@ -122,8 +122,8 @@ def collect_cells(tier_dir: Path, with_config: bool = False) -> tuple[list[dict]
 
 
 def build_summary(tier: str, cells: list[dict], plan: dict, command: str, notes: list[str] | None = None) -> dict:
-    """The aggregated ``results.json``: what was asked for (``plan``: envs, algos, seeds and combinations that were
-    skipped), what finished (``cells``) and the provenance of the rendering."""
+    """The aggregated ``results.json``: what was asked for (``plan``: envs, algos, seeds, the (env, algo)
+    combinations asked for and those skipped), what finished (``cells``) and the provenance of the rendering."""
     return {
         "tier": tier,
         **provenance(command),
@@ -132,6 +132,14 @@ def build_summary(tier: str, cells: list[dict], plan: dict, command: str, notes:
         "notes": list(notes or []),
         "cells": cells,
     }
+
+
+def asked_combinations(plan: dict) -> list[tuple[str, str]]:
+    """The (env, algo) combinations a plan asked for: its ``combinations``, so that runners of other methods on other
+    environments do not widen a table to their cross product; envs x algos for a plan written without them."""
+    if "combinations" in plan:
+        return [(env, algo) for env, algo in plan["combinations"]]
+    return [(env, algo) for env in plan.get("envs", []) for algo in plan.get("algos", [])]
 
 
 # ---------------------------------------------------------------------- layout helpers
@@ -144,7 +152,7 @@ def _plan_lists(summary: dict) -> tuple[list[str], dict[str, list[str]], list[in
     algos_by_env = {}
     for env in envs:
         found = [c["algo"] for c in cells if c["env"] == env]
-        wanted = [a for a in plan.get("algos", []) if (env, a) not in skipped]
+        wanted = [a for e, a in asked_combinations(plan) if e == env and (e, a) not in skipped]
         algos_by_env[env] = ordered([*wanted, *found], ALGO_ORDER)
     seeds = sorted(set(plan.get("seeds", [])) | {c["seed"] for c in cells})
     return envs, algos_by_env, seeds

@@ -227,6 +227,24 @@ def test_merged_plan_widens_and_recomputes_what_cannot_exist():
     assert merged_plan({}, current)["envs"] == ["cheetah-vel"]
 
 
+def test_a_runner_of_other_methods_on_other_environments_adds_only_its_own_combinations():
+    # a plan written before plans listed their combinations stands for envs x algos
+    previous = {"envs": ["point-robot"], "algos": ["pearl", "setformer"], "seeds": [42], "skipped": []}
+    current = {"envs": ["cheetah-vel"], "algos": ["setformer"], "seeds": [42],
+               "combinations": [["cheetah-vel", "setformer"]], "skipped": []}
+    plan = merged_plan(previous, current)
+    assert plan["combinations"] == [["point-robot", "pearl"], ["point-robot", "setformer"], ["cheetah-vel", "setformer"]]
+    assert merged_plan(plan, {})["combinations"] == plan["combinations"]
+    cells = [synthetic_cell("pearl", 42, -10.0, -11.0), synthetic_cell("setformer", 42, -6.0, -5.0)]
+    summary = {"tier": "quick", "command": "c", "generated_at": "now", "git_commit": "abc", "std_ddof": 1,
+               "machine": {"cpu": "test cpu", "cores": 2, "torch": "x"}, "plan": plan, "notes": [], "cells": cells}
+    markdown = render_markdown(summary)
+    assert "setformer (ours) on cheetah-vel: seed(s) 42 not finished" in markdown
+    assert "PEARL on cheetah-vel" not in markdown
+    cheetah_section = markdown.split("## cheetah-vel")[1]
+    assert "| setformer (ours) |" in cheetah_section and "| PEARL |" not in cheetah_section
+
+
 # ---------------------------------------------------------------------- the renderer on fixed numbers
 def synthetic_cell(algo: str, seed: int, protocol_return: float, final_return: float) -> dict:
     return {
