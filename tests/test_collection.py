@@ -23,15 +23,15 @@ def test_initial_collection_fills_every_training_task(tmp_path):
     trainer = make_trainer("point-robot", tmp_path, overrides=[BIG_BUFFER, "num_initial_steps=30"])
     algo = trainer.algorithm
     algo.collect_initial_data()
-    # 30 steps -> two whole 20-step episodes per task
-    assert algo.env_steps == 40 * 40
-    assert algo.rl_buffer.sizes.tolist() == [40] * 40
-    assert algo.enc_buffer.sizes.tolist() == [40] * 40
-    np.testing.assert_array_equal(algo.rl_buffer.obs[:, :40], algo.enc_buffer.obs[:, :40])
+    # 30 steps per task: a 20-step episode, then one cut at the budget after 10
+    assert algo.env_steps == 40 * 30
+    assert algo.rl_buffer.sizes.tolist() == [30] * 40
+    assert algo.enc_buffer.sizes.tolist() == [30] * 40
+    np.testing.assert_array_equal(algo.rl_buffer.obs[:, :30], algo.enc_buffer.obs[:, :30])
     # each task's data was collected in that task: rewards are -||next_obs - goal||
     goals = trainer.env.unwrapped.tasks[:40]
-    dist = np.linalg.norm(algo.rl_buffer.next_obs[:, :40] - goals[:, None].astype(np.float32), axis=-1)
-    np.testing.assert_allclose(algo.rl_buffer.rewards[:, :40], -dist, atol=1e-5)
+    dist = np.linalg.norm(algo.rl_buffer.next_obs[:, :30] - goals[:, None].astype(np.float32), axis=-1)
+    np.testing.assert_allclose(algo.rl_buffer.rewards[:, :30], -dist, atol=1e-5)
 
 
 @pytest.mark.parametrize("prior, posterior, extra", [(40, 20, 60), (30, 0, 20), (20, 20, 0)])
@@ -44,7 +44,7 @@ def test_iteration_collection_phases(tmp_path, prior, posterior, extra):
     steps_after_initial = algo.env_steps
     assert steps_after_initial == 40 * 20
 
-    whole = lambda n: 20 * -(-n // 20)   # whole episodes: the budget rounded up to a multiple of 20
+    episodes = lambda n: -(-n // 20)   # 20-step episodes, the last one cut at the budget
     sampled = record_sampled_tasks(algo)
     infer_calls = []
     original_infer = algo.agent.infer_posterior
@@ -52,8 +52,8 @@ def test_iteration_collection_phases(tmp_path, prior, posterior, extra):
     algo.collect_iteration_data()
     assert len(sampled) == 4 and set(sampled) <= set(range(40))
 
-    per_sample_rl = whole(prior) + whole(posterior) + whole(extra)
-    per_sample_enc = whole(prior) + whole(posterior)
+    per_sample_rl = prior + posterior + extra
+    per_sample_enc = prior + posterior
     assert algo.env_steps == steps_after_initial + len(sampled) * per_sample_rl
     for task in range(40):
         count = sampled.count(task)
@@ -66,7 +66,7 @@ def test_iteration_collection_phases(tmp_path, prior, posterior, extra):
     latest = slice(size - per_sample_rl, size - per_sample_rl + per_sample_enc)
     np.testing.assert_array_equal(algo.enc_buffer.obs[last, :per_sample_enc], algo.rl_buffer.obs[last, latest])
     # the belief is re-inferred after every posterior and extra-RL episode, never during prior collection
-    assert len(infer_calls) == len(sampled) * (whole(posterior) + whole(extra)) // 20
+    assert len(infer_calls) == len(sampled) * (episodes(posterior) + episodes(extra))
     assert all(shape[0] == 1 for shape in infer_calls)
 
 
@@ -91,17 +91,19 @@ def test_posterior_collection_reads_the_encoder_buffer(tmp_path):
         assert np.all((rewards == 0) | ((rewards > 0.8 - 1e-6) & (rewards <= 1)))   # sparse, never dense
 
 
-def test_collect_data_returns_whole_episodes_and_clears_context():
+def test_collect_data_takes_exactly_its_budget_and_clears_context():
     env = make_env("point-robot", seed=0)
     agent = RecordingAgent(2, 2, policy="random")
     from algos.core.buffers import MultiTaskReplayBuffer
     rl, enc = MultiTaskReplayBuffer(40, 200, 2, 2), MultiTaskReplayBuffer(40, 200, 2, 2)
     n = collect_data(env, agent, 7, 45, 20, rl, enc, update_posterior=False, add_to_enc_buffer=False,
                      sample_task_context=None)
-    assert n == 60 and rl.sizes[7] == 60 and enc.sizes[7] == 0 and rl.sizes.sum() == 60
+    assert n == 45 and rl.sizes[7] == 45 and enc.sizes[7] == 0 and rl.sizes.sum() == 45
     assert agent.events[0] == ("clear",)
     assert env.unwrapped.task_idx == 7
+    # episodes of 20, 20 and 5: the last is cut at the budget, a time limit, so no transition is terminal
     assert sum(e[0] == "end_episode" for e in agent.events) == 3
+    assert rl.episode_starts[7, :45].nonzero()[0].tolist() == [0, 20, 40] and not rl.terminals[7, :45].any()
     assert not any(e[0] == "update" for e in agent.events)   # training rollouts do not feed the online context
 
 

@@ -61,7 +61,10 @@ def test_an_in_context_agent_collects_in_trials_of_the_steps_per_eval():
     buffers = [MultiTaskReplayBuffer(5, 1000, 2, 2) for _ in range(2)]
     collected = collect_data(env, agent, 3, 130, 20, *buffers, update_posterior=False, add_to_enc_buffer=False,
                              sample_task_context=None, trial_steps=60)
-    assert collected == 133  # 19 episodes of 7
+    assert collected == 130  # 18 episodes of 7, then one cut at the budget after 4 steps
+    rl = buffers[0]
+    ends = rl.terminals[3, :130].nonzero()[0]
+    assert ends.tolist() == [7 * i + 6 for i in range(18)]   # the cut episode's last step is not a termination
     # the context is cleared after the 9th episode (63 transitions), as a meta-test trial ends
     clears = [i for i, event in enumerate(agent.events) if event == ("clear",)]
     updates_before_second_clear = sum(event[0] == "update" for event in agent.events[clears[0]:clears[1]])

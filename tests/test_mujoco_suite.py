@@ -301,3 +301,8 @@ def test_every_method_trains_at_the_smoke_tier(tmp_path, env, algo):
     assert results["env"] == env and results["algo"] == algo
     assert math.isfinite(results["meta_test_return"]) and math.isfinite(results["final_eval"]["validation_return"])
     assert results["grad_steps"] == 2 * 3
+    # the protocol's environment steps exactly, even where a falling body ends episodes early
+    p = protocol_for(env, "smoke")
+    per_task = p.num_steps_prior + p.num_steps_posterior + p.num_extra_rl_steps_posterior
+    budget = _pearl_counts(env)[0] * p.num_initial_steps + p.num_iterations * p.num_tasks_sample * per_task
+    assert results["env_steps"] == budget

@@ -49,8 +49,8 @@ def collect_data(env: gym.Env, agent: MetaAgent, task: int, num_samples: int, ma
                  rl_buffer: MultiTaskReplayBuffer, enc_buffer: MultiTaskReplayBuffer,
                  update_posterior: bool, add_to_enc_buffer: bool, sample_task_context,
                  trial_steps: int = 0, context_uses_sparse_reward: bool = False) -> int:
-    """Collect ``num_samples`` transitions in ``task`` (whole episodes; the last one may run past the budget's
-    end by less than an episode, as in the reference). The belief starts at the prior; with
+    """Collect exactly ``num_samples`` transitions in ``task``: episodes back to back, the last one cut at the
+    budget (a time limit, not a termination). The belief starts at the prior; with
     ``update_posterior`` it is re-inferred after every episode from ``sample_task_context(task)`` (the encoder
     buffer). An agent that acts in context (``trial_steps > 0``) instead reads its own transitions as they
     happen, in trials as a meta-test trial runs them (whole episodes until the trial holds ``trial_steps``
@@ -63,7 +63,10 @@ def collect_data(env: gym.Env, agent: MetaAgent, task: int, num_samples: int, ma
         if trial_steps and in_trial >= trial_steps:
             agent.clear_context()
             in_trial = 0
-        path = rollout(env, agent, max_path_length, accum_context=trial_steps > 0,
+        # PEARL's sampler lets the last episode run out; where episodes end early that adds a policy-dependent
+        # overrun to every phase, so methods would differ in environment steps. Where they never end early the
+        # budgets are whole episodes and the cut never binds.
+        path = rollout(env, agent, min(max_path_length, num_samples - collected), accum_context=trial_steps > 0,
                        context_uses_sparse_reward=context_uses_sparse_reward)
         collected += len(path["rewards"])
         in_trial += len(path["rewards"])
