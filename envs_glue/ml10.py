@@ -29,7 +29,7 @@ def ml10_task_lists() -> tuple[dict[str, type], tuple, np.ndarray]:
     ``ML10(seed=METAWORLD_SEED)``'s train tasks, the first ``TEST_GOALS_PER_FAMILY`` of each held-out family in its
     test tasks, then the first ``VALIDATION_GOALS_PER_FAMILY`` of each training family in
     ``ML10(seed=VALIDATION_TASK_SEED)``'s train tasks: the training families' distribution, other goals. Cached:
-    building ML10 resets each of its 15 environments 50 times, and it is built twice (about 40 s of a busy core).
+    building ML10 resets each of its 15 environments 50 times, and it is built twice (about 35-40 s of a busy core).
     """
     metaworld = import_metaworld()
     benchmark = metaworld.ML10(seed=METAWORLD_SEED)
