@@ -188,16 +188,18 @@ def _budget_section(summary: dict, envs: list[str], grouped) -> str:
              f"{plural(p['num_evals'], 'repeat')}"
              for p in protocols if {"num_steps_per_eval", "num_exp_traj_eval", "num_evals"} <= set(p)))
         final_repeats = join_unique(((c.get("final_eval") or {}).get("num_repeats") for c in cells))
+        test_tasks = join_unique((len(tasks) for c in cells
+                                  if (tasks := (c.get("final_eval") or {}).get("per_task_final_returns"))))
         rows.append([env, proto("num_iterations"), proto("num_train_steps_per_itr"), batches,
                      proto("embedding_batch_size"), per_run("env_steps"), per_run("grad_steps"), evaluation,
-                     final_repeats])
+                     final_repeats, test_tasks])
         for key in ("env_steps", "grad_steps"):
             by_algo = {c["algo"]: c.get(key) for c in trained}
             if len(set(by_algo.values())) > 1:
                 warnings.append(f"**Unequal budget on {env}:** {key} per run differs between methods "
                                 f"({', '.join(f'{display_name(a)} {v:,}' for a, v in sorted(by_algo.items()))}).")
     header = ["env", "iterations", "gradient steps / iteration", "meta_batch × batch_size", "context size",
-              "env steps / run", "gradient steps / run", "meta-test evaluation", "low-noise repeats"]
+              "env steps / run", "gradient steps / run", "meta-test evaluation", "low-noise repeats", "test tasks"]
     return table(header, rows) + ("\n\n" + "\n".join(warnings) if warnings else "")
 
 
@@ -476,7 +478,7 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
         "**Figures.** *meta-test return (protocol)* is the protocol's own figure after the last iteration: on each "
         "held-out task the context is cleared, episodes run back to back, the first ones explore, and the task "
         "scores the return of the final episode (averaged over `num_evals` repeats); the figure is the mean over "
-        "the 10 held-out tasks. It is noisy, so the final policy is also evaluated with more repeats "
+        "the environment's held-out test tasks (how many: the setup table). It is noisy, so the final policy is also evaluated with more repeats "
         "(*low-noise final eval*). Each entry is the mean ± sample standard deviation over seeds (ddof = 1; a "
         "single seed shows no ±) with the number of seeds n; *per seed* lists the protocol figure of each seed. "
         "*Online return per episode* is the protocol evaluation's return of each episode in order (exploration "

@@ -378,6 +378,17 @@ def test_cell_record_reads_the_resolved_precision_from_the_config():
     assert cell_record({"config": {}}, "cells/x")["bf16"] is False  # saved before the option existed: fp32
 
 
+def test_setup_table_counts_the_test_tasks_each_figure_averages(synthetic_summary):
+    def setup_row() -> str:
+        return table_row(render_markdown(synthetic_summary), "point-robot")
+    assert setup_row().endswith("| — |")  # cells that kept no per-task figures
+    for cell in synthetic_summary["cells"]:
+        cell["final_eval"]["per_task_final_returns"] = [-10.0] * 30
+    assert setup_row().endswith("| 30 |")
+    synthetic_summary["cells"][0]["final_eval"]["per_task_final_returns"] = [-10.0] * 2
+    assert "2 / 30 (differs between cells!)" in setup_row()
+
+
 def test_renderer_flags_unequal_budgets(synthetic_summary):
     synthetic_summary["cells"][2]["grad_steps"] = 800
     markdown = render_markdown(synthetic_summary)
