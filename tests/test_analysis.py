@@ -7,6 +7,7 @@ then loads them the way a notebook does. The notebooks' code cells are executed 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -80,7 +81,10 @@ def test_find_latest_run_prefers_runs_that_still_have_their_checkpoint(tmp_path,
     (older / "checkpoint.pt").write_bytes(b"")
     assert analysis.find_latest_run("setformer", root=tmp_path) == older   # newer lost its checkpoint
     (older / "checkpoint.pt").unlink()
-    assert analysis.find_latest_run("setformer", "point-robot", root=tmp_path) in (older, newer)
+    os.utime(older / "config.json", (1_000_000, 1_000_000))  # neither has weights: the newest config wins
+    assert analysis.find_latest_run("setformer", "point-robot", root=tmp_path) == newer
+    os.utime(newer / "config.json", (500_000, 500_000))
+    assert analysis.find_latest_run("setformer", "point-robot", root=tmp_path) == older
     assert analysis.find_latest_run("pearl", root=tmp_path) is None
 
 

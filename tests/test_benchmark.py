@@ -283,7 +283,7 @@ def test_renderer_states_exact_figures(synthetic_summary):
     assert "-12.00 ± 0.71 (n=2)" in pearl                 # low-noise final eval
     assert "42: -10.00 · 123: -12.00" in pearl            # per seed
     assert "-20.0 / -16.0 / -11.0" in pearl               # online returns per episode, mean over seeds
-    assert "818,917" in pearl and "2.00" in pearl         # parameters, wall time in minutes
+    assert "| 818,917 |" in pearl and "| 2.00 |" in pearl  # parameters, wall time in minutes (120 s)
     assert "-15.468†" in pearl                            # the reference's PEARL beside ours
     ours = table_row(markdown, "setformer (ours)")
     assert "-6.00 (n=1/2)" in ours and "-5.00 (n=1/2)" in ours and "123: —" in ours
@@ -421,10 +421,13 @@ def test_throughput_measures_and_skips_unimportable_methods(tmp_path, monkeypatc
     # the fused hidden layers compared with the eager ones weight for weight where they apply (whether the two agree
     # bit for bit is the CPU's kernels' business: THROUGHPUT.md reports it per machine)
     from models.kernels import cpu_has_native_bf16
-    assert sac["fused_matches_eager"] in ((True, False) if cpu_has_native_bf16() else (None,))
+    if cpu_has_native_bf16():
+        assert isinstance(sac["fused_matches_eager"], bool)
+    else:
+        assert sac["fused_matches_eager"] is None
     assert gradient["flops_per_step"] > 0 and gradient["default"]["gflop_per_s"] > 0
     assert sac["initial_collection"]["env_steps_per_s"] > 0 and sac["iteration_collection"]["env_steps"] > 0
-    assert set(sac["adapt"]) == {"10", "100"} and sac["adapt"]["100"]["adapt_ms_median"] >= 0
+    assert set(sac["adapt"]) == {"10", "100"} and sac["adapt"]["100"]["adapt_ms_median"] > 0
     assert by_algo["oracle"]["status"] == "skipped"
     markdown = (tmp_path / "THROUGHPUT.md").read_text()
     assert "| sac-no-context |" in markdown and "still being written" in markdown

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from algos.core.config import (BENCHMARK, QUICK_BATCH_SIZE, ConfigError, RunConfig, protocol_for,
                                set_value, to_dict)
@@ -175,8 +176,10 @@ def test_cli_resume_rejects_set(capsys, tmp_path):
     assert code == 2 and "num_iterations cannot be changed" in err
 
 
-def test_cli_resume_may_change_only_the_thread_count(capsys, tmp_path):
+def test_cli_resume_may_change_only_the_thread_count(capsys, tmp_path, monkeypatch):
     """A resumed run may continue on more threads (what it computes stays its saved config's)."""
+    threads_set = []
+    monkeypatch.setattr(torch, "set_num_threads", threads_set.append)  # record, and keep this process on its threads
     run_dir = tmp_path / "run"
     code, _, _ = run_cli(capsys, ["--env", "point-robot", "--algo", "sac-no-context", *BASE, "--run-dir", str(run_dir),
                                   "--set", "num_iterations=1"])
@@ -186,6 +189,7 @@ def test_cli_resume_may_change_only_the_thread_count(capsys, tmp_path):
     code, _, err = run_cli(capsys, ["--resume", str(run_dir), "--no-progress", "--set", "num_threads=2"])
     assert code == 0, err
     assert json.loads((run_dir / "config.json").read_text())["num_threads"] == 2
+    assert threads_set == [1, 2]  # the first run's thread count, then the resumed run's
     assert json.loads((run_dir / "results.json").read_text())["meta_test_return"] == first["meta_test_return"]
     code, _, err = run_cli(capsys, ["--resume", str(run_dir), "--no-progress", "--set", "num_threads=1", "lr=0.1"])
     assert code == 2 and "lr cannot be changed" in err

@@ -307,8 +307,10 @@ def test_latents_and_embeddings_are_normalised_alike(how):
         assert torch.allclose(embeddings.norm(dim=-1), torch.full((6,), agent.latent_dim ** 0.5), atol=1e-4)
     elif how == "tanh":
         assert z.abs().max() < 1 and embeddings.abs().max() < 1
-    else:
+    else:  # left as the encoder and the table made them: neither on the sphere nor squashed
         assert torch.equal(embeddings, agent.task_embeddings)
+        assert z.abs().max() > 1
+        assert not torch.allclose(z.norm(dim=-1), torch.full((3,), agent.latent_dim ** 0.5), atol=1e-2)
     assert torch.equal(agent.hypotheses, embeddings.detach())
 
 

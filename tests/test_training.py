@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from algos.core.config import ConfigError
-from algos.core.io import load_checkpoint
+from algos.core.io import CheckpointError, load_checkpoint
 from algos.core.trainer import Trainer, build_config
 from experiments import run as cli
 from tests.conftest import make_trainer, read_metrics, strip_nondeterministic
@@ -217,11 +217,11 @@ def test_kill_around_the_metrics_write_loses_nothing(reference_run, tmp_path, mo
 def test_fresh_run_into_used_dir_does_not_mix_runs(tmp_path):
     run_dir = tmp_path / "reused"
     make_trainer("point-robot", run_dir, seed=1, overrides=["num_iterations=1"]).run()
-    try:
+    before = {name: (run_dir / name).read_bytes() for name in ("config.json", "metrics.jsonl", "results.json")}
+    with pytest.raises(CheckpointError, match="already holds a run"):
         make_trainer("point-robot", run_dir, seed=2, overrides=["num_iterations=1"]).run()
-    except (ValueError, RuntimeError, FileExistsError):
-        return  # refusing is fine
-    assert [row["iteration"] for row in read_metrics(run_dir)] == [0]
+    # refused before writing anything: the first run is intact
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
 
 
 # ---------------------------------------------------------------------- corrupt or missing checkpoints

@@ -13,13 +13,19 @@ from tests.conftest import make_trainer, read_metrics, record_trial_tasks
 def test_validation_evaluation_visits_only_validation_tasks_with_its_own_seeds(tmp_path):
     trainer = make_trainer("point-robot", tmp_path, algo="oracle")
     agent, visited = record_trial_tasks(trainer)
+    starts = []  # every episode's start position (drawn from the evaluation's seed, whatever the task)
+    reset = trainer.env.reset
+    trainer.env.reset = lambda **kwargs: (result := reset(**kwargs), starts.append(result[0].copy()))[0]
     validation = trainer.evaluate(eval_seed=11, num_repeats=2, split="validation")
     assert visited == [t for t in range(50, 60) for _ in range(2)]
     assert validation.episode_returns.shape == (10, 2, 3)
-    # the same seed on the test tasks starts elsewhere: the two evaluations share no episode
+    validation_starts, starts[:] = list(starts), []
+    # the same seed on the test tasks starts elsewhere: the validation evaluation has seeds of its own
     visited.clear()
     test = trainer.evaluate(eval_seed=11, num_repeats=2, split="test")
     assert visited == [t for t in range(40, 50) for _ in range(2)]
+    assert len(starts) == len(validation_starts) >= 60  # 10 tasks x 2 repeats x 3 episodes
+    assert not any(np.array_equal(a, b) for a, b in zip(validation_starts, starts))
     assert not np.array_equal(validation.episode_returns, test.episode_returns)
 
 
