@@ -232,6 +232,24 @@ def test_state_dict_round_trip():
     assert ids_in(restored, 0) == ids_in(buf, 0)
 
 
+def test_saved_buffers_are_tensors_and_older_numpy_checkpoints_still_load(tmp_path):
+    from algos.core.io import atomic_torch_save, load_checkpoint
+    buf = MultiTaskReplayBuffer(num_tasks=2, capacity=10, obs_dim=OBS, action_dim=ACT)
+    buf.add_path(1, make_path(0, 7))
+    state = buf.state_dict()
+    # tensors: torch.save streams their storage to the file instead of pickling copies of it in memory
+    assert all(isinstance(state[name], torch.Tensor) for name in ("obs", "actions", "episode_starts"))
+    buf.obs[1, 0] = -1.0
+    assert state["obs"][1, 0, 0] != -1.0  # a copy: the buffer's later writes do not reach a state taken earlier
+    older = {key: value.numpy() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+    for saved in (state, older):
+        atomic_torch_save(tmp_path / "checkpoint.pt", {"iteration": 0, "algorithm": {"rl_buffer": saved}})
+        restored = MultiTaskReplayBuffer(num_tasks=2, capacity=10, obs_dim=OBS, action_dim=ACT)
+        restored.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["algorithm"]["rl_buffer"])
+        assert ids_in(restored, 1) == list(range(7))
+        assert restored.episode_starts.dtype == bool and restored.obs.dtype == np.float32
+
+
 def test_state_dict_only_stores_filled_region_and_checks_capacity():
     buf = MultiTaskReplayBuffer(num_tasks=2, capacity=1000, obs_dim=OBS, action_dim=ACT)
     buf.add_path(1, make_path(0, 7))
