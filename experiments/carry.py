@@ -144,7 +144,7 @@ def save_run(run_dir: Path, repo: Path = REPO_ROOT) -> list[str] | None:
         return None
     with _writing(carried_run):
         ahead = carried_iteration(carried_run) if "checkpoint.pt" in manifest_of(carried_run) else -1
-        if ahead > int(load_checkpoint(run_dir / "checkpoint.pt")["iteration"]):
+        if ahead > int(load_checkpoint(run_dir / "checkpoint.pt", peek=True)["iteration"]):
             # the run started afresh beside an unrestored copy: overwriting the copy would lose its iterations
             return [str(relative), "kept (the carried copy is ahead of the run's: restore it)", str(ahead + 1), DASH]
         size = write_carried(run_dir, files, carried_run)
@@ -192,7 +192,7 @@ def restore(repo: Path) -> list[list[str]]:
         else:
             iteration = carried_iteration(source, config_path)
             own = run_dir / "checkpoint.pt"
-            if own.exists() and int(load_checkpoint(own)["iteration"]) >= iteration:
+            if own.exists() and int(load_checkpoint(own, peek=True)["iteration"]) >= iteration:
                 row = [str(relative), "dropped (the run's own checkpoint is as new)", str(iteration + 1)]
             else:
                 contents = {name: read_carried(source, name) for name in manifest_of(source)}  # all checked first

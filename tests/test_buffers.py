@@ -248,6 +248,7 @@ def test_saved_buffers_are_tensors_and_older_numpy_checkpoints_still_load(tmp_pa
         restored.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["algorithm"]["rl_buffer"])
         assert ids_in(restored, 1) == list(range(7))
         assert restored.episode_starts.dtype == bool and restored.obs.dtype == np.float32
+        assert load_checkpoint(tmp_path / "checkpoint.pt", peek=True)["iteration"] == 0  # mapped, not read
 
 
 def test_state_dict_only_stores_filled_region_and_checks_capacity():

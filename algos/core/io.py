@@ -89,16 +89,18 @@ def make_run_dir(path: Path) -> None:
         raise RunDirError(f"run directory {path} is not writable (permission denied or a read-only file system)")
 
 
-def load_checkpoint(path: Path, data: bytes | None = None, required: tuple[str, ...] = ("iteration", "algorithm")
-                    ) -> dict:
+def load_checkpoint(path: Path, data: bytes | None = None, required: tuple[str, ...] = ("iteration", "algorithm"),
+                    peek: bool = False) -> dict:
     """The checkpoint at ``path`` (or another torch file of a run holding the ``required`` keys, e.g. a finished
     run's agent weights); ``data`` holds its bytes where they are not one file there (a copy carried in parts,
-    ``experiments.carry``), and ``path`` then only names it in errors."""
+    ``experiments.carry``), and ``path`` then only names it in errors. ``peek`` maps the file's tensors instead of
+    reading them (a few GB of replay buffers), for a caller that reads only the small entries (the iteration)."""
     path = Path(path)
     if data is None and not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=False)
+        source = path if data is None else io.BytesIO(data)
+        state = torch.load(source, map_location="cpu", weights_only=False, mmap=peek and data is None)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or any(key not in state for key in required):
