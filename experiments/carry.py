@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from algos.core.io import (REPO_ROOT, CheckpointError, atomic_write_bytes, atomic_write_json, load_checkpoint,
                            read_json)
@@ -92,8 +93,9 @@ def manifest_of(carried_run: Path) -> dict:
     return read_json(path, "carry manifest") if path.exists() else {}
 
 
-def read_carried(carried_run: Path, name: str) -> bytes:
-    """One carried file's bytes, checked against the manifest: a copy that arrived incomplete is an error."""
+def carried_parts(carried_run: Path, name: str) -> Iterator[bytes]:
+    """One carried file's parts in order, checked against the manifest as they are read (a copy that arrived
+    incomplete or changed is an error, raised at the latest after the last part)."""
     entry, advice = manifest_of(carried_run).get(name), f"delete {carried_run} to start the run afresh"
     if entry is None:
         raise CheckpointError(f"carry manifest {carried_run / MANIFEST} lists no {name}")
@@ -101,16 +103,37 @@ def read_carried(carried_run: Path, name: str) -> bytes:
     if missing:
         raise CheckpointError(f"carried copy of {name} in {carried_run} is incomplete: {len(missing)} of its "
                               f"{len(entry['parts'])} part(s) missing, e.g. {missing[0]}; {advice}")
-    data = b"".join((carried_run / part).read_bytes() for part in entry["parts"])
-    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise CheckpointError(f"carried copy of {name} in {carried_run} is corrupt: {len(data)} bytes against "
+    digest, size = hashlib.sha256(), 0
+    for part in entry["parts"]:
+        data = (carried_run / part).read_bytes()
+        digest.update(data)
+        size += len(data)
+        yield data
+    if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
+        raise CheckpointError(f"carried copy of {name} in {carried_run} is corrupt: {size} bytes against "
                               f"{entry['size']} written, or a different sha256; {advice}")
-    return data
+
+
+def read_carried(carried_run: Path, name: str) -> bytes:
+    """One carried file's bytes, checked against the manifest."""
+    return b"".join(list(carried_parts(carried_run, name)))
 
 
 def carried_iteration(carried_run: Path, config_path: Path | None = None) -> int:
-    """The carried checkpoint's last iteration, checked to belong to the run ``config_path`` describes if given."""
-    state = load_checkpoint(carried_run / "checkpoint.pt", data=read_carried(carried_run, "checkpoint.pt"))
+    """The carried checkpoint's last iteration, checked to belong to the run ``config_path`` describes if given.
+    The parts are joined into a temporary file and mapped, not read into memory: a checkpoint holds gigabytes of
+    replay buffers."""
+    joined = carried_run / f".checkpoint.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(joined, "wb") as handle:
+            for data in carried_parts(carried_run, "checkpoint.pt"):
+                handle.write(data)
+        try:
+            state = load_checkpoint(joined, peek=True)
+        except CheckpointError as error:  # named as the carried copy it is
+            raise CheckpointError(str(error).replace(str(joined), str(carried_run / "checkpoint.pt"))) from None
+    finally:
+        joined.unlink(missing_ok=True)
     if config_path is not None:
         identity, config = state.get("identity") or {}, json.loads(config_path.read_text())
         for key in IDENTITY_KEYS:

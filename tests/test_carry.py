@@ -169,6 +169,7 @@ def test_save_keeps_a_carried_copy_ahead_of_a_run_started_afresh(repo):
     assert carry.save(repo, ["benchmarks"]) == [
         [str(CELL), "kept (the carried copy is ahead of the run's: restore it)", "10", "—"]]
     assert carry.carried_iteration(repo / carry.CARRY_DIR / CELL) == 9
+    assert not list((repo / carry.CARRY_DIR / CELL).glob("*.tmp"))  # the joined copy it mapped is gone
 
 
 @pytest.mark.parametrize("runner", ["benchmark", "ablations"])
