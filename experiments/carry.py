@@ -116,7 +116,7 @@ def carried_parts(carried_run: Path, name: str) -> Iterator[bytes]:
 
 def read_carried(carried_run: Path, name: str) -> bytes:
     """One carried file's bytes, checked against the manifest."""
-    return b"".join(list(carried_parts(carried_run, name)))
+    return b"".join(carried_parts(carried_run, name))
 
 
 def carried_iteration(carried_run: Path, config_path: Path | None = None) -> int:

@@ -105,8 +105,8 @@ class MultiTaskReplayBuffer:
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
         """The filled part of every array, as tensors: ``torch.save`` writes a tensor's storage straight to the
-        file, where a numpy array is pickled through several in-memory copies (five times the file's size at
-        the peak; on humanoid-dir's 100 tasks that ran a 2-core machine out of memory)."""
+        file, where it pickles a numpy array through several in-memory copies (gigabytes on the many-task
+        environments)."""
         filled = int(self.sizes.max(initial=0))
         state = {name: torch.from_numpy(getattr(self, name)[:, :filled].copy()) for name in FIELDS}
         state.update(sizes=self.sizes.copy(), tops=self.tops.copy(), capacity=self.capacity)
