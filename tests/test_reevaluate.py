@@ -116,14 +116,29 @@ def test_training_overrides_are_refused(smoke_root):
         reevaluate.reevaluate_cell(run_dir, ["protocol.batch_size=8"], None, 1)
 
 
-def test_deterministic_exploration_is_an_evaluation_only_setting(smoke_root):
+def test_deterministic_exploration_is_an_evaluation_only_setting(smoke_root, monkeypatch):
+    """Accepted as an override, and it makes the exploration episodes act on the mean action: as trained, the
+    protocol's exploration episodes act stochastically and only the later ones deterministically."""
+    from algos.core import evaluation
     run_dir = smoke_root / "smoke" / "cells" / "sparse-point-robot" / "setformer" / "0"
+    flags: list[bool] = []
+    rollout = evaluation.rollout
+
+    def recording_rollout(*args, deterministic, **kwargs):
+        flags.append(deterministic)
+        return rollout(*args, deterministic=deterministic, **kwargs)
+
+    monkeypatch.setattr(evaluation, "rollout", recording_rollout)
     threads = torch.get_num_threads()
     try:
+        reevaluate.reevaluate_cell(run_dir, [], None, 1)
+        as_trained_flags, flags[:] = flags[:], []
         entry = reevaluate.reevaluate_cell(run_dir, ["protocol.deterministic_exploration=true"], None, 1)
     finally:
         torch.set_num_threads(threads)
     assert len(entry["per_task_final_returns"]) == 10 and entry["num_repeats"] == 1
+    assert len(flags) == len(as_trained_flags) > 10  # the same episodes, several per task
+    assert all(flags) and True in as_trained_flags and False in as_trained_flags
 
 
 def test_variant_arguments_are_checked():
