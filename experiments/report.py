@@ -77,12 +77,20 @@ def provenance(command: str) -> dict:
             "git_commit": git_commit(), "machine": machine_description()}
 
 
+def cpu_label(machine: dict | None) -> str:
+    """The CPU as reports name it: its model and whether it computes bf16 natively, since CPUs of one model name
+    differ there (speed, and the last digits of bf16 runs); records made before the flag existed give the model."""
+    machine = machine or {}
+    native = machine.get("cpu_native_bf16")
+    return machine.get("cpu", "unknown CPU") + {True: " (native bf16)", False: " (no native bf16)"}.get(native, "")
+
+
 def report_heading(title: str, report: dict, extra: str = "") -> list[str]:
     """The opening lines every results report shares: ``# <title>``, then ``Generated <when> by `<command>` at commit
     `<commit>` on <cpu> (<cores> cores, torch <version><extra>).``"""
     machine = report.get("machine") or {}
     provenance_line = (f"Generated {report.get('generated_at', '?')} by `{report.get('command', '?')}` at commit "
-                       f"`{report.get('git_commit', '?')}` on {machine.get('cpu', '?')} ({machine.get('cores', '?')} "
+                       f"`{report.get('git_commit', '?')}` on {cpu_label(machine)} ({machine.get('cores', '?')} "
                        f"cores, torch {machine.get('torch', '?')}){extra}.")
     return [f"# {title}", "", provenance_line, ""]
 

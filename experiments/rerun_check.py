@@ -21,7 +21,7 @@ from pathlib import Path
 from algos.core.config import ConfigError
 from algos.core.io import read_json
 from algos.core.trainer import Trainer, config_from_dict
-from experiments.report import (DASH, display_path, provenance, report_heading, short_commit, table,
+from experiments.report import (DASH, cpu_label, display_path, provenance, report_heading, short_commit, table,
                                 write_json_and_markdown)
 from experiments.status import read_metrics
 
@@ -86,7 +86,7 @@ def check_cell(cell: Path, iterations: int) -> dict:
         rerun = read_metrics(Path(scratch) / "run", strict=True)
     return {"cell": display_path(cell), "env": results.get("env"), "algo": results.get("algo"),
             "seed": results.get("seed"), "cell_commit": results.get("git_commit"),
-            "cell_cpu": (results.get("machine") or {}).get("cpu"), "iterations": iterations,
+            "cell_cpu": cpu_label(results.get("machine")), "iterations": iterations,
             "rerun_wall_time_s": time.perf_counter() - started,
             **compare_rows(recorded[:iterations], rerun[:iterations])}
 
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
             print(f"error: {error}", file=sys.stderr)
             code = 2
             continue
-        entry.update(checked_at_commit=report["git_commit"], checked_on_cpu=report["machine"].get("cpu"),
+        entry.update(checked_at_commit=report["git_commit"], checked_on_cpu=cpu_label(report["machine"]),
                      checked_at=report["generated_at"])
         report["checks"][entry["cell"]] = entry
         print(f"{entry['cell']}: {verdict(entry)}")

@@ -28,10 +28,9 @@ from algos.core.config import TUNING_GRID, grid_settings
 from algos.core.io import REPO_ROOT, atomic_savefig, atomic_write_json, atomic_write_text, read_json
 from algos.core.meta_sac import MetaSACConfig
 from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, REFERENCE, REFERENCE_RESULTS, STD_DDOF, baselines,
-                                display_name, final_eval_value, fmt, format_mean_std, join_unique,
-                                known_optimum,
-                                mean_std, ordered, ours, plural, provenance, reevaluation_paths, reference_for,
-                                report_heading, run_code_verdict, short_commit, table, unique)
+                                cpu_label, display_name, final_eval_value, fmt, format_mean_std, join_unique,
+                                known_optimum, mean_std, ordered, ours, plural, provenance, reevaluation_paths,
+                                reference_for, report_heading, run_code_verdict, short_commit, table, unique)
 
 # docs/PROTOCOL.md#reference-numbers: the reference benchmark's own runs (20 iterations, full gradient budget, mean of three seeds).
 REFERENCE_LABEL = ("reference's own runs at the benchmark tier (20 iterations × full gradient budget), "
@@ -429,9 +428,7 @@ def _machine_text(summary: dict) -> str:
     last digits depend on it."""
     by_cpu: dict[str, list[str]] = defaultdict(list)
     for cell in summary.get("cells") or []:
-        machine = cell.get("machine") or {}
-        cpu = f"{machine.get('cpu', 'unknown CPU')}" + (" (native bf16)" if machine.get("cpu_native_bf16") else "")
-        by_cpu[cpu].append(f"{display_name(cell['algo'])} {cell['env']} {cell['seed']}")
+        by_cpu[cpu_label(cell.get("machine"))].append(f"{display_name(cell['algo'])} {cell['env']} {cell['seed']}")
     if not by_cpu:
         return ""
     return ("**Machines** (the CPU each cell finished on). "

@@ -34,8 +34,8 @@ from algos.core.trainer import build_config
 from envs_glue import DEFAULT_ENVS
 from experiments.benchmark import add_runner_arguments, check_runner_arguments, run_cells
 from experiments.engine import Cell, cell_dir, unsupported_reason
-from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, display_name, env_argument, fmt, mean_std, provenance,
-                                report_heading, short_commit, table, write_json_and_markdown)
+from experiments.report import (ALGO_ORDER, DASH, ENV_ORDER, cpu_label, display_name, env_argument, fmt, mean_std,
+                                provenance, report_heading, short_commit, table, write_json_and_markdown)
 
 SELECTION_FIGURE = "validation_low_noise"
 
@@ -94,7 +94,7 @@ def collect_trials(out: Path) -> list[dict]:
             "test_low_noise": final.get("meta_test_return"), "test": results.get("meta_test_return"),
             "env_steps": results["env_steps"], "grad_steps": results["grad_steps"],
             "wall_time_s": results["wall_time_s"], "git_commit": results["git_commit"],
-            "bf16": results["config"].get("bf16"), "cpu": (results.get("machine") or {}).get("cpu"),
+            "bf16": results["config"].get("bf16"), "cpu": cpu_label(results.get("machine")),
             "cell": str(results_path.parent.relative_to(out))})
     return trials
 

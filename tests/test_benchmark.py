@@ -134,6 +134,14 @@ def test_killed_runner_resumes_without_rerunning_finished_cells(tmp_path, capsys
     assert f"| {sac_results['final_eval']['validation_return']:.2f} (n=1) |" in markdown
 
 
+def test_reports_name_whether_a_cpu_computes_bf16_natively():
+    from experiments.report import cpu_label
+    assert cpu_label({"cpu": "AMD EPYC", "cpu_native_bf16": True}) == "AMD EPYC (native bf16)"
+    assert cpu_label({"cpu": "AMD EPYC", "cpu_native_bf16": False}) == "AMD EPYC (no native bf16)"
+    assert cpu_label({"cpu": "AMD EPYC"}) == "AMD EPYC"  # recorded before the flag existed: the model alone
+    assert cpu_label(None) == "unknown CPU"
+
+
 def test_failed_cell_is_reported_and_the_others_still_run(tmp_path, capsys):
     from algos.core.config import to_dict
     from algos.core.trainer import build_config

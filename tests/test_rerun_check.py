@@ -39,6 +39,10 @@ def test_unchanged_code_reproduces_the_cell_bit_for_bit(smoke_cell):
     rows = [json.loads(line) for line in (smoke_cell / "metrics.jsonl").read_text().splitlines()][:2]
     assert entry["numbers_compared"] == sum(len(row) - 1 for row in rows)
     assert "**identical**" in (tier_dir / "RERUN_CHECKS.md").read_text()
+    # both CPUs named with their bf16 support: one model name covers CPUs with and without it
+    machine = json.loads((smoke_cell / "results.json").read_text())["machine"]
+    bf16 = "native bf16" if machine["cpu_native_bf16"] else "no native bf16"
+    assert entry["cell_cpu"] == entry["checked_on_cpu"] == f"{machine['cpu']} ({bf16})"
 
 
 def test_an_altered_number_is_named_and_the_check_fails(smoke_cell, tmp_path):
