@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from algos.core.io import (REPO_ROOT, CheckpointError, atomic_write_bytes, atomic_write_json, load_checkpoint,
-                           read_json)
+from algos.core.io import (REPO_ROOT, CheckpointError, atomic_write_bytes, atomic_write_json, atomic_write_parts,
+                           load_checkpoint, read_json)
 from experiments.report import DASH, table
 
 CARRY_DIR = "carry"
@@ -218,10 +218,13 @@ def restore(repo: Path) -> list[list[str]]:
             if own.exists() and int(load_checkpoint(own, peek=True)["iteration"]) >= iteration:
                 row = [str(relative), "dropped (the run's own checkpoint is as new)", str(iteration + 1)]
             else:
-                contents = {name: read_carried(source, name) for name in manifest_of(source)}  # all checked first
+                names = sorted(manifest_of(source), key=lambda name: name == "checkpoint.pt")
+                for name in names:  # all checked first, a part at a time: a checkpoint is gigabytes
+                    for _ in carried_parts(source, name):
+                        pass
                 # the checkpoint last: a restore cut short leaves a run that starts afresh, not a half-restored one
-                for name in sorted(contents, key=lambda name: name == "checkpoint.pt"):
-                    atomic_write_bytes(run_dir / name, contents[name])
+                for name in names:
+                    atomic_write_parts(run_dir / name, carried_parts(source, name))
                 row = [str(relative), "restored", str(iteration + 1)]
         shutil.rmtree(source)
         rows.append(row)

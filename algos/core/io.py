@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -44,6 +45,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic_write(path, lambda h: h.write(data))
+
+
+def atomic_write_parts(path: Path, parts: Iterable[bytes]) -> None:
+    """``parts`` written in order, never all held at once; an error while they are produced leaves no file."""
+    _atomic_write(path, lambda h: h.writelines(parts))
 
 
 def atomic_torch_save(path: Path, obj) -> None:
