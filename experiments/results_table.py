@@ -78,7 +78,7 @@ def grid_point_of(hyperparameters: dict) -> str:
 
 
 CELL_FIELDS = ("env", "algo", "seed", "meta_test_return", "final_eval", "online_returns", "learning_curve",
-               "env_steps", "grad_steps", "wall_time_s", "parameter_count", "git_commit", "git_commits", "machine")
+               "env_steps", "grad_steps", "wall_time_s", "parameter_count", "git_commit", "git_commits", "machine", "machines")
 
 
 # ---------------------------------------------------------------------- collection
@@ -424,14 +424,17 @@ def _precision_text(summary: dict) -> str:
 
 
 def _machine_text(summary: dict) -> str:
-    """The CPU each cell finished on (a resumed cell may have started on another), grouped by CPU: speed and the
-    last digits depend on it."""
+    """The CPU each cell ran on (in order, where it was resumed on others), grouped by CPU: speed and the last
+    digits depend on it."""
     by_cpu: dict[str, list[str]] = defaultdict(list)
     for cell in summary.get("cells") or []:
-        by_cpu[cpu_label(cell.get("machine"))].append(f"{display_name(cell['algo'])} {cell['env']} {cell['seed']}")
+        machines = cell.get("machines") or [cell.get("machine")]  # a cell from before segments were recorded
+        labels = [cpu_label(m) if m else "a CPU not recorded" for m in machines]
+        cpus = " then ".join(label for i, label in enumerate(labels) if i == 0 or label != labels[i - 1])
+        by_cpu[cpus].append(f"{display_name(cell['algo'])} {cell['env']} {cell['seed']}")
     if not by_cpu:
         return ""
-    return ("**Machines** (the CPU each cell finished on). "
+    return ("**Machines** (the CPU each cell ran on). "
             + " · ".join(f"{cpu}: {', '.join(cells)}" for cpu, cells in by_cpu.items()) + ".")
 
 

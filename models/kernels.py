@@ -1,13 +1,24 @@
-"""A hidden layer's Linear and ReLU as one oneDNN kernel under bf16 autocast on a CPU with native bf16.
+"""bf16 autocast on a CPU: a hidden layer's Linear and ReLU as one kernel, and bf16's matrix products at fp32's speed
+on a CPU without native bf16.
 
-Eager bf16 autocast writes a hidden layer's activations three times: the bias broadcast into the output, the product
-added onto it, then the ReLU of the result. On the benchmark tier's 4096 x 300 activations these passes are bound by
-memory bandwidth, not arithmetic. oneDNN adds the bias and applies the ReLU as it writes the product, so
-:class:`LinearReLU` writes them once. Its backward is the one autograd runs for ``relu(linear(x))`` (the ReLU's mask,
-then the same matrix products), and its forward the same product rounded the same way, so the numbers match the
-eager layer's (``tests/test_kernels.py``). One difference: where a step applies one network several times under one
-autocast (FOCAL's encoder, on the whole context and on its halves), eager autocast casts each weight once and sums
-the uses' weight gradients in bf16, while each fused use casts its own copy, so their gradients are summed in fp32.
+**The fused hidden layer.** Eager bf16 autocast writes a hidden layer's activations three times: the bias broadcast
+into the output, the product added onto it, then the ReLU of the result. On the benchmark tier's 4096 x 300
+activations these passes are bound by memory bandwidth, not arithmetic. oneDNN adds the bias and applies the ReLU as
+it writes the product, so :class:`LinearReLU` writes them once. Its backward is the one autograd runs for
+``relu(linear(x))`` (the ReLU's mask, then the same matrix products), and its forward the same product rounded the
+same way, so the numbers match the eager layer's (``tests/test_kernels.py``). One difference: where a step applies
+one network several times under one autocast (FOCAL's encoder, on the whole context and on its halves), eager
+autocast casts each weight once and sums the uses' weight gradients in bf16, while each fused use casts its own copy,
+so their gradients are summed in fp32.
+
+**Emulated bf16 products.** On a CPU without AVX512-BF16 or AMX, torch multiplies bf16 matrices with a reference
+kernel: a 4096 x 300 x 300 product runs at 1.3-3.2 GFLOP/s against fp32's 21-26 (AMD EPYC with AVX2 only, one
+thread, beside two busy processes). A bf16 kernel multiplies bf16 operands (each product exact in fp32), sums in fp32
+and rounds the output to bf16 once. :func:`bf16_autocast` computes the same with fp32 kernels on such a CPU
+(:class:`EmulatedBf16Products`): each product's operands rounded to bf16, the product in fp32, its output rounded to
+bf16; a parameter is rounded once per autocast block, as autocast caches it. Only the order of the fp32 sums
+differs, as it does between the bf16 kernels of different CPUs. So a bf16 run started on a CPU with native bf16 can
+go on, in the same arithmetic, on one without.
 """
 from __future__ import annotations
 
@@ -16,6 +27,9 @@ import functools
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
 
 @functools.cache
@@ -47,11 +61,12 @@ def eager_layers():
 
 
 def fused_linear_relu_applies(x: torch.Tensor) -> bool:
-    """Whether :class:`LinearReLU` computes this input's hidden layers: a CPU tensor under bf16 autocast, on a CPU
-    with native bf16 (oneDNN refuses bf16 elsewhere) and a torch built with oneDNN, outside :func:`eager_layers`."""
+    """Whether :class:`LinearReLU` computes this input's hidden layers: a CPU tensor under bf16 autocast, outside
+    :func:`eager_layers`, with oneDNN's kernel on a CPU with native bf16 (a torch built without oneDNN takes the
+    eager layers there) and the emulated products on a CPU without, so that both round alike."""
     return (_fusion_enabled and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16
-            and torch.backends.mkldnn.is_available() and cpu_has_native_bf16())
+            and (torch.backends.mkldnn.is_available() or not cpu_has_native_bf16()))
 
 
 class LinearReLU(torch.autograd.Function):
@@ -61,7 +76,11 @@ class LinearReLU(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         x, weight, bias = (t.to(torch.bfloat16) for t in (x, weight, bias))  # as autocast casts them
         rows = x.reshape(-1, x.shape[-1])
-        out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "relu", [], "")  # (rows, out)
+        if cpu_has_native_bf16():
+            out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "relu", [], "")  # (rows, out)
+        else:  # the same rounding in fp32 kernels: bf16 operands, fp32 sums, the output rounded once
+            with torch.autocast("cpu", enabled=False):
+                out = torch.addmm(bias.float(), rows.float(), weight.float().t()).relu_().to(torch.bfloat16)
         ctx.save_for_backward(rows, weight, out)
         ctx.input_shape = x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -72,9 +91,63 @@ class LinearReLU(torch.autograd.Function):
         grad_pre = torch.ops.aten.threshold_backward(grad.reshape(out.shape), out, 0)  # through the ReLU
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_pre @ weight).view(ctx.input_shape)
+            grad_x = bf16_product(grad_pre, weight).view(ctx.input_shape)
         if ctx.needs_input_grad[1]:
-            grad_weight = grad_pre.t() @ rows
+            grad_weight = bf16_product(grad_pre.t(), rows)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_pre.sum(0)
         return grad_x, grad_weight, grad_bias  # autograd casts each to its input's dtype, as autocast's casts do
+
+
+def bf16_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of bf16 matrices; on a CPU without native bf16 in an fp32 kernel, rounded as a bf16 kernel rounds."""
+    if cpu_has_native_bf16():
+        return a @ b
+    return (a.float() @ b.float()).to(torch.bfloat16)
+
+
+# the products CPU autocast computes in bf16 (those our networks call; ``F.linear`` covers ``nn.Linear``)
+AUTOCAST_PRODUCTS = frozenset({F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
+                               torch.Tensor.__rmatmul__, torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm,
+                               torch.addmm, torch.baddbmm, torch.einsum})
+
+
+class EmulatedBf16Products(TorchFunctionMode):
+    """Inside CPU bf16 autocast, each of :data:`AUTOCAST_PRODUCTS` computed by an fp32 kernel on operands rounded to
+    bf16, its output rounded to bf16: what autocast's bf16 kernel computes, up to the order of its fp32 sums. Every
+    other function runs as autocast runs it. Autograd records the roundings and the fp32 product, so the backward
+    pass rounds where autocast's does and multiplies in fp32 too."""
+
+    def __init__(self):
+        super().__init__()
+        self.rounded_parameters: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (parameter, bf16 copy)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in AUTOCAST_PRODUCTS or not torch.is_autocast_enabled("cpu"):
+            return func(*args, **kwargs)
+        with torch.autocast("cpu", enabled=False):
+            args, kwargs = tree_map(self.rounded_operand, (args, kwargs))
+            return func(*args, **kwargs).to(torch.bfloat16)
+
+    def rounded_operand(self, x):
+        if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+            return x
+        if x.dtype == torch.float32 and x.is_leaf and x.requires_grad:
+            # autocast casts a parameter once per block, so its uses' gradients meet (are summed) in bf16
+            if id(x) not in self.rounded_parameters:
+                self.rounded_parameters[id(x)] = (x, x.to(torch.bfloat16))
+            return self.rounded_parameters[id(x)][1].float()
+        return x.to(torch.bfloat16).float()
+
+
+@contextlib.contextmanager
+def bf16_autocast(device_type: str, enabled: bool = True):
+    """``torch.autocast(device_type, torch.bfloat16, enabled)``, with its products emulated
+    (:class:`EmulatedBf16Products`) on a CPU without native bf16."""
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled):
+        if enabled and device_type == "cpu" and not cpu_has_native_bf16():
+            with EmulatedBf16Products():
+                yield
+        else:
+            yield

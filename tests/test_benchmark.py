@@ -130,7 +130,7 @@ def test_killed_runner_resumes_without_rerunning_finished_cells(tmp_path, capsys
     assert "| validation tasks (low-noise) |" in markdown
     # every method's networks are stated, read from its cells' saved configs (the scripted oracle has none)
     assert "**Architectures.** SAC (no context): no encoder, z = 0; actor and critic 3 x 300" in markdown
-    assert f"**Machines** (the CPU each cell finished on). {sac_results['machine']['cpu']}" in markdown
+    assert f"**Machines** (the CPU each cell ran on). {sac_results['machine']['cpu']}" in markdown
     assert f"| {sac_results['final_eval']['validation_return']:.2f} (n=1) |" in markdown
 
 
@@ -509,3 +509,19 @@ def test_renderer_adds_a_success_rate_column_only_where_cells_report_success(syn
 def test_renderer_of_a_tier_with_no_cells_says_so(synthetic_summary):
     markdown = render_markdown({**synthetic_summary, "plan": {}, "cells": []})
     assert "No cell of this tier has finished yet" in markdown and "## Setup" not in markdown
+
+
+def test_renderer_names_every_cpu_a_resumed_cell_ran_on(synthetic_summary):
+    def line() -> str:
+        return next(l for l in render_markdown(synthetic_summary).splitlines() if l.startswith("**Machines**"))
+    for cell in synthetic_summary["cells"]:
+        cell["machine"] = {"cpu": "CPU A", "cpu_native_bf16": True}
+    assert "CPU A (native bf16): PEARL point-robot 42, PEARL point-robot 123, setformer (ours) point-robot 42." in line()
+    # resumed on another CPU, and (a checkpoint from before segments were recorded) started on one not on record
+    synthetic_summary["cells"][1]["machines"] = [{"cpu": "CPU A", "cpu_native_bf16": True},
+                                                 {"cpu": "CPU B", "cpu_native_bf16": False}]
+    synthetic_summary["cells"][2]["machines"] = [None, {"cpu": "CPU B", "cpu_native_bf16": False}]
+    text = line()
+    assert "CPU A (native bf16): PEARL point-robot 42 · " in text
+    assert "CPU A (native bf16) then CPU B (no native bf16): PEARL point-robot 123" in text
+    assert "a CPU not recorded then CPU B (no native bf16): setformer (ours) point-robot 42." in text

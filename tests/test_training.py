@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import algos.core.trainer as trainer_module
 from algos.core.config import ConfigError
 from algos.core.io import CheckpointError, load_checkpoint
 from algos.core.trainer import Trainer, build_config
@@ -159,10 +160,14 @@ def test_kill_and_resume_matches_uninterrupted(reference_run, tmp_path, monkeypa
     resumed = Trainer.from_run_dir(run_dir, progress=False)
     assert resumed.config == trainer.config
     resumed.git_commits = ["commit-of-the-resumed-process"]   # as if the tree had moved on in between
+    first_machine = trainer_module.machine_description("cpu")
+    other_machine = {**first_machine, "cpu": "another CPU", "cpu_native_bf16": not first_machine["cpu_native_bf16"]}
+    monkeypatch.setattr(trainer_module, "machine_description", lambda device="cpu": dict(other_machine))
     results = resumed.run(resume=True)
-    # the code of both segments is on record, the starting one first
+    # the code and the machine of both segments are on record, the starting ones first
     assert results["git_commits"] == [trainer.git_commits[0], "commit-of-the-resumed-process"]
     assert results["git_commit"] == trainer.git_commits[0]
+    assert results["machines"] == [first_machine, other_machine] and results["machine"] == other_machine
     assert resumed.start_iteration == 2
     assert strip_nondeterministic(read_metrics(run_dir)) == strip_nondeterministic(read_metrics(ref_dir))
     assert results["final_eval"] == ref_results["final_eval"]

@@ -3,9 +3,9 @@ is built and saved resolved in its config, so a resumed run keeps what it starte
 
 - ``device``: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu`` or ``cuda``.
 - ``bf16``: ``auto`` turns bfloat16 autocast on where it is native: any CUDA GPU torch supports it on, or a CPU
-  with AVX512-BF16 or AMX (where bf16 matrix products run about 2.7x faster than fp32). On a CPU without them
-  torch emulates bf16 and a step is about 2.7x *slower*, so ``auto`` leaves it off there. ``true``/``false``
-  force it.
+  with AVX512-BF16 or AMX (where bf16 matrix products run about 2.7x faster than fp32). On a CPU without them the
+  products are computed in fp32 kernels and rounded as bf16's are (``models.kernels``): the same arithmetic, a
+  step a little slower than fp32's, so ``auto`` leaves it off there. ``true``/``false`` force it.
 
 And how the CPU allocates and rounds: ``tune_cpu_allocator`` keeps glibc's malloc from handing every freed activation
 back to the kernel, and ``flush_subnormals`` keeps subnormal floats off the CPU's slow path (see each).
@@ -121,9 +121,11 @@ def resolve_bf16(requested: bool | str, device: str) -> bool:
     raise ConfigError(f"config key 'bf16' must be true, false or auto, got {requested!r}")
 
 
-def warn_if_slow(bf16: bool, device: str) -> None:
+def warn_if_emulated(bf16: bool, device: str) -> None:
     """A run (typically a resumed one) keeps its precision; say so when this machine only emulates it."""
     if bf16 and not native_bf16(device):
-        print(f"warning: this run uses bf16 autocast, which this {device.upper()} only emulates (no AVX512-BF16/AMX): "
-              f"gradient steps run about 2.7x slower than fp32. A resumed run keeps the precision it started with; "
-              f"start a new run with --set bf16=false for speed.", file=sys.stderr)
+        how = ("(no AVX512-BF16/AMX): its products run in fp32 kernels, rounded as bf16's are, a little slower than "
+               "fp32" if device == "cpu" else "(no native bf16): gradient steps may run slower than in fp32")
+        print(f"note: this run uses bf16 autocast, which this {device.upper()} only emulates {how}. A resumed run "
+              f"keeps the precision it started with; start a new run with --set bf16=false for speed.",
+              file=sys.stderr)

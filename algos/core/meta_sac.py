@@ -30,6 +30,7 @@ from algos.core.algorithm import Algorithm
 from algos.core.buffers import MultiTaskReplayBuffer, RLBatch, sample_context, sample_rl_batch
 from algos.core.config import ConfigError, ProtocolConfig
 from algos.core.sampler import collect_data, longest_trial
+from models.kernels import bf16_autocast
 from models.mlp import NETWORK_INITS, build_qf, build_vf, count_parameters, rlkit_init_
 
 
@@ -282,7 +283,7 @@ class MetaSACAlgorithm(Algorithm):
         return {f"train/{k}": v / n for k, v in totals.items()}
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        return bf16_autocast(self.device.type, enabled=self.bf16)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         p, c = self.protocol, self.config

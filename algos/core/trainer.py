@@ -26,7 +26,7 @@ import envs_glue
 from algos import algorithm_class
 from algos.core.config import (RESUME_OVERRIDABLE_KEYS, ConfigError, ProtocolConfig, RunConfig, apply_overrides,
                                flatten_config, protocol_for, to_dict)
-from algos.core.device import flush_subnormals, resolve_bf16, resolve_device, tune_cpu_allocator, warn_if_slow
+from algos.core.device import flush_subnormals, resolve_bf16, resolve_device, tune_cpu_allocator, warn_if_emulated
 from algos.core.evaluation import EvalResult, evaluate
 from algos.core.sampler import num_eval_episodes
 from algos.core.meta_sac import TrainingDivergedError
@@ -227,7 +227,7 @@ class Trainer:
                   file=sys.stderr)
             config.device = "cpu"
         resolve_hardware(config)  # configs saved before these settings existed say neither
-        warn_if_slow(config.bf16, config.device)
+        warn_if_emulated(config.bf16, config.device)
         if tune_allocator:  # off only to measure what a process with glibc's default allocator pays
             tune_cpu_allocator()
         flush_subnormals()
@@ -255,6 +255,8 @@ class Trainer:
         # the code this process runs: read now, since the tree may move on before the run finishes; a resumed run
         # keeps the commits of all its segments
         self.git_commits = [git_commit()]
+        # the machines of a resumed run's earlier segments (None: a checkpoint from before they were recorded)
+        self.earlier_machines: list[dict | None] = []
 
     @classmethod
     def from_run_dir(cls, run_dir: Path | str, progress: bool = True, load_weights: bool = False,
@@ -348,6 +350,12 @@ class Trainer:
         p = self.config.protocol
         return self.evaluate(self.eval_seed(FINAL_EVAL_OFFSET), num_repeats or p.final_eval_repeats, split)
 
+    def machines(self) -> list[dict | None]:
+        """The machine of each segment of the run, in order: a segment resumed on the machine before it adds none."""
+        current = machine_description(self.device)
+        earlier = self.earlier_machines
+        return earlier + ([] if earlier and earlier[-1] == current else [current])
+
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
@@ -356,6 +364,7 @@ class Trainer:
         atomic_torch_save(self.checkpoint_path, {
             "iteration": iteration, "algorithm": self.algorithm.state_dict(), "torch_rng": torch.get_rng_state(),
             "learning_curve": self.learning_curve, "elapsed": self.elapsed, "git_commits": self.git_commits,
+            "machines": self.machines(),
             "evaluation_s": self.evaluation_s, "identity": run_identity(self.config),
             "config": semantic_config(self.config),
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
@@ -400,6 +409,7 @@ class Trainer:
         if for_resume:
             earlier = list(state.get("git_commits", []))
             self.git_commits = earlier + [c for c in self.git_commits if c not in earlier]
+            self.earlier_machines = list(state.get("machines", [None]))
             torch.set_rng_state(state["torch_rng"])
             if self.device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -513,7 +523,8 @@ class Trainer:
             "parameter_count": self.algorithm.parameter_count(),
             # the commit the run started at; ``git_commits`` lists more when resumed at other ones
             "git_commit": self.git_commits[0], "git_commits": self.git_commits,
-            "machine": machine_description(self.device), "config": to_dict(cfg),
+            # the machine it finished on; ``machines`` lists each segment's when resumed on others
+            "machine": machine_description(self.device), "machines": self.machines(), "config": to_dict(cfg),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         self.save_agent_weights()
