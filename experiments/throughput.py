@@ -29,7 +29,7 @@ from algos.core.config import TIERS
 from algos.core.trainer import Trainer, build_config
 from experiments.engine import available_cpus, unsupported_reason
 from experiments.report import DASH, env_argument, provenance, report_heading, table, write_json_and_markdown
-from models.kernels import cpu_has_native_bf16, eager_layers
+from models.kernels import bf16_autocast, cpu_has_native_bf16, eager_layers
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -183,18 +183,24 @@ def measure(env: str, algo: str, args: argparse.Namespace) -> dict:
 
 
 def matmul_peak(rows: int, width: int, device: torch.device, seconds_per_round: float = 0.1, rounds: int = 5) -> dict:
-    """GFLOP/s of ``(rows x width) @ (width x width)`` in fp32 and bf16: the most a step's layers can reach. The best
-    of ``rounds`` rounds of at least ``seconds_per_round`` each, as a low ceiling would flatter every share of it.
-    Each product is dropped at once, as a layer's would be: keeping them all alive times fresh memory's page faults
-    too, which read bf16 at 37-41 % of the rate on an Intel Xeon with AMX (benchmarks/dev/bf16-step/MATMUL_PEAK.md)."""
+    """GFLOP/s of ``(rows x width) @ (width x width)`` in fp32 and bf16, and on a CPU without native bf16 also as
+    bf16 autocast computes it there (``bf16_emulated``: fp32 kernels on rounded operands, ``models/kernels.py``):
+    the most a step's layers can reach. The best of ``rounds`` rounds of at least ``seconds_per_round`` each, as a
+    low ceiling would flatter every share of it. Each product is dropped at once, as a layer's would be: keeping them
+    all alive times fresh memory's page faults too, which read bf16 at 37-41 % of the rate on an Intel Xeon with AMX
+    (benchmarks/dev/bf16-step/MATMUL_PEAK.md)."""
     out = {"shape": [rows, width, width]}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    variants = {"fp32": (torch.float32, contextlib.nullcontext), "bf16": (torch.bfloat16, contextlib.nullcontext)}
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        variants["bf16_emulated"] = (torch.float32, lambda: bf16_autocast("cpu"))
+    for name, (dtype, context) in variants.items():
         a, b = torch.randn(rows, width, device=device, dtype=dtype), torch.randn(width, width, device=device, dtype=dtype)
 
         def products(repeats: int) -> float:
             def run() -> None:
-                for _ in range(repeats):
-                    a @ b
+                with context():
+                    for _ in range(repeats):
+                        a @ b
                 _synchronize(device)
             return _timed(run)
 
@@ -218,7 +224,8 @@ def render_markdown(report: dict) -> str:
                                               f"**{report['tier']}** tier"),
         "Gradient steps/s of `train_step()` (meta_batch tasks × batch_size transitions) on the same weights and "
         f"buffers, the median of {report.get('rounds', 1)} round(s) in which the variants take turns, at the default "
-        "precision, with bf16 autocast forced on and off (*fp32* is what a CPU without native bf16 gets), and in bf16 with *eager* hidden layers (Linear and ReLU as separate kernels, as before "
+        "precision, with bf16 autocast forced on and off (*fp32* is what a CPU without native bf16 gets; there *bf16* "
+        "is autocast with emulated products, `models/kernels.py`), and in bf16 with *eager* hidden layers (Linear and ReLU as separate kernels, as before "
         "`models/kernels.py`); *fused / eager* is the bf16 rate over the eager one, and *fused = eager* whether "
         f"{report.get('identity_steps', 3)} bf16 steps from one seed leave every weight bit-identical either way "
         "(two fresh runs; — where the fused layers do not apply). GFLOP/step as torch's `FlopCounterMode` counts it "
@@ -233,7 +240,10 @@ def render_markdown(report: dict) -> str:
         rows, width, _ = peak["shape"]
         parts += [f"**Matrix-multiply peak in this process** ({rows} × {width} @ {width} × {width}, the critic's layer "
                   f"shape at this tier): fp32 {_f(peak['fp32_gflop_per_s'])} GFLOP/s, bf16 "
-                  f"{_f(peak['bf16_gflop_per_s'])} GFLOP/s.", ""]
+                  f"{_f(peak['bf16_gflop_per_s'])} GFLOP/s"
+                  + (f" (torch's own kernel; emulated under autocast, the ceiling of the bf16 rates: "
+                     f"{_f(peak['bf16_emulated_gflop_per_s'])} GFLOP/s)" if "bf16_emulated_gflop_per_s" in peak else "")
+                  + ".", ""]
     header = ["method", "params", "meta_batch × batch", "bf16 (default)", "grad steps/s (default)",
               "grad steps/s (bf16)", "grad steps/s (fp32)", "grad steps/s (bf16, eager layers)", "fused / eager",
               "fused = eager", "GFLOP/step", "GFLOP/s (default)",
@@ -251,7 +261,7 @@ def render_markdown(report: dict) -> str:
             identical = {True: "yes", False: "no"}.get(r.get("fused_matches_eager"), DASH)
 
             def peak_share(name: str) -> str:
-                ceiling = peak.get(f"{name}_gflop_per_s")
+                ceiling = peak.get(f"{name}_emulated_gflop_per_s") or peak.get(f"{name}_gflop_per_s")
                 if flops is None or rates[name] is None or not ceiling:
                     return DASH
                 return f"{100 * rates[name] * flops / 1e9 / ceiling:.0f} %"
