@@ -11,14 +11,16 @@ one network several times under one autocast (FOCAL's encoder, on the whole cont
 autocast casts each weight once and sums the uses' weight gradients in bf16, while each fused use casts its own copy,
 so their gradients are summed in fp32.
 
-**Emulated bf16 products.** On a CPU without AVX512-BF16 or AMX, torch multiplies bf16 matrices with a reference
-kernel: a 4096 x 300 x 300 product runs at 1.3-3.2 GFLOP/s against fp32's 21-26 (AMD EPYC with AVX2 only, one
-thread, beside two busy processes). A bf16 kernel multiplies bf16 operands (each product exact in fp32), sums in fp32
+**Emulated bf16 products.** On a CPU without AVX512-BF16 or AMX, torch's own bf16 matrix product is slow: the
+critic's 4096 x 300 x 300 product at 1.4 GFLOP/s against fp32's 31.1 (AMD EPYC with AVX2 only, one thread,
+``benchmarks/dev/bf16-emulation``). A bf16 kernel multiplies bf16 operands (each product exact in fp32), sums in fp32
 and rounds the output to bf16 once. :func:`bf16_autocast` computes the same with fp32 kernels on such a CPU
 (:class:`EmulatedBf16Products`): each product's operands rounded to bf16, the product in fp32, its output rounded to
-bf16; a parameter is rounded once per autocast block, as autocast caches it. Only the order of the fp32 sums
-differs, as it does between the bf16 kernels of different CPUs. So a bf16 run started on a CPU with native bf16 can
-go on, in the same arithmetic, on one without.
+bf16; a parameter is rounded once per autocast block, as autocast caches it, and the hidden layers keep the fused
+layer's rounding (:class:`LinearReLU` in fp32 kernels). Only the order of the fp32 sums differs, as it does between
+the bf16 kernels of different CPUs. The product runs at 26.6 GFLOP/s there, and setformer's and VariBAD's
+benchmark-tier steps at 0.88x and 0.93x their fp32 rate: a bf16 run started on a CPU with native bf16 can go on, in
+the same arithmetic, on one without.
 """
 from __future__ import annotations
 
