@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 
 @functools.cache
@@ -108,17 +108,31 @@ def bf16_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() @ b.float()).to(torch.bfloat16)
 
 
-# the products CPU autocast computes in bf16 (those our networks call; ``F.linear`` covers ``nn.Linear``)
-AUTOCAST_PRODUCTS = frozenset({F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
-                               torch.Tensor.__rmatmul__, torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm,
-                               torch.addmm, torch.baddbmm, torch.einsum})
+# the products CPU autocast computes in bf16 that networks call (``F.linear`` covers ``nn.Linear``)
+AUTOCAST_PRODUCTS = frozenset({
+    F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.mm,
+    torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.addmm, torch.Tensor.addmm, torch.baddbmm,
+    torch.Tensor.baddbmm, torch.addbmm, torch.Tensor.addbmm, torch.einsum})
+
+
+def einsum_contracts(equation: str, num_operands: int) -> bool:
+    """Whether an einsum of two operands sums an index over both: only then does autocast reach a bf16 product
+    (``bmm``); ``i,j->ij`` or ``ij->j`` stay in the input's precision. Other einsums are left to autocast."""
+    inputs, arrow, output = equation.replace(" ", "").replace(".", "").partition("->")
+    operands = inputs.split(",")
+    if num_operands != 2 or len(operands) != 2:
+        return False
+    if not arrow:  # implicit output: the indices that appear once
+        output = "".join(i for i in set(inputs) if inputs.count(i) == 1 and i != ",")
+    return any(i in operands[1] and i not in output for i in operands[0])
 
 
 class EmulatedBf16Products(TorchFunctionMode):
-    """Inside CPU bf16 autocast, each of :data:`AUTOCAST_PRODUCTS` computed by an fp32 kernel on operands rounded to
-    bf16, its output rounded to bf16: what autocast's bf16 kernel computes, up to the order of its fp32 sums. Every
-    other function runs as autocast runs it. Autograd records the roundings and the fp32 product, so the backward
-    pass rounds where autocast's does and multiplies in fp32 too."""
+    """Inside CPU bf16 autocast, each of :data:`AUTOCAST_PRODUCTS` on CPU fp32/bf16 tensors computed by an fp32
+    kernel on operands rounded to bf16, its output rounded to bf16: what autocast's bf16 kernel computes, up to the
+    order of its fp32 sums. Everything else (other functions, float64, ``out=``) runs as autocast runs it. Autograd
+    records the roundings and the fp32 product, so the backward pass rounds where autocast's does and multiplies in
+    fp32 too."""
 
     def __init__(self):
         super().__init__()
@@ -126,21 +140,41 @@ class EmulatedBf16Products(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func not in AUTOCAST_PRODUCTS or not torch.is_autocast_enabled("cpu"):
+        if not self.emulates(func, args, kwargs):
             return func(*args, **kwargs)
         with torch.autocast("cpu", enabled=False):
-            args, kwargs = tree_map(self.rounded_operand, (args, kwargs))
+            args, kwargs = tree_map(self.rounded, (args, kwargs))  # bf16 copies of the operands
+            if func is F.linear and self.linear_rounds_twice(*args, **kwargs):
+                # torch's linear of a non-contiguous input of 3+ dims: the product rounded, then the bias added in bf16
+                x, weight, bias = (list(args) + [kwargs.get("bias")])[:3]
+                return F.linear(x.float(), weight.float()).to(torch.bfloat16) + bias
+            args, kwargs = tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) else t, (args, kwargs))
             return func(*args, **kwargs).to(torch.bfloat16)
 
-    def rounded_operand(self, x):
-        if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+    @staticmethod
+    def emulates(func, args, kwargs) -> bool:
+        if (func not in AUTOCAST_PRODUCTS or "out" in kwargs or not torch.is_autocast_enabled("cpu")
+                or torch.get_autocast_dtype("cpu") != torch.bfloat16):
+            return False
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if func is torch.einsum and not (isinstance(args[0], str) and einsum_contracts(args[0], len(tensors))):
+            return False
+        return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16) for t in tensors)
+
+    @staticmethod
+    def linear_rounds_twice(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+        return bias is not None and x.dim() >= 3 and not x.is_contiguous()
+
+    def rounded(self, x):
+        """``x`` as autocast casts it: a bf16 copy; a parameter's once per block while gradients are recorded
+        (autocast's cache: an fp32 leaf that requires grad, not a view), so its uses' gradients meet in bf16."""
+        if not isinstance(x, torch.Tensor):
             return x
-        if x.dtype == torch.float32 and x.is_leaf and x.requires_grad:
-            # autocast casts a parameter once per block, so its uses' gradients meet (are summed) in bf16
+        if torch.is_grad_enabled() and x.dtype == torch.float32 and x.is_leaf and x.requires_grad and not x._is_view():
             if id(x) not in self.rounded_parameters:
                 self.rounded_parameters[id(x)] = (x, x.to(torch.bfloat16))
-            return self.rounded_parameters[id(x)][1].float()
-        return x.to(torch.bfloat16).float()
+            return self.rounded_parameters[id(x)][1]
+        return x.to(torch.bfloat16)
 
 
 @contextlib.contextmanager
