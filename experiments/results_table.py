@@ -78,7 +78,8 @@ def grid_point_of(hyperparameters: dict) -> str:
 
 
 CELL_FIELDS = ("env", "algo", "seed", "meta_test_return", "final_eval", "online_returns", "learning_curve",
-               "env_steps", "grad_steps", "wall_time_s", "parameter_count", "git_commit", "git_commits", "machine", "machines")
+               "env_steps", "grad_steps", "wall_time_s", "parameter_count", "git_commit", "git_commits", "machine",
+               "machines")
 
 
 # ---------------------------------------------------------------------- collection
