@@ -60,16 +60,20 @@ def main() -> int:
     started = time.perf_counter()
     velocities = task_velocities()
     below_training = {split: velocities[split] < velocities["train"].min() for split in ("test", "validation")}
+    slower_than_validation = velocities["test"] < velocities["validation"].min()
     rows = run_rows()
     for row in rows:
         test = np.asarray(row["test"])
         row["test_mean"] = float(test.mean())
         row["validation_mean"] = float(np.mean(row["validation"]))
         row["test_mean_within_training_range"] = float(test[~below_training["test"]].mean())
+        row["test_mean_slower_than_validation"] = float(test[slower_than_validation].mean())
+        row["test_mean_within_validation_span"] = float(test[~slower_than_validation].mean())
     report = {**provenance("python benchmarks/dev/cheetah-vel-per-task/per_task.py"),
               "velocities": {split: v.tolist() for split, v in velocities.items()},
               "test_tasks_below_training_range": np.flatnonzero(below_training["test"]).tolist(),
               "validation_tasks_below_training_range": np.flatnonzero(below_training["validation"]).tolist(),
+              "test_tasks_slower_than_validation": np.flatnonzero(slower_than_validation).tolist(),
               "runs": rows}
     report["wall_time_s"] = round(time.perf_counter() - started, 2)
     atomic_write_json(HERE / "per_task.json", report)
@@ -95,6 +99,7 @@ def render(report: dict) -> str:
         f"Below every training velocity lie {len(report['test_tasks_below_training_range'])} test and "
         f"{len(report['validation_tasks_below_training_range'])} validation task(s).",
         ""]
+    lines += table_cell_means(report)
     for split in ("test", "validation"):
         header = " | ".join(f"{v:.2f}" for v in velocities[split][order[split]])
         extra = " | mean | mean within training range" if split == "test" else " | mean"
@@ -109,6 +114,24 @@ def render(report: dict) -> str:
             lines.append(f"| {row['kind']} | {row['algo']} | `{row['setting']}` | {row['seed']} | {cells}{tail} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def table_cell_means(report: dict) -> list[str]:
+    """Per method, its table cells' per-run means averaged over seeds: the whole test list, the test tasks slower
+    than every validation task, the others, and the validation list."""
+    slow = report["test_tasks_slower_than_validation"]
+    columns = ("test_mean", "test_mean_slower_than_validation", "test_mean_within_validation_span", "validation_mean")
+    lines = ["## The table's cells, mean over seeds", "",
+             f"Low-noise final returns, averaged over each method's table cells (n seeds): the {len(slow)} test tasks "
+             "slower than every validation task, the other test tasks, which lie within the validation tasks' span "
+             "of velocities or just beyond it, and the validation tasks.", "",
+             "| method | n | test tasks | slower than every validation task | the other test tasks | validation tasks |",
+             "|---|---|---|---|---|---|"]
+    for algo in sorted({row["algo"] for row in report["runs"] if row["kind"] == "table cell"}):
+        runs = [row for row in report["runs"] if row["kind"] == "table cell" and row["algo"] == algo]
+        means = " | ".join(f"{np.mean([row[c] for row in runs]):.2f}" for c in columns)
+        lines.append(f"| {algo} | {len(runs)} | {means} |")
+    return lines + [""]
 
 
 if __name__ == "__main__":
