@@ -372,29 +372,49 @@ def _hyperparameter_text(summary: dict) -> str:
             "configs): " + " · ".join(lines) + ".")
 
 
+def _commits_of(cell: dict) -> str:
+    """The commit a cell ran at; a resumed cell lists each segment's, in order (``start → resumed at``)."""
+    return " → ".join(short_commit(c) for c in cell.get("git_commits") or [cell.get("git_commit")])
+
+
+def _arithmetic_of(cell: dict) -> str | None:
+    """bf16 autocast or fp32 (``bf16=auto`` resolves per machine); None where no gradient step ran (the oracle)."""
+    if cell.get("grad_steps") == 0:
+        return None
+    return "bf16 autocast" if cell.get("bf16", False) else "fp32"
+
+
+def _cpus_of(cell: dict) -> str:
+    """The CPU a cell ran on, or each in turn where it was resumed on another."""
+    machines = cell.get("machines") or [cell.get("machine")]  # a cell from before segments were recorded
+    labels = [cpu_label(m) if m else "a CPU not recorded" for m in machines]
+    return " then ".join(label for i, label in enumerate(labels) if i == 0 or label != labels[i - 1])
+
+
+CELLS_LINK = "[Cells](#cells)"
+
+
 def _code_text(summary: dict) -> str:
-    """Which commit each method's cells ran: a reader must see when one table mixes versions of a method."""
-    commits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    code_commits: dict[str, list[str]] = defaultdict(list)
+    """Which code each method's cells ran: a reader must see when one table mixes versions of a method."""
+    by_algo: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    segments: dict[str, list[str]] = defaultdict(list)
     for cell in summary.get("cells") or []:
-        # a resumed cell ran its segments at each commit it lists: start → resumed at
-        segments = cell.get("git_commits") or [cell.get("git_commit")]
-        commit = " → ".join(short_commit(c) for c in segments)
-        commits[display_name(cell["algo"])][commit].append(f"{cell['env']} {cell['seed']}")
-        code_commits[display_name(cell["algo"])].extend(segments)
-    if not commits:
+        by_algo[cell["algo"]][_commits_of(cell)].append(f"{cell['env']} {cell['seed']}")
+        segments[cell["algo"]].extend(cell.get("git_commits") or [cell.get("git_commit")])
+    if not by_algo:
         return ""
     parts = []
-    for algo, by_commit in commits.items():
+    for algo in ordered(by_algo, ALGO_ORDER):
+        by_commit, name = by_algo[algo], display_name(algo)
         if len(by_commit) == 1:
-            parts.append(f"{algo} `{next(iter(by_commit))}`")
+            parts.append(f"{name} `{next(iter(by_commit))}`")
         else:
-            verdict = run_code_verdict(code_commits[algo])
-            parts.append(f"{algo} " + "; ".join(f"`{c}` ({', '.join(cells)})" for c, cells in by_commit.items())
-                         + (f" ({verdict})" if verdict else ""))
-    return ("**Code.** The commit each method's cells ran at (`-dirty`: with uncommitted changes; `a → b`: started "
-            "at `a`, resumed at `b`): "
-            + " · ".join(parts) + ".")
+            verdict = run_code_verdict(segments[algo])
+            cells = sum(len(c) for c in by_commit.values())
+            parts.append(f"{name} {plural(len(unique(c for c in segments[algo] if c)), 'commit')} over "
+                         f"{plural(cells, 'cell')}" + (f" ({verdict})" if verdict else ""))
+    return (f"**Code.** The commit each method's cells ran at (each cell's under {CELLS_LINK}): " + " · ".join(parts)
+            + ".")
 
 
 def _precision_text(summary: dict) -> str:
@@ -403,10 +423,8 @@ def _precision_text(summary: dict) -> str:
     differently, and a reader must see which figure came from which."""
     by_algo: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for cell in summary.get("cells") or []:
-        if cell.get("grad_steps") == 0:  # the oracle takes no gradient steps: no arithmetic to name
-            continue
-        arithmetic = "bf16 autocast" if cell.get("bf16", False) else "fp32"
-        by_algo[cell["algo"]][arithmetic].append(f"{cell['env']} {cell['seed']}")
+        if (arithmetic := _arithmetic_of(cell)) is not None:
+            by_algo[cell["algo"]][arithmetic].append(f"{cell['env']} {cell['seed']}")
     if not by_algo:
         return ""
     kinds = {kind for by_kind in by_algo.values() for kind in by_kind}
@@ -419,24 +437,39 @@ def _precision_text(summary: dict) -> str:
         if len(by_kind) == 1:
             parts.append(f"{name} {next(iter(by_kind))}")
         else:
-            parts.append(f"{name} " + "; ".join(f"{kind} ({', '.join(cells)})" for kind, cells in by_kind.items()))
+            parts.append(f"{name} " + ", ".join(f"{kind} ({plural(len(cells), 'cell')})" for kind, cells in by_kind.items()))
     return (f"{lead}bf16 autocast or fp32 as `bf16=auto` resolved on each cell's machine (the same math and "
-            "budget, rounded differently): " + " · ".join(parts) + ".")
+            f"budget, rounded differently; each cell's under {CELLS_LINK}): " + " · ".join(parts) + ".")
 
 
 def _machine_text(summary: dict) -> str:
-    """The CPU each cell ran on (in order, where it was resumed on others), grouped by CPU: speed and the last
-    digits depend on it."""
+    """The CPUs the cells ran on, with how many cells each: speed and the last digits depend on it."""
     by_cpu: dict[str, list[str]] = defaultdict(list)
     for cell in summary.get("cells") or []:
-        machines = cell.get("machines") or [cell.get("machine")]  # a cell from before segments were recorded
-        labels = [cpu_label(m) if m else "a CPU not recorded" for m in machines]
-        cpus = " then ".join(label for i, label in enumerate(labels) if i == 0 or label != labels[i - 1])
-        by_cpu[cpus].append(f"{display_name(cell['algo'])} {cell['env']} {cell['seed']}")
+        by_cpu[_cpus_of(cell)].append(cell["algo"])
     if not by_cpu:
         return ""
-    return ("**Machines** (the CPU each cell ran on). "
-            + " · ".join(f"{cpu}: {', '.join(cells)}" for cpu, cells in by_cpu.items()) + ".")
+    return (f"**Machines** (the CPU each cell ran on; each cell's under {CELLS_LINK}). "
+            + " · ".join(f"{cpu}: {plural(len(algos), 'cell')} ("
+                         + ", ".join(f"{display_name(a)} {algos.count(a)}" for a in ordered(algos, ALGO_ORDER)) + ")"
+                         for cpu, algos in by_cpu.items()) + ".")
+
+
+def _cells_section(summary: dict) -> list[str]:
+    """Every cell's provenance, one row each: the commit(s), arithmetic and CPU(s) it ran with."""
+    def rank(name: str, order: tuple[str, ...]) -> tuple[int, str]:  # the tables' order, then others by name
+        return (order.index(name) if name in order else len(order), name)
+
+    cells = sorted(summary.get("cells") or [],
+                   key=lambda c: (rank(c["env"], ENV_ORDER), rank(c["algo"], ALGO_ORDER), c["seed"]))
+    if not cells:
+        return []
+    rows = [[c["env"], display_name(c["algo"]), str(c["seed"]), f"`{_commits_of(c)}`", _arithmetic_of(c) or DASH,
+             _cpus_of(c)] for c in cells]
+    return ["## Cells", "",
+            "Where and how each cell ran, from its `results.json` (`-dirty`: with uncommitted changes; `a → b`: "
+            "started at `a`, resumed at `b`; *arithmetic*: of the gradient steps, — where none ran).", "",
+            table(["environment", "method", "seed", "commit", "arithmetic", "CPU"], rows), ""]
 
 
 def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
@@ -510,6 +543,7 @@ def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,
         parts += ["## Findings", "", f"*Written by hand in `{FINDINGS_FILE}` beside this file and included as it is; "
                   "every figure it quotes is in the tables above or in the files it names.*", "",
                   summary["findings"].strip(), ""]
+    parts += _cells_section(summary)
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -572,7 +606,7 @@ COMPANIONS = {
     "../baselines-lr1e-3/{tier}/RESULTS.md": "baselines rerun at lr 1e-3 (setformer's lr until it took the baselines' 3e-4), same budget",
     "../THROUGHPUT.md": "gradient steps/s, environment steps/s and adapt() latency, one controlled run",
     "RERUN_CHECKS.md": "cells' first iterations rerun at a later commit and compared bit for bit: whether the code "
-                       "changes between cells (the Code line) changed what they compute",
+                       "changes between cells (the Code line and the Cells section) changed what they compute",
 }
 
 

@@ -130,7 +130,9 @@ def test_killed_runner_resumes_without_rerunning_finished_cells(tmp_path, capsys
     assert "| validation tasks (low-noise) |" in markdown
     # every method's networks are stated, read from its cells' saved configs (the scripted oracle has none)
     assert "**Architectures.** SAC (no context): no encoder, z = 0; actor and critic 3 x 300" in markdown
-    assert f"**Machines** (the CPU each cell ran on). {sac_results['machine']['cpu']}" in markdown
+    assert f"| point-robot | SAC (no context) | 42 | `{sac_results['git_commit'][:7]}" in markdown  # the Cells section
+    assert f"**Machines** (the CPU each cell ran on; each cell's under [Cells](#cells)). " \
+           f"{sac_results['machine']['cpu']}" in markdown
     assert f"| {sac_results['final_eval']['validation_return']:.2f} (n=1) |" in markdown
 
 
@@ -249,7 +251,7 @@ def test_a_runner_of_other_methods_on_other_environments_adds_only_its_own_combi
     markdown = render_markdown(summary)
     assert "setformer (ours) on cheetah-vel: seed(s) 42 not finished" in markdown
     assert "PEARL on cheetah-vel" not in markdown
-    cheetah_section = markdown.split("## cheetah-vel")[1]
+    cheetah_section = markdown.split("## cheetah-vel")[1].split("\n## ")[0]
     assert "| setformer (ours) |" in cheetah_section and "| PEARL |" not in cheetah_section
 
 
@@ -348,16 +350,24 @@ def test_renderer_links_the_companion_files_that_exist(synthetic_summary, tmp_pa
     assert "THROUGHPUT" not in see_also                   # no ../THROUGHPUT.md here: not linked
 
 
+def cells_row(markdown: str, method: str, seed: int) -> list[str]:
+    """The Cells section's row of one point-robot cell, split into its columns."""
+    rows = markdown.split("## Cells", 1)[1].splitlines()
+    return next(r for r in rows if r.startswith(f"| point-robot | {method} | {seed} |")).strip("| ").split(" | ")
+
+
 def test_renderer_names_the_code_each_method_ran(synthetic_summary):
     synthetic_summary["cells"][1]["git_commit"] = "0123456789abcdef-dirty"
     markdown = render_markdown(synthetic_summary)
     code = next(line for line in markdown.splitlines() if line.startswith("**Code.**"))
-    assert "PEARL `abc` (point-robot 42); `0123456-dirty` (point-robot 123)" in code
+    assert "PEARL 2 commits over 2 cells" in code  # mixed versions of one method are flagged in the setup
     assert "setformer (ours) `abc`" in code
+    assert cells_row(markdown, "PEARL", 42)[3] == "`abc`" and cells_row(markdown, "PEARL", 123)[3] == "`0123456-dirty`"
     # a cell resumed at another commit names both, in order
     synthetic_summary["cells"][2]["git_commits"] = ["abc", "fedcba9876543210"]
-    code = next(line for line in render_markdown(synthetic_summary).splitlines() if line.startswith("**Code.**"))
-    assert "setformer (ours) `abc → fedcba9`" in code
+    markdown = render_markdown(synthetic_summary)
+    assert "setformer (ours) `abc → fedcba9`" in next(l for l in markdown.splitlines() if l.startswith("**Code.**"))
+    assert cells_row(markdown, "setformer (ours)", 42)[3] == "`abc → fedcba9`"
 
 
 def test_renderer_names_the_arithmetic_of_each_cell(synthetic_summary):
@@ -370,8 +380,10 @@ def test_renderer_names_the_arithmetic_of_each_cell(synthetic_summary):
     # a cell filled on a machine without native bf16 ran fp32 (bf16=auto): the table says which
     synthetic_summary["cells"][1]["bf16"] = False
     text = line()
-    assert "PEARL bf16 autocast (point-robot 42); fp32 (point-robot 123)" in text
+    assert "PEARL bf16 autocast (1 cell), fp32 (1 cell)" in text
     assert "setformer (ours) bf16 autocast" in text and "every cell" not in text
+    markdown = render_markdown(synthetic_summary)
+    assert cells_row(markdown, "PEARL", 42)[4] == "bf16 autocast" and cells_row(markdown, "PEARL", 123)[4] == "fp32"
     assert text.index("PEARL") < text.index("setformer")  # the tables' method order
     # a method that takes no gradient steps (the oracle) has no arithmetic to name
     synthetic_summary["cells"][1]["bf16"] = True
@@ -483,7 +495,8 @@ def test_hand_written_findings_are_included_and_labelled(synthetic_summary):
     synthetic_summary["findings"] = "PEARL lands below its reference on sparse-point-robot.\n"
     markdown = render_markdown(synthetic_summary)
     assert "## Findings" in markdown and "Written by hand in `FINDINGS.md`" in markdown
-    assert markdown.rstrip().endswith("PEARL lands below its reference on sparse-point-robot.")
+    # included as written, right before the provenance appendix
+    assert markdown.split("\n## Cells")[0].rstrip().endswith("PEARL lands below its reference on sparse-point-robot.")
 
 
 def test_margin_over_a_baseline_pairs_seeds():
@@ -520,12 +533,16 @@ def test_renderer_names_every_cpu_a_resumed_cell_ran_on(synthetic_summary):
         return next(l for l in render_markdown(synthetic_summary).splitlines() if l.startswith("**Machines**"))
     for cell in synthetic_summary["cells"]:
         cell["machine"] = {"cpu": "CPU A", "cpu_native_bf16": True}
-    assert "CPU A (native bf16): PEARL point-robot 42, PEARL point-robot 123, setformer (ours) point-robot 42." in line()
+    assert "CPU A (native bf16): 3 cells (PEARL 2, setformer (ours) 1)." in line()
     # resumed on another CPU, and (a checkpoint from before segments were recorded) started on one not on record
     synthetic_summary["cells"][1]["machines"] = [{"cpu": "CPU A", "cpu_native_bf16": True},
                                                  {"cpu": "CPU B", "cpu_native_bf16": False}]
     synthetic_summary["cells"][2]["machines"] = [None, {"cpu": "CPU B", "cpu_native_bf16": False}]
     text = line()
-    assert "CPU A (native bf16): PEARL point-robot 42 · " in text
-    assert "CPU A (native bf16) then CPU B (no native bf16): PEARL point-robot 123" in text
-    assert "a CPU not recorded then CPU B (no native bf16): setformer (ours) point-robot 42." in text
+    assert "CPU A (native bf16): 1 cell (PEARL 1) · " in text
+    assert "CPU A (native bf16) then CPU B (no native bf16): 1 cell (PEARL 1)" in text
+    assert "a CPU not recorded then CPU B (no native bf16): 1 cell (setformer (ours) 1)." in text
+    markdown = render_markdown(synthetic_summary)
+    assert cells_row(markdown, "PEARL", 42)[5] == "CPU A (native bf16)"
+    assert cells_row(markdown, "PEARL", 123)[5] == "CPU A (native bf16) then CPU B (no native bf16)"
+    assert cells_row(markdown, "setformer (ours)", 42)[5] == "a CPU not recorded then CPU B (no native bf16)"
