@@ -456,7 +456,7 @@ def _machine_text(summary: dict) -> str:
 
 
 def _cells_section(summary: dict) -> list[str]:
-    """Every cell's provenance, one row each: the commit(s), arithmetic and CPU(s) it ran with."""
+    """Every cell's provenance, one row each: the commit(s), arithmetic and CPU(s) it ran with, and its wall time."""
     def rank(name: str, order: tuple[str, ...]) -> tuple[int, str]:  # the tables' order, then others by name
         return (order.index(name) if name in order else len(order), name)
 
@@ -465,11 +465,12 @@ def _cells_section(summary: dict) -> list[str]:
     if not cells:
         return []
     rows = [[c["env"], display_name(c["algo"]), str(c["seed"]), f"`{_commits_of(c)}`", _arithmetic_of(c) or DASH,
-             _cpus_of(c)] for c in cells]
+             _cpus_of(c), DASH if c.get("wall_time_s") is None else f"{c['wall_time_s'] / 60:.1f}"] for c in cells]
     return ["## Cells", "",
             "Where and how each cell ran, from its `results.json` (`-dirty`: with uncommitted changes; `a → b`: "
-            "started at `a`, resumed at `b`; *arithmetic*: of the gradient steps, — where none ran).", "",
-            table(["environment", "method", "seed", "commit", "arithmetic", "CPU"], rows), ""]
+            "started at `a`, resumed at `b`; *arithmetic*: of the gradient steps, — where none ran; *wall time*: summed over "
+            "resumed segments, beside whatever else the machine ran).", "",
+            table(["environment", "method", "seed", "commit", "arithmetic", "CPU", "wall time (min)"], rows), ""]
 
 
 def render_markdown(summary: dict, curve_files: dict[str, str] | None = None,

@@ -363,6 +363,7 @@ def test_renderer_names_the_code_each_method_ran(synthetic_summary):
     assert "PEARL 2 commits over 2 cells" in code  # mixed versions of one method are flagged in the setup
     assert "setformer (ours) `abc`" in code
     assert cells_row(markdown, "PEARL", 42)[3] == "`abc`" and cells_row(markdown, "PEARL", 123)[3] == "`0123456-dirty`"
+    assert cells_row(markdown, "PEARL", 42)[6] == "2.0"  # wall time in minutes (120 s)
     # a cell resumed at another commit names both, in order
     synthetic_summary["cells"][2]["git_commits"] = ["abc", "fedcba9876543210"]
     markdown = render_markdown(synthetic_summary)
