@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -396,10 +396,10 @@ CELLS_LINK = "[Cells](#cells)"
 
 def _code_text(summary: dict) -> str:
     """Which code each method's cells ran: a reader must see when one table mixes versions of a method."""
-    by_algo: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    by_algo: dict[str, Counter[str]] = defaultdict(Counter)  # method -> cells per commit (or resumed sequence)
     segments: dict[str, list[str]] = defaultdict(list)
     for cell in summary.get("cells") or []:
-        by_algo[cell["algo"]][_commits_of(cell)].append(f"{cell['env']} {cell['seed']}")
+        by_algo[cell["algo"]][_commits_of(cell)] += 1
         segments[cell["algo"]].extend(cell.get("git_commits") or [cell.get("git_commit")])
     if not by_algo:
         return ""
@@ -410,9 +410,8 @@ def _code_text(summary: dict) -> str:
             parts.append(f"{name} `{next(iter(by_commit))}`")
         else:
             verdict = run_code_verdict(segments[algo])
-            cells = sum(len(c) for c in by_commit.values())
             parts.append(f"{name} {plural(len(unique(c for c in segments[algo] if c)), 'commit')} over "
-                         f"{plural(cells, 'cell')}" + (f" ({verdict})" if verdict else ""))
+                         f"{plural(by_commit.total(), 'cell')}" + (f" ({verdict})" if verdict else ""))
     return (f"**Code.** The commit each method's cells ran at (each cell's under {CELLS_LINK}): " + " · ".join(parts)
             + ".")
 
@@ -421,10 +420,10 @@ def _precision_text(summary: dict) -> str:
     """The arithmetic of each method's gradient steps. ``bf16=auto`` autocasts to bf16 only on CPUs with native
     bf16, so a tier filled on several machines mixes bf16 and fp32 cells: the same math and budget, rounded
     differently, and a reader must see which figure came from which."""
-    by_algo: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    by_algo: dict[str, Counter[str]] = defaultdict(Counter)  # method -> cells per arithmetic
     for cell in summary.get("cells") or []:
         if (arithmetic := _arithmetic_of(cell)) is not None:
-            by_algo[cell["algo"]][arithmetic].append(f"{cell['env']} {cell['seed']}")
+            by_algo[cell["algo"]][arithmetic] += 1
     if not by_algo:
         return ""
     kinds = {kind for by_kind in by_algo.values() for kind in by_kind}
@@ -437,21 +436,21 @@ def _precision_text(summary: dict) -> str:
         if len(by_kind) == 1:
             parts.append(f"{name} {next(iter(by_kind))}")
         else:
-            parts.append(f"{name} " + ", ".join(f"{kind} ({plural(len(cells), 'cell')})" for kind, cells in by_kind.items()))
+            parts.append(f"{name} " + ", ".join(f"{kind} ({plural(n, 'cell')})" for kind, n in by_kind.items()))
     return (f"{lead}bf16 autocast or fp32 as `bf16=auto` resolved on each cell's machine (the same math and "
             f"budget, rounded differently; each cell's under {CELLS_LINK}): " + " · ".join(parts) + ".")
 
 
 def _machine_text(summary: dict) -> str:
     """The CPUs the cells ran on, with how many cells each: speed and the last digits depend on it."""
-    by_cpu: dict[str, list[str]] = defaultdict(list)
+    by_cpu: dict[str, Counter[str]] = defaultdict(Counter)  # CPU(s) -> cells per method
     for cell in summary.get("cells") or []:
-        by_cpu[_cpus_of(cell)].append(cell["algo"])
+        by_cpu[_cpus_of(cell)][cell["algo"]] += 1
     if not by_cpu:
         return ""
     return (f"**Machines** (the CPU each cell ran on; each cell's under {CELLS_LINK}). "
-            + " · ".join(f"{cpu}: {plural(len(algos), 'cell')} ("
-                         + ", ".join(f"{display_name(a)} {algos.count(a)}" for a in ordered(algos, ALGO_ORDER)) + ")"
+            + " · ".join(f"{cpu}: {plural(algos.total(), 'cell')} ("
+                         + ", ".join(f"{display_name(a)} {algos[a]}" for a in ordered(algos, ALGO_ORDER)) + ")"
                          for cpu, algos in by_cpu.items()) + ".")
 
 
