@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from algos.core.io import atomic_write_json, atomic_write_text  # noqa: E402
 from envs_glue import env_spec  # noqa: E402
 from envs_glue.base import VALIDATION_TASK_SEED  # noqa: E402
 from envs_glue.cheetah_vel import TASK_SEED  # noqa: E402
-from experiments.report import provenance, report_heading  # noqa: E402
+from experiments.report import provenance, report_heading, table  # noqa: E402
 from experiments.results_table import collect_cells, grid_point_of  # noqa: E402
 
 ENV = "cheetah-vel"
@@ -124,14 +125,16 @@ def table_cell_means(report: dict) -> list[str]:
     lines = ["## The table's cells, mean over seeds", "",
              f"Low-noise final returns, averaged over each method's table cells (n seeds): the {len(slow)} test tasks "
              "slower than every validation task, the other test tasks, which lie within the validation tasks' span "
-             "of velocities or just beyond it, and the validation tasks.", "",
-             "| method | n | test tasks | slower than every validation task | the other test tasks | validation tasks |",
-             "|---|---|---|---|---|---|"]
-    for algo in sorted({row["algo"] for row in report["runs"] if row["kind"] == "table cell"}):
-        runs = [row for row in report["runs"] if row["kind"] == "table cell" and row["algo"] == algo]
-        means = " | ".join(f"{np.mean([row[c] for row in runs]):.2f}" for c in columns)
-        lines.append(f"| {algo} | {len(runs)} | {means} |")
-    return lines + [""]
+             "of velocities or just beyond it, and the validation tasks.", ""]
+    by_algo: dict[str, list[dict]] = defaultdict(list)
+    for row in report["runs"]:
+        if row["kind"] == "table cell":
+            by_algo[row["algo"]].append(row)
+    rows = [[algo, str(len(runs)), *(f"{np.mean([row[c] for row in runs]):.2f}" for c in columns)]
+            for algo, runs in sorted(by_algo.items())]
+    header = ["method", "n", "test tasks", "slower than every validation task", "the other test tasks",
+              "validation tasks"]
+    return lines + [table(header, rows), ""]
 
 
 if __name__ == "__main__":
