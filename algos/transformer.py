@@ -150,7 +150,7 @@ class InContextTransformer(MetaSACAlgorithm):
     # the tuning grid's point with the best validation figure, per environment
     # (benchmarks/benchmark/selection/SELECTION.md); an environment not listed runs the references' settings, which
     # is also the selection on sparse-point-robot
-    env_defaults = {"point-robot": grid_settings("fast-actor-critic")}
+    env_defaults = {env: grid_settings("fast-actor-critic") for env in ("point-robot", "cheetah-vel")}
     config_class = TransformerConfig
     acts_in_context = True
 
