@@ -150,13 +150,17 @@ def test_point_robot_seeded_resets_are_reproducible():
     assert not np.allclose(a.reset()[0], c.reset()[0])
 
 
+def point_robot_target(policy: str, position: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Where ``policy`` steers the point robot: nowhere, the origin, or the goal it is handed."""
+    return {"stand still": position, "head for the origin": np.zeros(2), "oracle": goal}[policy]
+
+
 def point_robot_returns(starts: np.ndarray, goals: np.ndarray, policy: str) -> np.ndarray:
     """Episode returns of ``policy`` from ``starts (n, 2)`` towards ``goals (n, 2)``, in numpy: each step moves every
     coordinate by at most 0.1 and is rewarded ``-||position - goal||`` after the move."""
     position, total = starts.copy(), np.zeros(len(starts))
     for _ in range(20):
-        target = {"stand still": position, "head for the origin": np.zeros(2), "oracle": goals}[policy]
-        position = position + np.clip(target - position, -0.1, 0.1)
+        position = position + np.clip(point_robot_target(policy, position, goals) - position, -0.1, 0.1)
         total -= np.linalg.norm(position - goals, axis=1)
     return total
 
@@ -174,7 +178,7 @@ def test_point_robot_reference_returns_quoted_by_the_protocol():
             start, _ = env.reset()
             position, goal, episode_return = np.array(start, dtype=np.float64), meta.tasks[task], 0.0
             for _ in range(20):
-                target = {"stand still": position, "head for the origin": np.zeros(2), "oracle": goal}[policy]
+                target = point_robot_target(policy, position, goal)
                 obs, reward, *_ = env.step(np.clip((target - position) / 0.1, -1, 1))
                 position, episode_return = np.array(obs, dtype=np.float64), episode_return + reward
             replayed = point_robot_returns(np.array(start, dtype=np.float64)[None], goal[None], policy)[0]
